@@ -1,0 +1,867 @@
+//! `LocalFs`: a directory on the local disk, every access confined to it.
+//!
+//! Confinement does not rely on string checks. The root is held open as an
+//! `O_PATH` directory fd; every path is resolved relative to it with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`,
+//! so the kernel refuses `..` escapes, absolute paths and every symlink along
+//! the way, atomically with the lookup (a directory swapped for a symlink
+//! mid-request is caught by the kernel, not by us). The final component is
+//! then acted on with `*at` calls and `AT_SYMLINK_NOFOLLOW` / `O_NOFOLLOW`,
+//! or through the fd `openat2` returned. Calls with no `*at` or no-follow
+//! form (chmod of the object, xattrs) go through an `O_PATH` fd verified not
+//! to be a symlink and `/proc/self/fd/N` (the technique cap-std and glibc
+//! use), after checking at start that `/proc` is really procfs.
+//!
+//! If the kernel lacks `openat2` (Linux < 5.6), [`LocalFs::open`] fails and
+//! a lazily opened `LocalFs` answers every request with `ENOSYS`: there is
+//! no silent fallback to unconfined resolution.
+
+use super::{mode, Backend, DirSink, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag};
+use crate::{Errno, FsPath, FsResult};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// A local directory served as a SpockFS root.
+///
+/// ```no_run
+/// use spockfs_core::{LocalFs, Mount};
+///
+/// // Eager: fails now if the directory is missing or confinement is unavailable.
+/// let fs = LocalFs::open("/var/www")?;
+/// let mount = Mount::new(fs);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct LocalFs {
+    path: PathBuf,
+    root: OnceLock<OwnedFd>,
+}
+
+impl std::fmt::Debug for LocalFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalFs").field("path", &self.path).finish()
+    }
+}
+
+fn io_err(e: rustix::io::Errno) -> Errno {
+    Errno::from(e)
+}
+
+const O_BASE: OFlags = OFlags::CLOEXEC.union(OFlags::NOCTTY);
+
+impl LocalFs {
+    /// Serves `dir`, opening it on first use, so construction cannot fail.
+    /// Until the directory can be opened, every request fails with the
+    /// reason (`ENOENT`, `ENOTDIR`, or `ENOSYS` where confined resolution is
+    /// unavailable) and the open is retried on the next request; once open,
+    /// the directory fd is kept. Use [`LocalFs::open`] to fail at start
+    /// instead.
+    pub fn new(dir: impl AsRef<Path>) -> LocalFs {
+        LocalFs {
+            path: dir.as_ref().to_path_buf(),
+            root: OnceLock::new(),
+        }
+    }
+
+    /// Opens `dir` now, verifying that confined resolution works on this
+    /// kernel.
+    pub fn open(dir: impl AsRef<Path>) -> std::io::Result<LocalFs> {
+        let fs = LocalFs::new(dir);
+        fs.root().map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("cannot serve {}: {}", fs.path.display(), e),
+            )
+        })?;
+        Ok(fs)
+    }
+
+    /// The directory this serves.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn root(&self) -> FsResult<BorrowedFd<'_>> {
+        if let Some(fd) = self.root.get() {
+            return Ok(fd.as_fd());
+        }
+        let fd = open_root(&self.path)?;
+        // A concurrent first request may have won; either fd is the root.
+        let _ = self.root.set(fd);
+        self.root.get().map(|fd| fd.as_fd()).ok_or(Errno::EIO)
+    }
+
+    /// Opens `rel` (relative to the root, empty for the root itself)
+    /// without following any symlink on the way or at the end.
+    fn open_rel(&self, rel: &[u8], flags: OFlags) -> FsResult<OwnedFd> {
+        let root = self.root()?;
+        if rel.is_empty() {
+            return rustix::fs::openat(root, c".", flags | O_BASE, Mode::empty()).map_err(io_err);
+        }
+        resolve_beneath(root, rel, flags | O_BASE | OFlags::NOFOLLOW, Mode::empty())
+    }
+
+    /// The parent directory of `path` and its final name; for the root,
+    /// the root and `"."` so that `*at` calls act on the root itself.
+    fn at<'p>(&self, path: &'p FsPath) -> FsResult<(Dir<'_>, &'p [u8])> {
+        match path.parent_and_name() {
+            None => Ok((Dir::Borrowed(self.root()?), b".")),
+            Some((parent, name)) => Ok((self.dir(parent)?, name)),
+        }
+    }
+
+    /// Like [`at`](Self::at) for operations that need a real name (create,
+    /// remove, rename): the root yields `root_err`.
+    fn at_named<'p>(&self, path: &'p FsPath, root_err: Errno) -> FsResult<(Dir<'_>, &'p [u8])> {
+        match path.parent_and_name() {
+            None => Err(root_err),
+            Some((parent, name)) => Ok((self.dir(parent)?, name)),
+        }
+    }
+
+    fn dir(&self, rel: &[u8]) -> FsResult<Dir<'_>> {
+        let root = self.root()?;
+        if rel.is_empty() {
+            return Ok(Dir::Borrowed(root));
+        }
+        resolve_beneath(root, rel, O_BASE | OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .map(Dir::Owned)
+    }
+
+    /// An `O_PATH` fd on the object itself, refused if it is a symlink.
+    fn object_path_fd(&self, path: &FsPath, symlink_err: Errno) -> FsResult<(OwnedFd, Stat)> {
+        let fd = self.open_rel(path.relative(), OFlags::PATH)?;
+        let st = fstat(&fd)?;
+        if st.is_symlink() {
+            return Err(symlink_err);
+        }
+        Ok((fd, st))
+    }
+
+    fn open_regular(&self, path: &FsPath, flags: OFlags) -> FsResult<(OwnedFd, Stat)> {
+        let fd = self.open_rel(path.relative(), flags | OFlags::NONBLOCK)?;
+        let st = fstat(&fd)?;
+        if st.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        if !st.is_file() {
+            return Err(Errno::EINVAL);
+        }
+        Ok((fd, st))
+    }
+}
+
+enum Dir<'a> {
+    Borrowed(BorrowedFd<'a>),
+    Owned(OwnedFd),
+}
+
+impl AsFd for Dir<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Dir::Borrowed(fd) => *fd,
+            Dir::Owned(fd) => fd.as_fd(),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn resolve_beneath(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags, mode: Mode) -> FsResult<OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    let resolve =
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    // EAGAIN: the kernel saw a concurrent rename and could not prove the
+    // lookup stayed beneath the root; it is safe to retry.
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(root, rel, flags, mode, resolve) {
+            Err(rustix::io::Errno::AGAIN) if tries < 16 => tries += 1,
+            // Escaping the root (only possible through a symlink, which
+            // NO_SYMLINKS already refuses with ELOOP) must never look like a
+            // cross-device error.
+            Err(rustix::io::Errno::XDEV) => return Err(Errno::EACCES),
+            r => return r.map_err(io_err),
+        }
+    }
+}
+
+/// Without `openat2`: walk one component at a time with `O_NOFOLLOW`, which
+/// is just as confined (no symlink is ever followed and no component is
+/// `..`), only slower.
+#[cfg(not(target_os = "linux"))]
+fn resolve_beneath(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags, mode: Mode) -> FsResult<OwnedFd> {
+    let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    let mut cur: Option<OwnedFd> = None;
+    for (i, comp) in comps.iter().enumerate() {
+        let base = cur.as_ref().map(|f| f.as_fd()).unwrap_or(root);
+        let last = i + 1 == comps.len();
+        let fl = if last {
+            flags | OFlags::NOFOLLOW
+        } else {
+            O_BASE | OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW
+        };
+        cur = Some(rustix::fs::openat(base, *comp, fl, mode).map_err(io_err)?);
+    }
+    cur.ok_or(Errno::ENOENT)
+}
+
+fn open_root(path: &Path) -> FsResult<OwnedFd> {
+    let fd = rustix::fs::open(path, O_BASE | OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+        .map_err(io_err)?;
+    #[cfg(target_os = "linux")]
+    {
+        // Fail closed: prove openat2 with RESOLVE_BENEATH works here.
+        match rustix::fs::openat2(
+            &fd,
+            c".",
+            O_BASE | OFlags::PATH,
+            Mode::empty(),
+            rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+        ) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(root = %path.display(), error = %e,
+                    "openat2(RESOLVE_BENEATH) unavailable: refusing to serve this root");
+                return Err(Errno::ENOSYS);
+            }
+        }
+        check_procfs()?;
+    }
+    Ok(fd)
+}
+
+#[cfg(target_os = "linux")]
+fn check_procfs() -> FsResult<()> {
+    static CHECK: OnceLock<Result<(), Errno>> = OnceLock::new();
+    *CHECK.get_or_init(|| {
+        const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+        let fd = rustix::fs::open("/proc/self/fd", O_BASE | OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .map_err(io_err)?;
+        let sfs = rustix::fs::fstatfs(&fd).map_err(io_err)?;
+        if sfs.f_type as i64 != PROC_SUPER_MAGIC {
+            tracing::error!("/proc is not procfs: refusing to serve");
+            return Err(Errno::ENOSYS);
+        }
+        Ok(())
+    })
+}
+
+/// The `/proc/self/fd/N` path of an fd: a magic link to the object itself.
+fn proc_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn to_stat(st: &rustix::fs::Stat) -> Stat {
+    #[allow(clippy::unnecessary_cast)]
+    Stat {
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+        mode: st.st_mode as u32,
+        nlink: st.st_nlink as u64,
+        uid: st.st_uid as u32,
+        gid: st.st_gid as u32,
+        rdev: st.st_rdev as u64,
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: st.st_atime as i64,
+        mtime: st.st_mtime as i64,
+        ctime: st.st_ctime as i64,
+    }
+}
+
+fn fstat(fd: &impl AsFd) -> FsResult<Stat> {
+    rustix::fs::fstat(fd).map(|s| to_stat(&s)).map_err(io_err)
+}
+
+fn statat(dir: &impl AsFd, name: &[u8]) -> FsResult<Stat> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map(|s| to_stat(&s))
+        .map_err(io_err)
+}
+
+/// Sets the exact permission bits on an object named `name` in `dir` that we
+/// just created (the process umask masked them), refusing to touch it if it
+/// has meanwhile been replaced by a symlink.
+fn fix_mode(dir: &impl AsFd, name: &[u8], mode: u32) -> FsResult<()> {
+    let fd = rustix::fs::openat(dir, name, O_BASE | OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())
+        .map_err(io_err)?;
+    let st = fstat(&fd)?;
+    if st.is_symlink() {
+        return Err(Errno::EEXIST);
+    }
+    if st.mode & mode::PERMS == mode & mode::PERMS {
+        return Ok(());
+    }
+    chmod_fd(&fd, mode)
+}
+
+fn chmod_fd(fd: &OwnedFd, mode: u32) -> FsResult<()> {
+    #[cfg(target_os = "linux")]
+    {
+        check_procfs()?;
+        rustix::fs::chmod(proc_path(fd), Mode::from_raw_mode(mode & mode::PERMS)).map_err(io_err)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & mode::PERMS)).map_err(io_err)
+    }
+}
+
+struct LocalFile {
+    fd: OwnedFd,
+    size: u64,
+}
+
+impl FileHandle for LocalFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> FsResult<usize> {
+        loop {
+            match rustix::io::pread(&self.fd, &mut *buf, offset) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => return r.map_err(io_err),
+            }
+        }
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> FsResult<()> {
+        write_all_at(&self.fd, buf, offset)
+    }
+}
+
+fn write_all_at(fd: &OwnedFd, mut buf: &[u8], mut offset: u64) -> FsResult<()> {
+    while !buf.is_empty() {
+        match rustix::io::pwrite(fd, buf, offset) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    Ok(())
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn tmp_name() -> Vec<u8> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        ".spockfs-put.{}.{}.{:08x}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+    .into_bytes()
+}
+
+/// Atomic whole-file replacement: an anonymous `O_TMPFILE` in the target's
+/// directory (nothing visible, nothing left behind on a crash), linked under
+/// a temporary name and renamed over the target on commit. Filesystems
+/// without `O_TMPFILE` get a named temporary from the start.
+struct LocalReplacement {
+    dir: OwnedFd,
+    name: Vec<u8>,
+    fd: OwnedFd,
+    /// Named temporary that exists on disk and must be removed on abort.
+    tmp: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl Replacement for LocalReplacement {
+    fn write_at(&self, buf: &[u8], offset: u64) -> FsResult<()> {
+        write_all_at(&self.fd, buf, offset)
+    }
+
+    fn commit(&self) -> FsResult<bool> {
+        // Keep the permissions (and, when allowed, the owner) of the file
+        // being replaced, like an editor's atomic save.
+        match statat(&self.dir, &self.name) {
+            Ok(st) if st.is_dir() => return Err(Errno::EISDIR),
+            Ok(st) if st.is_file() => {
+                rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(st.mode & mode::PERMS))
+                    .map_err(io_err)?;
+                let _ = rustix::fs::fchown(
+                    &self.fd,
+                    Some(rustix::fs::Uid::from_raw(st.uid)),
+                    Some(rustix::fs::Gid::from_raw(st.gid)),
+                );
+            }
+            _ => {}
+        }
+        let mut tmp = self.tmp.lock().unwrap_or_else(|p| p.into_inner());
+        let tmp_name = match tmp.as_ref() {
+            Some(n) => n.clone(),
+            None => {
+                // Give the anonymous file a (temporary) name.
+                let mut last = Errno::EEXIST;
+                let mut linked = None;
+                for _ in 0..8 {
+                    let n = tmp_name();
+                    match link_proc(&self.fd, &self.dir, &n) {
+                        Ok(()) => {
+                            linked = Some(n);
+                            break;
+                        }
+                        Err(Errno::EEXIST) => continue,
+                        Err(e) => {
+                            last = e;
+                            break;
+                        }
+                    }
+                }
+                let n = linked.ok_or(last)?;
+                *tmp = Some(n.clone());
+                n
+            }
+        };
+        let created = match rustix::fs::renameat_with(
+            &self.dir,
+            tmp_name.as_slice(),
+            &self.dir,
+            self.name.as_slice(),
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::EXIST) => {
+                rustix::fs::renameat(&self.dir, tmp_name.as_slice(), &self.dir, self.name.as_slice())
+                    .map_err(io_err)?;
+                false
+            }
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+                // No RENAME_NOREPLACE on this filesystem: best effort.
+                let existed = statat(&self.dir, &self.name).is_ok();
+                rustix::fs::renameat(&self.dir, tmp_name.as_slice(), &self.dir, self.name.as_slice())
+                    .map_err(io_err)?;
+                !existed
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        *tmp = None;
+        Ok(created)
+    }
+}
+
+impl Drop for LocalReplacement {
+    fn drop(&mut self) {
+        let tmp = self.tmp.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = tmp.take() {
+            let _ = rustix::fs::unlinkat(&self.dir, n.as_slice(), AtFlags::empty());
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn link_proc(fd: &OwnedFd, dir: &OwnedFd, name: &[u8]) -> FsResult<()> {
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        proc_path(fd),
+        dir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(io_err)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_proc(_fd: &OwnedFd, _dir: &OwnedFd, _name: &[u8]) -> FsResult<()> {
+    Err(Errno::EOPNOTSUPP)
+}
+
+impl Backend for LocalFs {
+    fn getattr(&self, path: &FsPath) -> FsResult<Stat> {
+        let (dir, name) = self.at(path)?;
+        statat(&dir, name)
+    }
+
+    fn readdir(&self, path: &FsPath, attrs: bool, sink: &mut DirSink<'_>) -> FsResult<()> {
+        let fd = self.open_rel(path.relative(), OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut dir = rustix::fs::Dir::read_from(&fd).map_err(io_err)?;
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(io_err)?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            if attrs {
+                match statat(&fd, name) {
+                    Ok(st) => sink(name, Some(&st))?,
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                sink(name, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mknod(&self, path: &FsPath, mode: u32, dev: u64) -> FsResult<()> {
+        let (dir, name) = self.at_named(path, Errno::EEXIST)?;
+        let kind = match mode & mode::S_IFMT {
+            0 | mode::S_IFREG => rustix::fs::FileType::RegularFile,
+            mode::S_IFIFO => rustix::fs::FileType::Fifo,
+            mode::S_IFSOCK => rustix::fs::FileType::Socket,
+            // Device nodes would let a client read or write any disk the
+            // server can reach: never created through SpockFS.
+            mode::S_IFCHR | mode::S_IFBLK => return Err(Errno::EPERM),
+            mode::S_IFDIR => return Err(Errno::EPERM),
+            _ => return Err(Errno::EINVAL),
+        };
+        rustix::fs::mknodat(
+            &dir,
+            name,
+            kind,
+            Mode::from_raw_mode(mode & mode::PERMS),
+            dev as _,
+        )
+        .map_err(io_err)?;
+        fix_mode(&dir, name, mode)
+    }
+
+    fn open(&self, path: &FsPath, flags: i32) -> FsResult<()> {
+        let acc = match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => OFlags::RDONLY,
+            libc::O_WRONLY => OFlags::WRONLY,
+            libc::O_RDWR => OFlags::RDWR,
+            _ => return Err(Errno::EINVAL),
+        };
+        let fd = self.open_rel(path.relative(), acc | OFlags::NONBLOCK)?;
+        drop(fd);
+        Ok(())
+    }
+
+    fn chmod(&self, path: &FsPath, mode: u32) -> FsResult<()> {
+        let (fd, _) = self.object_path_fd(path, Errno::EOPNOTSUPP)?;
+        chmod_fd(&fd, mode)
+    }
+
+    fn chown(&self, path: &FsPath, owner: Owner) -> FsResult<()> {
+        let (dir, name) = self.at(path)?;
+        rustix::fs::chownat(
+            &dir,
+            name,
+            owner.uid.map(rustix::fs::Uid::from_raw),
+            owner.gid.map(rustix::fs::Gid::from_raw),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(io_err)
+    }
+
+    fn truncate(&self, path: &FsPath, size: u64) -> FsResult<()> {
+        let (fd, _) = self.open_regular(path, OFlags::WRONLY)?;
+        rustix::fs::ftruncate(&fd, size).map_err(io_err)
+    }
+
+    fn access(&self, path: &FsPath, mask: u32) -> FsResult<()> {
+        if mask & !7 != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let (dir, name) = self.at(path)?;
+        rustix::fs::accessat(
+            &dir,
+            name,
+            rustix::fs::Access::from_bits_retain(mask as _),
+            AtFlags::EACCESS | AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(io_err)
+    }
+
+    fn symlink(&self, path: &FsPath, target: &[u8]) -> FsResult<()> {
+        let (dir, name) = self.at_named(path, Errno::EEXIST)?;
+        rustix::fs::symlinkat(target, &dir, name).map_err(io_err)
+    }
+
+    fn readlink(&self, path: &FsPath) -> FsResult<Vec<u8>> {
+        let (dir, name) = self.at(path)?;
+        rustix::fs::readlinkat(&dir, name, Vec::new())
+            .map(|c| c.into_bytes())
+            .map_err(io_err)
+    }
+
+    fn rmdir(&self, path: &FsPath) -> FsResult<()> {
+        let (dir, name) = self.at_named(path, Errno::EBUSY)?;
+        rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(io_err)
+    }
+
+    fn mkdir(&self, path: &FsPath, mode: u32) -> FsResult<()> {
+        let (dir, name) = self.at_named(path, Errno::EEXIST)?;
+        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & mode::PERMS)).map_err(io_err)?;
+        fix_mode(&dir, name, mode)
+    }
+
+    fn link(&self, path: &FsPath, existing: &FsPath) -> FsResult<()> {
+        let (src_dir, src_name) = self.at_named(existing, Errno::EPERM)?;
+        let (dst_dir, dst_name) = self.at_named(path, Errno::EEXIST)?;
+        rustix::fs::linkat(&src_dir, src_name, &dst_dir, dst_name, AtFlags::empty()).map_err(io_err)
+    }
+
+    fn rename(&self, from: &FsPath, to: &FsPath) -> FsResult<()> {
+        let (src_dir, src_name) = self.at_named(from, Errno::EBUSY)?;
+        let (dst_dir, dst_name) = self.at_named(to, Errno::EBUSY)?;
+        rustix::fs::renameat(&src_dir, src_name, &dst_dir, dst_name).map_err(io_err)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn fallocate(&self, path: &FsPath, mode: i32, offset: u64, len: u64) -> FsResult<()> {
+        let (fd, _) = self.open_regular(path, OFlags::WRONLY)?;
+        rustix::fs::fallocate(
+            &fd,
+            rustix::fs::FallocateFlags::from_bits_retain(mode as _),
+            offset,
+            len,
+        )
+        .map_err(io_err)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn fallocate(&self, _path: &FsPath, _mode: i32, _offset: u64, _len: u64) -> FsResult<()> {
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    fn statfs(&self, path: &FsPath) -> FsResult<StatFs> {
+        let fd = self.open_rel(path.relative(), OFlags::PATH)?;
+        let s = rustix::fs::fstatvfs(&fd).map_err(io_err)?;
+        #[allow(clippy::unnecessary_cast)]
+        Ok(StatFs {
+            bsize: s.f_bsize as u64,
+            frsize: s.f_frsize as u64,
+            blocks: s.f_blocks as u64,
+            bfree: s.f_bfree as u64,
+            bavail: s.f_bavail as u64,
+            files: s.f_files as u64,
+            ffree: s.f_ffree as u64,
+            favail: s.f_favail as u64,
+            fsid: s.f_fsid as u64,
+            flag: s.f_flag.bits() as u64,
+            namemax: s.f_namemax as u64,
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn listxattr(&self, path: &FsPath, limit: usize) -> FsResult<Vec<Vec<u8>>> {
+        let (fd, _) = match self.object_path_fd(path, Errno::ELOOP) {
+            Err(Errno::ELOOP) => return Ok(Vec::new()),
+            r => r?,
+        };
+        check_procfs()?;
+        let p = proc_path(&fd);
+        let raw = xattr_read(limit, |buf| match buf {
+            None => rustix::fs::listxattr_query(&p),
+            Some(b) => rustix::fs::listxattr(&p, b),
+        })?;
+        Ok(raw
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn getxattr(&self, path: &FsPath, name: &[u8], limit: usize) -> FsResult<Vec<u8>> {
+        let (fd, _) = self.object_path_fd(path, Errno::ENODATA)?;
+        check_procfs()?;
+        let p = proc_path(&fd);
+        xattr_read(limit, |buf| match buf {
+            None => rustix::fs::getxattr_query(&p, name),
+            Some(b) => rustix::fs::getxattr(&p, name, b),
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn setxattr(&self, path: &FsPath, name: &[u8], value: &[u8], flag: XattrFlag) -> FsResult<()> {
+        let (fd, _) = self.object_path_fd(path, Errno::EPERM)?;
+        check_procfs()?;
+        let flags = match flag {
+            XattrFlag::Any => rustix::fs::XattrFlags::empty(),
+            XattrFlag::Create => rustix::fs::XattrFlags::CREATE,
+            XattrFlag::Replace => rustix::fs::XattrFlags::REPLACE,
+        };
+        rustix::fs::setxattr(proc_path(&fd), name, value, flags).map_err(io_err)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn removexattr(&self, path: &FsPath, name: &[u8]) -> FsResult<()> {
+        let (fd, _) = self.object_path_fd(path, Errno::ENODATA)?;
+        check_procfs()?;
+        rustix::fs::removexattr(proc_path(&fd), name).map_err(io_err)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn listxattr(&self, _: &FsPath, _: usize) -> FsResult<Vec<Vec<u8>>> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    #[cfg(not(target_os = "linux"))]
+    fn getxattr(&self, _: &FsPath, _: &[u8], _: usize) -> FsResult<Vec<u8>> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    #[cfg(not(target_os = "linux"))]
+    fn setxattr(&self, _: &FsPath, _: &[u8], _: &[u8], _: XattrFlag) -> FsResult<()> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    #[cfg(not(target_os = "linux"))]
+    fn removexattr(&self, _: &FsPath, _: &[u8]) -> FsResult<()> {
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    fn utimens(&self, path: &FsPath, atime: i64, mtime: i64) -> FsResult<()> {
+        let (dir, name) = self.at(path)?;
+        let ts = |s: i64| rustix::fs::Timespec {
+            tv_sec: s as _,
+            tv_nsec: 0,
+        };
+        rustix::fs::utimensat(
+            &dir,
+            name,
+            &rustix::fs::Timestamps {
+                last_access: ts(atime),
+                last_modification: ts(mtime),
+            },
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(io_err)
+    }
+
+    fn create(&self, path: &FsPath, mode: u32) -> FsResult<()> {
+        let (dir, name) = self.at_named(path, Errno::EISDIR)?;
+        let perms = Mode::from_raw_mode(mode & mode::PERMS);
+        match rustix::fs::openat(
+            &dir,
+            name,
+            O_BASE | OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
+            perms,
+        ) {
+            Ok(fd) => rustix::fs::fchmod(&fd, perms).map_err(io_err),
+            Err(rustix::io::Errno::EXIST) => {
+                // creat(2) on an existing file truncates it (its mode stays).
+                let fd = rustix::fs::openat(
+                    &dir,
+                    name,
+                    O_BASE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(io_err)?;
+                let st = fstat(&fd)?;
+                if !st.is_file() {
+                    return Err(if st.is_dir() { Errno::EISDIR } else { Errno::EEXIST });
+                }
+                rustix::fs::ftruncate(&fd, 0).map_err(io_err)
+            }
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    fn unlink(&self, path: &FsPath) -> FsResult<()> {
+        let (dir, name) = self.at_named(path, Errno::EISDIR)?;
+        rustix::fs::unlinkat(&dir, name, AtFlags::empty()).map_err(io_err)
+    }
+
+    fn fsync(&self, path: &FsPath, datasync: bool) -> FsResult<()> {
+        let fd = self.open_rel(path.relative(), OFlags::RDONLY | OFlags::NONBLOCK)?;
+        if datasync {
+            rustix::fs::fdatasync(&fd).map_err(io_err)
+        } else {
+            rustix::fs::fsync(&fd).map_err(io_err)
+        }
+    }
+
+    fn open_read(&self, path: &FsPath) -> FsResult<Box<dyn FileHandle>> {
+        let (fd, st) = self.open_regular(path, OFlags::RDONLY)?;
+        Ok(Box::new(LocalFile { fd, size: st.size }))
+    }
+
+    fn open_write(&self, path: &FsPath) -> FsResult<Box<dyn FileHandle>> {
+        let (fd, st) = self.open_regular(path, OFlags::WRONLY)?;
+        Ok(Box::new(LocalFile { fd, size: st.size }))
+    }
+
+    fn replace(&self, path: &FsPath) -> FsResult<Box<dyn Replacement>> {
+        let (parent, name) = path.parent_and_name().ok_or(Errno::EISDIR)?;
+        let dir = match self.dir(parent)? {
+            Dir::Owned(fd) => fd,
+            Dir::Borrowed(root) => {
+                rustix::fs::openat(root, c".", O_BASE | OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+                    .map_err(io_err)?
+            }
+        };
+        // Refuse early what commit would refuse: replacing a directory.
+        if let Ok(st) = statat(&dir, name) {
+            if st.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+        }
+        let perms = Mode::from_raw_mode(0o666);
+        #[cfg(target_os = "linux")]
+        {
+            match rustix::fs::openat(&dir, c".", O_BASE | OFlags::WRONLY | OFlags::TMPFILE, perms) {
+                Ok(fd) => {
+                    return Ok(Box::new(LocalReplacement {
+                        dir,
+                        name: name.to_vec(),
+                        fd,
+                        tmp: std::sync::Mutex::new(None),
+                    }))
+                }
+                Err(e)
+                    if e == rustix::io::Errno::OPNOTSUPP
+                        || e == rustix::io::Errno::ISDIR
+                        || e == rustix::io::Errno::INVAL => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        for _ in 0..8 {
+            let n = tmp_name();
+            match rustix::fs::openat(
+                &dir,
+                n.as_slice(),
+                O_BASE | OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
+                perms,
+            ) {
+                Ok(fd) => {
+                    return Ok(Box::new(LocalReplacement {
+                        dir,
+                        name: name.to_vec(),
+                        fd,
+                        tmp: std::sync::Mutex::new(Some(n)),
+                    }))
+                }
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        Err(Errno::EEXIST)
+    }
+}
+
+/// Reads an xattr value or list of at most `limit` bytes: query the size,
+/// read into a buffer of that size, retry if it grew meanwhile.
+#[cfg(target_os = "linux")]
+fn xattr_read(
+    limit: usize,
+    mut call: impl FnMut(Option<&mut [u8]>) -> rustix::io::Result<usize>,
+) -> FsResult<Vec<u8>> {
+    for _ in 0..4 {
+        let size = call(None).map_err(io_err)?;
+        if size > limit {
+            return Err(Errno::E2BIG);
+        }
+        let mut buf = vec![0u8; size];
+        match call(Some(&mut buf)) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    Err(Errno::EAGAIN)
+}

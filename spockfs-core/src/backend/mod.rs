@@ -1,0 +1,250 @@
+//! The storage seam: what the engine asks of a filesystem.
+//!
+//! Every method is a single synchronous POSIX-like call on a validated
+//! [`FsPath`]; the engine runs them on a blocking thread (unless
+//! [`Backend::is_blocking`] says otherwise), so an async worker never waits
+//! on disk. Implementations decide confinement: [`LocalFs`](crate::LocalFs)
+//! resolves every path relative to an open root directory and never follows
+//! a symlink; [`MemFs`](crate::MemFs) keeps its tree in memory.
+//!
+//! Semantics follow Linux: the final component is never followed (GETATTR is
+//! `lstat`, CHOWN is `lchown`, UTIMENS uses `AT_SYMLINK_NOFOLLOW`), and
+//! neither is any symlink in a parent position: a path through a symlink
+//! fails with `ELOOP`. FUSE clients resolve symlinks themselves (the kernel
+//! walks paths one lookup at a time), so a server-side follow is never needed
+//! and would give a different answer than the mount for absolute targets.
+
+use crate::{Errno, FsPath, FsResult};
+
+pub(crate) mod local;
+pub(crate) mod mem;
+
+/// `stat` attributes of an object, as sent by GETATTR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stat {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    /// `st_nlink`.
+    pub nlink: u64,
+    /// `st_uid`.
+    pub uid: u32,
+    /// `st_gid`.
+    pub gid: u32,
+    /// `st_rdev` (not part of SpockFS 0.1's GETATTR).
+    pub rdev: u64,
+    /// `st_size`.
+    pub size: u64,
+    /// `st_blocks` (512-byte units).
+    pub blocks: u64,
+    /// `st_atime`, unix seconds.
+    pub atime: i64,
+    /// `st_mtime`, unix seconds.
+    pub mtime: i64,
+    /// `st_ctime`, unix seconds.
+    pub ctime: i64,
+}
+
+/// File type bits of `st_mode`.
+pub mod mode {
+    /// `S_IFMT`
+    pub const S_IFMT: u32 = 0o170000;
+    /// `S_IFREG`
+    pub const S_IFREG: u32 = 0o100000;
+    /// `S_IFDIR`
+    pub const S_IFDIR: u32 = 0o040000;
+    /// `S_IFLNK`
+    pub const S_IFLNK: u32 = 0o120000;
+    /// `S_IFIFO`
+    pub const S_IFIFO: u32 = 0o010000;
+    /// `S_IFSOCK`
+    pub const S_IFSOCK: u32 = 0o140000;
+    /// `S_IFCHR`
+    pub const S_IFCHR: u32 = 0o020000;
+    /// `S_IFBLK`
+    pub const S_IFBLK: u32 = 0o060000;
+    /// `S_IWUSR`
+    pub const S_IWUSR: u32 = 0o200;
+    /// Permission bits including setuid/setgid/sticky.
+    pub const PERMS: u32 = 0o7777;
+}
+
+impl Stat {
+    /// True for a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & mode::S_IFMT == mode::S_IFDIR
+    }
+    /// True for a regular file.
+    pub fn is_file(&self) -> bool {
+        self.mode & mode::S_IFMT == mode::S_IFREG
+    }
+    /// True for a symlink.
+    pub fn is_symlink(&self) -> bool {
+        self.mode & mode::S_IFMT == mode::S_IFLNK
+    }
+}
+
+/// `statvfs` of the filesystem holding an object, as sent by STATFS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatFs {
+    /// `f_bsize`
+    pub bsize: u64,
+    /// `f_frsize`
+    pub frsize: u64,
+    /// `f_blocks`
+    pub blocks: u64,
+    /// `f_bfree`
+    pub bfree: u64,
+    /// `f_bavail`
+    pub bavail: u64,
+    /// `f_files`
+    pub files: u64,
+    /// `f_ffree`
+    pub ffree: u64,
+    /// `f_favail`
+    pub favail: u64,
+    /// `f_fsid`
+    pub fsid: u64,
+    /// `f_flag`
+    pub flag: u64,
+    /// `f_namemax`
+    pub namemax: u64,
+}
+
+/// Change owner: `None` leaves the id unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// New uid, if changing.
+    pub uid: Option<u32>,
+    /// New gid, if changing.
+    pub gid: Option<u32>,
+}
+
+/// How SETXATTR treats an existing attribute (`X-Spock-flag`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrFlag {
+    /// 0: create or replace.
+    Any,
+    /// 1, `XATTR_CREATE`: fail with `EEXIST` if it exists.
+    Create,
+    /// 2, `XATTR_REPLACE`: fail with `ENODATA` if it does not.
+    Replace,
+}
+
+impl XattrFlag {
+    /// From the wire value; anything but 0, 1, 2 is `EINVAL`.
+    pub fn from_wire(v: i64) -> FsResult<XattrFlag> {
+        match v {
+            0 => Ok(XattrFlag::Any),
+            1 => Ok(XattrFlag::Create),
+            2 => Ok(XattrFlag::Replace),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+}
+
+/// Receives READDIR entries; return an error to stop early.
+pub type DirSink<'a> = dyn FnMut(&[u8], Option<&Stat>) -> FsResult<()> + 'a;
+
+/// An open regular file, for ranged reads and writes.
+pub trait FileHandle: Send + Sync {
+    /// Size when it was opened.
+    fn size(&self) -> u64;
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at end of file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> FsResult<usize>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> FsResult<()>;
+}
+
+/// A whole-file replacement in progress (PUT without `Content-Range`): data
+/// goes to a temporary that only becomes visible at [`commit`], atomically.
+/// Dropping it uncommitted discards the temporary.
+///
+/// [`commit`]: Replacement::commit
+pub trait Replacement: Send + Sync {
+    /// Writes all of `buf` at `offset` of the temporary.
+    fn write_at(&self, buf: &[u8], offset: u64) -> FsResult<()>;
+    /// Atomically puts the temporary in place. Returns `true` if the file
+    /// did not exist before (201), `false` if it replaced one (200).
+    fn commit(&self) -> FsResult<bool>;
+}
+
+/// A filesystem the engine can serve.
+///
+/// Paths are already validated (no `.`/`..`, no empty segment, no NUL); the
+/// backend's job is to act on them *inside its root* whatever the tree looks
+/// like, including symlinks planted or swapped in by other clients.
+///
+/// Semantics are those of the Linux syscall named on each method, on the
+/// object itself (never following a final symlink). The engine has already
+/// handled read-only mounts, trailing slashes and header parsing.
+pub trait Backend: Send + Sync + 'static {
+    /// True if calls may block on I/O and must run on a blocking thread
+    /// (the default). In-memory backends return `false`.
+    fn is_blocking(&self) -> bool {
+        true
+    }
+
+    /// `lstat`.
+    fn getattr(&self, path: &FsPath) -> FsResult<Stat>;
+    /// Lists a directory (without `.` and `..`), with each entry's `lstat`
+    /// when `attrs` is set (entries that vanish meanwhile are skipped).
+    fn readdir(&self, path: &FsPath, attrs: bool, sink: &mut DirSink<'_>) -> FsResult<()>;
+    /// `mknod(path, mode, dev)`, with `mode`'s permission bits applied
+    /// exactly (no umask).
+    fn mknod(&self, path: &FsPath, mode: u32, dev: u64) -> FsResult<()>;
+    /// `open(path, flags)` then `close`: a permission check.
+    fn open(&self, path: &FsPath, flags: i32) -> FsResult<()>;
+    /// `chmod` of the object itself (`EOPNOTSUPP` on a symlink).
+    fn chmod(&self, path: &FsPath, mode: u32) -> FsResult<()>;
+    /// `lchown`.
+    fn chown(&self, path: &FsPath, owner: Owner) -> FsResult<()>;
+    /// `truncate`.
+    fn truncate(&self, path: &FsPath, size: u64) -> FsResult<()>;
+    /// `faccessat(path, mask, AT_EACCESS | AT_SYMLINK_NOFOLLOW)`.
+    fn access(&self, path: &FsPath, mask: u32) -> FsResult<()>;
+    /// `symlink(target, path)`: `target` stored verbatim.
+    fn symlink(&self, path: &FsPath, target: &[u8]) -> FsResult<()>;
+    /// `readlink`.
+    fn readlink(&self, path: &FsPath) -> FsResult<Vec<u8>>;
+    /// `rmdir`.
+    fn rmdir(&self, path: &FsPath) -> FsResult<()>;
+    /// `mkdir`, with `mode` applied exactly (no umask).
+    fn mkdir(&self, path: &FsPath, mode: u32) -> FsResult<()>;
+    /// `link(existing, path)` (never following `existing`).
+    fn link(&self, path: &FsPath, existing: &FsPath) -> FsResult<()>;
+    /// `rename(from, to)`.
+    fn rename(&self, from: &FsPath, to: &FsPath) -> FsResult<()>;
+    /// `fallocate(fd, mode, offset, len)` on a regular file.
+    fn fallocate(&self, path: &FsPath, mode: i32, offset: u64, len: u64) -> FsResult<()>;
+    /// `statvfs`.
+    fn statfs(&self, path: &FsPath) -> FsResult<StatFs>;
+    /// `llistxattr`: the names, each without terminator. `ERANGE` if the
+    /// NUL-separated list would exceed `limit` bytes.
+    fn listxattr(&self, path: &FsPath, limit: usize) -> FsResult<Vec<Vec<u8>>>;
+    /// `lgetxattr`. `ERANGE` if the value exceeds `limit` bytes.
+    fn getxattr(&self, path: &FsPath, name: &[u8], limit: usize) -> FsResult<Vec<u8>>;
+    /// `lsetxattr`.
+    fn setxattr(&self, path: &FsPath, name: &[u8], value: &[u8], flag: XattrFlag) -> FsResult<()>;
+    /// `lremovexattr`.
+    fn removexattr(&self, path: &FsPath, name: &[u8]) -> FsResult<()>;
+    /// `utimensat(.., AT_SYMLINK_NOFOLLOW)` with whole seconds.
+    fn utimens(&self, path: &FsPath, atime: i64, mtime: i64) -> FsResult<()>;
+    /// `creat(path, mode)`: creates (mode applied exactly) or truncates an
+    /// existing regular file.
+    fn create(&self, path: &FsPath, mode: u32) -> FsResult<()>;
+    /// `unlink`.
+    fn unlink(&self, path: &FsPath) -> FsResult<()>;
+    /// `fsync` (or `fdatasync`) of a file or directory.
+    fn fsync(&self, path: &FsPath, datasync: bool) -> FsResult<()>;
+    /// Opens a regular file for reading (`EISDIR` for a directory, `EINVAL`
+    /// for other non-regular files).
+    fn open_read(&self, path: &FsPath) -> FsResult<Box<dyn FileHandle>>;
+    /// Opens an existing regular file for writing in place.
+    fn open_write(&self, path: &FsPath) -> FsResult<Box<dyn FileHandle>>;
+    /// Starts an atomic whole-file replacement of `path`.
+    fn replace(&self, path: &FsPath) -> FsResult<Box<dyn Replacement>>;
+}

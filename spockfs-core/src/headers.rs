@@ -1,0 +1,388 @@
+//! Typed `X-Spock-*` headers (via the [`headers`] crate), plus the parsers
+//! for the standard headers SpockFS gives its own meaning to (`Range` on GET
+//! and FALLOCATE, `Content-Range` on PUT).
+//!
+//! Numbers are plain decimal (an optional `-` for signed fields). A header
+//! sent twice is malformed.
+
+use headers::{Error as HeaderError, Header, HeaderMapExt};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Parses a plain decimal integer: optional `-`, then ASCII digits, nothing
+/// else (no `+`, no spaces, no hex).
+pub fn parse_decimal_i128(bytes: &[u8]) -> Option<i128> {
+    let (neg, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 39 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut v: i128 = 0;
+    for &d in digits {
+        v = v.checked_mul(10)?.checked_add((d - b'0') as i128)?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+fn decode_one<'i, I: Iterator<Item = &'i HeaderValue>>(
+    values: &mut I,
+) -> Result<&'i HeaderValue, HeaderError> {
+    let v = values.next().ok_or_else(HeaderError::invalid)?;
+    if values.next().is_some() {
+        return Err(HeaderError::invalid());
+    }
+    Ok(v)
+}
+
+macro_rules! numeric_headers {
+    ($($(#[$doc:meta])* $ty:ident($inner:ty) = $name:literal;)*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+            pub struct $ty(pub $inner);
+
+            impl Header for $ty {
+                fn name() -> &'static HeaderName {
+                    static NAME: HeaderName = HeaderName::from_static($name);
+                    &NAME
+                }
+
+                fn decode<'i, I: Iterator<Item = &'i HeaderValue>>(
+                    values: &mut I,
+                ) -> Result<Self, HeaderError> {
+                    let v = decode_one(values)?;
+                    parse_decimal_i128(v.as_bytes())
+                        .and_then(|n| <$inner>::try_from(n).ok())
+                        .map($ty)
+                        .ok_or_else(HeaderError::invalid)
+                }
+
+                fn encode<E: Extend<HeaderValue>>(&self, values: &mut E) {
+                    values.extend(std::iter::once(HeaderValue::from(self.0)));
+                }
+            }
+        )*
+    };
+}
+
+numeric_headers! {
+    /// `X-Spock-mode`: a `st_mode` value (MKDIR, POST, MKNOD, CHMOD,
+    /// GETATTR), the `R_OK|W_OK|X_OK` mask (ACCESS) or the fallocate mode
+    /// (FALLOCATE).
+    XSpockMode(u32) = "x-spock-mode";
+    /// `X-Spock-uid` (`-1` or `4294967295`: leave unchanged).
+    XSpockUid(i64) = "x-spock-uid";
+    /// `X-Spock-gid` (`-1` or `4294967295`: leave unchanged).
+    XSpockGid(i64) = "x-spock-gid";
+    /// `X-Spock-size`: file size, or the buffer size of a LISTXATTR/GETXATTR.
+    XSpockSize(u64) = "x-spock-size";
+    /// `X-Spock-mtime`, unix seconds.
+    XSpockMtime(i64) = "x-spock-mtime";
+    /// `X-Spock-atime`, unix seconds.
+    XSpockAtime(i64) = "x-spock-atime";
+    /// `X-Spock-ctime`, unix seconds.
+    XSpockCtime(i64) = "x-spock-ctime";
+    /// `X-Spock-nlink`.
+    XSpockNlink(u64) = "x-spock-nlink";
+    /// `X-Spock-blocks`: 512-byte blocks (GETATTR) or `f_blocks` (STATFS).
+    XSpockBlocks(u64) = "x-spock-blocks";
+    /// `X-Spock-dev`: `st_dev` (GETATTR) or the device number (MKNOD). The
+    /// original client sends it as a signed 64-bit number.
+    XSpockDev(i64) = "x-spock-dev";
+    /// `X-Spock-ino`.
+    XSpockIno(u64) = "x-spock-ino";
+    /// `X-Spock-flag`: open flags (OPEN), xattr flags (SETXATTR), `f_flag`
+    /// (STATFS), `1` for fdatasync (FSYNC extension).
+    XSpockFlag(i64) = "x-spock-flag";
+    /// `X-Spock-bsize` (STATFS).
+    XSpockBsize(u64) = "x-spock-bsize";
+    /// `X-Spock-frsize` (STATFS).
+    XSpockFrsize(u64) = "x-spock-frsize";
+    /// `X-Spock-bfree` (STATFS).
+    XSpockBfree(u64) = "x-spock-bfree";
+    /// `X-Spock-bavail` (STATFS).
+    XSpockBavail(u64) = "x-spock-bavail";
+    /// `X-Spock-files` (STATFS).
+    XSpockFiles(u64) = "x-spock-files";
+    /// `X-Spock-ffree` (STATFS).
+    XSpockFfree(u64) = "x-spock-ffree";
+    /// `X-Spock-favail` (STATFS).
+    XSpockFavail(u64) = "x-spock-favail";
+    /// `X-Spock-fsid` (STATFS).
+    XSpockFsid(u64) = "x-spock-fsid";
+    /// `X-Spock-namemax` (STATFS).
+    XSpockNamemax(u64) = "x-spock-namemax";
+}
+
+/// `X-Spock-target`: raw bytes (not percent-decoded): a symlink target, a
+/// RENAME/LINK source path, or an xattr name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XSpockTarget(pub Vec<u8>);
+
+impl Header for XSpockTarget {
+    fn name() -> &'static HeaderName {
+        static NAME: HeaderName = HeaderName::from_static("x-spock-target");
+        &NAME
+    }
+
+    fn decode<'i, I: Iterator<Item = &'i HeaderValue>>(values: &mut I) -> Result<Self, HeaderError> {
+        Ok(XSpockTarget(decode_one(values)?.as_bytes().to_vec()))
+    }
+
+    fn encode<E: Extend<HeaderValue>>(&self, values: &mut E) {
+        if let Ok(v) = HeaderValue::from_bytes(&self.0) {
+            values.extend(std::iter::once(v));
+        }
+    }
+}
+
+/// `X-Spock-errno` (extension `errno`): the exact errno of an error response.
+pub static X_SPOCK_ERRNO: HeaderName = HeaderName::from_static("x-spock-errno");
+/// `X-Spock-version`, sent by OPTIONS.
+pub static X_SPOCK_VERSION: HeaderName = HeaderName::from_static("x-spock-version");
+/// `X-Spock-extensions`, sent by OPTIONS: the extensions this server speaks.
+pub static X_SPOCK_EXTENSIONS: HeaderName = HeaderName::from_static("x-spock-extensions");
+/// `X-Spock-readdir` request header; `attrs` selects the `readdir-attrs`
+/// listing format.
+pub static X_SPOCK_READDIR: HeaderName = HeaderName::from_static("x-spock-readdir");
+
+/// A request header that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHeader {
+    /// Required and absent.
+    #[error("missing required header {0}")]
+    Missing(&'static str),
+    /// Present but not parseable.
+    #[error("malformed header {name}: {why}")]
+    Malformed {
+        /// Header name as the spec spells it.
+        name: &'static str,
+        /// What was expected.
+        why: &'static str,
+    },
+}
+
+/// Reads a required typed header; the error names it.
+pub fn required<H: Header>(headers: &HeaderMap, display: &'static str) -> Result<H, BadHeader> {
+    if !headers.contains_key(H::name()) {
+        return Err(BadHeader::Missing(display));
+    }
+    headers.typed_try_get::<H>().ok().flatten().ok_or(BadHeader::Malformed {
+        name: display,
+        why: "expected one plain decimal integer in range",
+    })
+}
+
+/// Reads an optional typed header; present-but-malformed is an error.
+pub fn optional<H: Header>(
+    headers: &HeaderMap,
+    display: &'static str,
+) -> Result<Option<H>, BadHeader> {
+    if !headers.contains_key(H::name()) {
+        return Ok(None);
+    }
+    required(headers, display).map(Some)
+}
+
+/// A byte range requested with `Range` (GET, HEAD, FALLOCATE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=a-b` (inclusive). `last` may be before `first` by one for an
+    /// empty range (what the original client sends for a 0-byte read).
+    FromTo {
+        /// First byte.
+        first: u64,
+        /// Last byte, inclusive.
+        last: u64,
+    },
+    /// `bytes=a-`.
+    From(u64),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Resolves against a file of `size` bytes: `Some((offset, len))` of the
+    /// bytes to send, `None` if the range starts at or past the end (or is
+    /// empty).
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        let (first, end_excl) = match self {
+            ByteRange::FromTo { first, last } => (first, last.saturating_add(1)),
+            ByteRange::From(first) => (first, u64::MAX),
+            ByteRange::Suffix(n) => (size.saturating_sub(n), size),
+        };
+        let end = end_excl.min(size);
+        if first >= size || first >= end {
+            None
+        } else {
+            Some((first, end - first))
+        }
+    }
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    let s = s.trim_ascii();
+    if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Parses `Range: bytes=a-b` / `bytes=a-` / `bytes=-n`; with several ranges,
+/// the first one. Returns `None` for anything malformed, including `a > b`
+/// (except the empty `a-(a-1)` form the original client sends for a 0-byte
+/// read).
+///
+/// ```
+/// use spockfs_core::headers::{parse_range, ByteRange};
+/// assert_eq!(parse_range(b"bytes=100-104"), Some(ByteRange::FromTo { first: 100, last: 104 }));
+/// assert_eq!(parse_range(b"bytes=-5, 1-2"), Some(ByteRange::Suffix(5)));
+/// assert_eq!(parse_range(b"items=1-2"), None);
+/// ```
+pub fn parse_range(value: &[u8]) -> Option<ByteRange> {
+    let value = value.trim_ascii();
+    let (unit, spec) = value.split_at(value.iter().position(|&b| b == b'=')?);
+    if !unit.trim_ascii().eq_ignore_ascii_case(b"bytes") {
+        return None;
+    }
+    let first_spec = spec[1..].split(|&b| b == b',').next()?.trim_ascii();
+    let dash = first_spec.iter().position(|&b| b == b'-')?;
+    let (a, b) = (&first_spec[..dash], &first_spec[dash + 1..]);
+    match (a.trim_ascii().is_empty(), b.trim_ascii().is_empty()) {
+        (true, true) => None,
+        (true, false) => parse_u64(b).map(ByteRange::Suffix),
+        (false, true) => parse_u64(a).map(ByteRange::From),
+        (false, false) => {
+            let (first, last) = (parse_u64(a)?, parse_u64(b)?);
+            if last < first && last.wrapping_add(1) != first {
+                return None;
+            }
+            Some(ByteRange::FromTo { first, last })
+        }
+    }
+}
+
+/// Parses a PUT's `Content-Range`: the spec's `bytes=a-b` or the standard
+/// `bytes a-b/total` (`total` a number or `*`). Returns `(offset, length)`.
+/// `a-(a-1)` is an empty write at `a` (the original client's 0-byte write),
+/// and so is `0-18446744073709551615` ((0 + 0) - 1 wrapped) when the body is
+/// empty: the caller decides with the body length.
+///
+/// ```
+/// use spockfs_core::headers::parse_content_range;
+/// assert_eq!(parse_content_range(b"bytes=100-104"), Some((100, 5)));
+/// assert_eq!(parse_content_range(b"bytes 100-104/*"), Some((100, 5)));
+/// assert_eq!(parse_content_range(b"bytes 0-9/10"), Some((0, 10)));
+/// assert_eq!(parse_content_range(b"bytes 0-9/5"), None);
+/// assert_eq!(parse_content_range(b"bytes */10"), None);
+/// ```
+pub fn parse_content_range(value: &[u8]) -> Option<(u64, u64)> {
+    let value = value.trim_ascii();
+    let (spec, total) = if let Some(rest) = strip_prefix_ci(value, b"bytes=") {
+        (rest, None)
+    } else if let Some(rest) = strip_prefix_ci(value, b"bytes ") {
+        let slash = rest.iter().position(|&b| b == b'/')?;
+        let total = rest[slash + 1..].trim_ascii();
+        let total = if total == b"*" {
+            None
+        } else {
+            Some(parse_u64(total)?)
+        };
+        (&rest[..slash], total)
+    } else {
+        return None;
+    };
+    let dash = spec.iter().position(|&b| b == b'-')?;
+    let first = parse_u64(&spec[..dash])?;
+    let last = parse_u64(&spec[dash + 1..])?;
+    let len = if last.wrapping_add(1) == first {
+        0
+    } else if last < first {
+        return None;
+    } else {
+        (last - first).checked_add(1)?
+    };
+    if let Some(total) = total {
+        if len > 0 && last >= total {
+            return None;
+        }
+    }
+    Some((first, len))
+}
+
+fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal() {
+        assert_eq!(parse_decimal_i128(b"0"), Some(0));
+        assert_eq!(parse_decimal_i128(b"-1"), Some(-1));
+        assert_eq!(parse_decimal_i128(b"18446744073709551615"), Some(u64::MAX as i128));
+        for bad in [&b""[..], b"-", b"+1", b" 1", b"1 ", b"0x10", b"1e3", b"1.5", b"--1"] {
+            assert_eq!(parse_decimal_i128(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn typed_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-spock-mode", HeaderValue::from_static("448"));
+        h.insert("x-spock-uid", HeaderValue::from_static("-1"));
+        assert_eq!(required::<XSpockMode>(&h, "X-Spock-mode"), Ok(XSpockMode(448)));
+        assert_eq!(required::<XSpockUid>(&h, "X-Spock-uid"), Ok(XSpockUid(-1)));
+        assert_eq!(
+            required::<XSpockSize>(&h, "X-Spock-size"),
+            Err(BadHeader::Missing("X-Spock-size"))
+        );
+        h.insert("x-spock-size", HeaderValue::from_static("-5"));
+        assert!(matches!(
+            required::<XSpockSize>(&h, "X-Spock-size"),
+            Err(BadHeader::Malformed { .. })
+        ));
+        h.append("x-spock-mode", HeaderValue::from_static("1"));
+        assert!(required::<XSpockMode>(&h, "X-Spock-mode").is_err());
+        assert_eq!(optional::<XSpockFlag>(&h, "X-Spock-flag"), Ok(None));
+    }
+
+    #[test]
+    fn ranges() {
+        use ByteRange::*;
+        assert_eq!(parse_range(b"bytes=0-4095"), Some(FromTo { first: 0, last: 4095 }));
+        assert_eq!(parse_range(b"BYTES = 5-"), Some(From(5)));
+        assert_eq!(parse_range(b"bytes=-0"), Some(Suffix(0)));
+        assert_eq!(parse_range(b"bytes=5-4"), Some(FromTo { first: 5, last: 4 }));
+        assert_eq!(parse_range(b"bytes=5-3"), None);
+        assert_eq!(parse_range(b"bytes=-"), None);
+        assert_eq!(parse_range(b"bytes=a-b"), None);
+        assert_eq!(parse_range(b"bytes"), None);
+        assert_eq!(FromTo { first: 0, last: 4095 }.resolve(100), Some((0, 100)));
+        assert_eq!(FromTo { first: 100, last: 200 }.resolve(100), None);
+        assert_eq!(FromTo { first: 5, last: 4 }.resolve(100), None);
+        assert_eq!(FromTo { first: 0, last: u64::MAX }.resolve(10), Some((0, 10)));
+        assert_eq!(From(3).resolve(10), Some((3, 7)));
+        assert_eq!(Suffix(3).resolve(10), Some((7, 3)));
+        assert_eq!(Suffix(30).resolve(10), Some((0, 10)));
+        assert_eq!(Suffix(0).resolve(10), None);
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range(b"bytes=5-4"), Some((5, 0)));
+        assert_eq!(parse_content_range(b"bytes=0-18446744073709551615"), Some((0, 0)));
+        assert_eq!(parse_content_range(b"bytes 0-0/1"), Some((0, 1)));
+        assert_eq!(parse_content_range(b"bytes=9-3"), None);
+        assert_eq!(parse_content_range(b"bytes=1-"), None);
+        assert_eq!(parse_content_range(b"items=1-2"), None);
+        assert_eq!(parse_content_range(b"bytes 1-2"), None);
+    }
+}

@@ -1,0 +1,17 @@
+//! # spockfs-core
+//!
+//! The SpockFS 0.1 protocol and its engine, independent of any HTTP
+//! framework: everything a request means is decided here, once, so that the
+//! adapters (`spockfs-tower`, `spockfs-pingora`) stay thin.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod errno;
+pub mod headers;
+pub mod path;
+
+pub use backend::local::LocalFs;
+pub use backend::mem::MemFs;
+pub use backend::{Backend, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag};
+pub use errno::{Errno, FsResult};
+pub use path::{FsPath, PathError};
