@@ -126,7 +126,9 @@ impl Header for XSpockTarget {
         &NAME
     }
 
-    fn decode<'i, I: Iterator<Item = &'i HeaderValue>>(values: &mut I) -> Result<Self, HeaderError> {
+    fn decode<'i, I: Iterator<Item = &'i HeaderValue>>(
+        values: &mut I,
+    ) -> Result<Self, HeaderError> {
         Ok(XSpockTarget(decode_one(values)?.as_bytes().to_vec()))
     }
 
@@ -168,10 +170,14 @@ pub fn required<H: Header>(headers: &HeaderMap, display: &'static str) -> Result
     if !headers.contains_key(H::name()) {
         return Err(BadHeader::Missing(display));
     }
-    headers.typed_try_get::<H>().ok().flatten().ok_or(BadHeader::Malformed {
-        name: display,
-        why: "expected one plain decimal integer in range",
-    })
+    headers
+        .typed_try_get::<H>()
+        .ok()
+        .flatten()
+        .ok_or(BadHeader::Malformed {
+            name: display,
+            why: "expected one plain decimal integer in range",
+        })
 }
 
 /// Reads an optional typed header; present-but-malformed is an error.
@@ -183,6 +189,19 @@ pub fn optional<H: Header>(
         return Ok(None);
     }
     required(headers, display).map(Some)
+}
+
+/// Reads the required raw `X-Spock-target` header.
+pub fn required_target(headers: &HeaderMap) -> Result<Vec<u8>, BadHeader> {
+    let mut it = headers.get_all(XSpockTarget::name()).iter();
+    match (it.next(), it.next()) {
+        (None, _) => Err(BadHeader::Missing("X-Spock-target")),
+        (Some(v), None) => Ok(v.as_bytes().to_vec()),
+        (Some(_), Some(_)) => Err(BadHeader::Malformed {
+            name: "X-Spock-target",
+            why: "sent more than once",
+        }),
+    }
 }
 
 /// A byte range requested with `Range` (GET, HEAD, FALLOCATE).
@@ -327,8 +346,21 @@ mod tests {
     fn decimal() {
         assert_eq!(parse_decimal_i128(b"0"), Some(0));
         assert_eq!(parse_decimal_i128(b"-1"), Some(-1));
-        assert_eq!(parse_decimal_i128(b"18446744073709551615"), Some(u64::MAX as i128));
-        for bad in [&b""[..], b"-", b"+1", b" 1", b"1 ", b"0x10", b"1e3", b"1.5", b"--1"] {
+        assert_eq!(
+            parse_decimal_i128(b"18446744073709551615"),
+            Some(u64::MAX as i128)
+        );
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"0x10",
+            b"1e3",
+            b"1.5",
+            b"--1",
+        ] {
             assert_eq!(parse_decimal_i128(bad), None, "{bad:?}");
         }
     }
@@ -338,7 +370,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-spock-mode", HeaderValue::from_static("448"));
         h.insert("x-spock-uid", HeaderValue::from_static("-1"));
-        assert_eq!(required::<XSpockMode>(&h, "X-Spock-mode"), Ok(XSpockMode(448)));
+        assert_eq!(
+            required::<XSpockMode>(&h, "X-Spock-mode"),
+            Ok(XSpockMode(448))
+        );
         assert_eq!(required::<XSpockUid>(&h, "X-Spock-uid"), Ok(XSpockUid(-1)));
         assert_eq!(
             required::<XSpockSize>(&h, "X-Spock-size"),
@@ -357,18 +392,48 @@ mod tests {
     #[test]
     fn ranges() {
         use ByteRange::*;
-        assert_eq!(parse_range(b"bytes=0-4095"), Some(FromTo { first: 0, last: 4095 }));
+        assert_eq!(
+            parse_range(b"bytes=0-4095"),
+            Some(FromTo {
+                first: 0,
+                last: 4095
+            })
+        );
         assert_eq!(parse_range(b"BYTES = 5-"), Some(From(5)));
         assert_eq!(parse_range(b"bytes=-0"), Some(Suffix(0)));
-        assert_eq!(parse_range(b"bytes=5-4"), Some(FromTo { first: 5, last: 4 }));
+        assert_eq!(
+            parse_range(b"bytes=5-4"),
+            Some(FromTo { first: 5, last: 4 })
+        );
         assert_eq!(parse_range(b"bytes=5-3"), None);
         assert_eq!(parse_range(b"bytes=-"), None);
         assert_eq!(parse_range(b"bytes=a-b"), None);
         assert_eq!(parse_range(b"bytes"), None);
-        assert_eq!(FromTo { first: 0, last: 4095 }.resolve(100), Some((0, 100)));
-        assert_eq!(FromTo { first: 100, last: 200 }.resolve(100), None);
+        assert_eq!(
+            FromTo {
+                first: 0,
+                last: 4095
+            }
+            .resolve(100),
+            Some((0, 100))
+        );
+        assert_eq!(
+            FromTo {
+                first: 100,
+                last: 200
+            }
+            .resolve(100),
+            None
+        );
         assert_eq!(FromTo { first: 5, last: 4 }.resolve(100), None);
-        assert_eq!(FromTo { first: 0, last: u64::MAX }.resolve(10), Some((0, 10)));
+        assert_eq!(
+            FromTo {
+                first: 0,
+                last: u64::MAX
+            }
+            .resolve(10),
+            Some((0, 10))
+        );
         assert_eq!(From(3).resolve(10), Some((3, 7)));
         assert_eq!(Suffix(3).resolve(10), Some((7, 3)));
         assert_eq!(Suffix(30).resolve(10), Some((0, 10)));
@@ -378,7 +443,10 @@ mod tests {
     #[test]
     fn content_ranges() {
         assert_eq!(parse_content_range(b"bytes=5-4"), Some((5, 0)));
-        assert_eq!(parse_content_range(b"bytes=0-18446744073709551615"), Some((0, 0)));
+        assert_eq!(
+            parse_content_range(b"bytes=0-18446744073709551615"),
+            Some((0, 0))
+        );
         assert_eq!(parse_content_range(b"bytes 0-0/1"), Some((0, 1)));
         assert_eq!(parse_content_range(b"bytes=9-3"), None);
         assert_eq!(parse_content_range(b"bytes=1-"), None);

@@ -6,9 +6,18 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod body;
+pub mod engine;
 pub mod errno;
 pub mod headers;
+pub mod method;
+pub mod mount;
 pub mod path;
+
+pub use body::SpockBody;
+pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limits, Op};
+pub use method::Method;
+pub use mount::{Mount, MountTable};
 
 pub use backend::local::LocalFs;
 pub use backend::mem::MemFs;

@@ -134,9 +134,7 @@ impl FsPath {
 
     /// The components, in order.
     pub fn components(&self) -> impl Iterator<Item = &[u8]> {
-        self.rel
-            .split(|&b| b == b'/')
-            .filter(|s| !s.is_empty())
+        self.rel.split(|&b| b == b'/').filter(|s| !s.is_empty())
     }
 
     /// Splits into the parent's relative path and the final name; `None` for

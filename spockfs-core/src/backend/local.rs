@@ -126,8 +126,13 @@ impl LocalFs {
         if rel.is_empty() {
             return Ok(Dir::Borrowed(root));
         }
-        resolve_beneath(root, rel, O_BASE | OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-            .map(Dir::Owned)
+        resolve_beneath(
+            root,
+            rel,
+            O_BASE | OFlags::PATH | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .map(Dir::Owned)
     }
 
     /// An `O_PATH` fd on the object itself, refused if it is a symlink.
@@ -167,11 +172,26 @@ impl AsFd for Dir<'_> {
     }
 }
 
+/// `openat2` rejects `O_PATH` combined with anything but `O_CLOEXEC`,
+/// `O_DIRECTORY` and `O_NOFOLLOW`.
+fn path_safe(flags: OFlags) -> OFlags {
+    if flags.contains(OFlags::PATH) {
+        flags & (OFlags::PATH | OFlags::CLOEXEC | OFlags::DIRECTORY | OFlags::NOFOLLOW)
+    } else {
+        flags
+    }
+}
+
 #[cfg(target_os = "linux")]
-fn resolve_beneath(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags, mode: Mode) -> FsResult<OwnedFd> {
+fn resolve_beneath(
+    root: BorrowedFd<'_>,
+    rel: &[u8],
+    flags: OFlags,
+    mode: Mode,
+) -> FsResult<OwnedFd> {
     use rustix::fs::ResolveFlags;
-    let resolve =
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let flags = path_safe(flags);
     // EAGAIN: the kernel saw a concurrent rename and could not prove the
     // lookup stayed beneath the root; it is safe to retry.
     let mut tries = 0;
@@ -191,7 +211,12 @@ fn resolve_beneath(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags, mode: Mode) 
 /// is just as confined (no symlink is ever followed and no component is
 /// `..`), only slower.
 #[cfg(not(target_os = "linux"))]
-fn resolve_beneath(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags, mode: Mode) -> FsResult<OwnedFd> {
+fn resolve_beneath(
+    root: BorrowedFd<'_>,
+    rel: &[u8],
+    flags: OFlags,
+    mode: Mode,
+) -> FsResult<OwnedFd> {
     let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
     let mut cur: Option<OwnedFd> = None;
     for (i, comp) in comps.iter().enumerate() {
@@ -208,15 +233,19 @@ fn resolve_beneath(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags, mode: Mode) 
 }
 
 fn open_root(path: &Path) -> FsResult<OwnedFd> {
-    let fd = rustix::fs::open(path, O_BASE | OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-        .map_err(io_err)?;
+    let fd = rustix::fs::open(
+        path,
+        O_BASE | OFlags::PATH | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .map_err(io_err)?;
     #[cfg(target_os = "linux")]
     {
         // Fail closed: prove openat2 with RESOLVE_BENEATH works here.
         match rustix::fs::openat2(
             &fd,
             c".",
-            O_BASE | OFlags::PATH,
+            OFlags::CLOEXEC | OFlags::PATH,
             Mode::empty(),
             rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
         ) {
@@ -237,8 +266,12 @@ fn check_procfs() -> FsResult<()> {
     static CHECK: OnceLock<Result<(), Errno>> = OnceLock::new();
     *CHECK.get_or_init(|| {
         const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-        let fd = rustix::fs::open("/proc/self/fd", O_BASE | OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-            .map_err(io_err)?;
+        let fd = rustix::fs::open(
+            "/proc/self/fd",
+            O_BASE | OFlags::PATH | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(io_err)?;
         let sfs = rustix::fs::fstatfs(&fd).map_err(io_err)?;
         if sfs.f_type as i64 != PROC_SUPER_MAGIC {
             tracing::error!("/proc is not procfs: refusing to serve");
@@ -285,8 +318,13 @@ fn statat(dir: &impl AsFd, name: &[u8]) -> FsResult<Stat> {
 /// just created (the process umask masked them), refusing to touch it if it
 /// has meanwhile been replaced by a symlink.
 fn fix_mode(dir: &impl AsFd, name: &[u8], mode: u32) -> FsResult<()> {
-    let fd = rustix::fs::openat(dir, name, O_BASE | OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())
-        .map_err(io_err)?;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        O_BASE | OFlags::PATH | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(io_err)?;
     let st = fstat(&fd)?;
     if st.is_symlink() {
         return Err(Errno::EEXIST);
@@ -432,15 +470,25 @@ impl Replacement for LocalReplacement {
         ) {
             Ok(()) => true,
             Err(rustix::io::Errno::EXIST) => {
-                rustix::fs::renameat(&self.dir, tmp_name.as_slice(), &self.dir, self.name.as_slice())
-                    .map_err(io_err)?;
+                rustix::fs::renameat(
+                    &self.dir,
+                    tmp_name.as_slice(),
+                    &self.dir,
+                    self.name.as_slice(),
+                )
+                .map_err(io_err)?;
                 false
             }
             Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
                 // No RENAME_NOREPLACE on this filesystem: best effort.
                 let existed = statat(&self.dir, &self.name).is_ok();
-                rustix::fs::renameat(&self.dir, tmp_name.as_slice(), &self.dir, self.name.as_slice())
-                    .map_err(io_err)?;
+                rustix::fs::renameat(
+                    &self.dir,
+                    tmp_name.as_slice(),
+                    &self.dir,
+                    self.name.as_slice(),
+                )
+                .map_err(io_err)?;
                 !existed
             }
             Err(e) => return Err(io_err(e)),
@@ -751,7 +799,11 @@ impl Backend for LocalFs {
                 .map_err(io_err)?;
                 let st = fstat(&fd)?;
                 if !st.is_file() {
-                    return Err(if st.is_dir() { Errno::EISDIR } else { Errno::EEXIST });
+                    return Err(if st.is_dir() {
+                        Errno::EISDIR
+                    } else {
+                        Errno::EEXIST
+                    });
                 }
                 rustix::fs::ftruncate(&fd, 0).map_err(io_err)
             }
@@ -787,10 +839,13 @@ impl Backend for LocalFs {
         let (parent, name) = path.parent_and_name().ok_or(Errno::EISDIR)?;
         let dir = match self.dir(parent)? {
             Dir::Owned(fd) => fd,
-            Dir::Borrowed(root) => {
-                rustix::fs::openat(root, c".", O_BASE | OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-                    .map_err(io_err)?
-            }
+            Dir::Borrowed(root) => rustix::fs::openat(
+                root,
+                c".",
+                O_BASE | OFlags::PATH | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .map_err(io_err)?,
         };
         // Refuse early what commit would refuse: replacing a directory.
         if let Ok(st) = statat(&dir, name) {

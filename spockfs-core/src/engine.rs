@@ -1,0 +1,1341 @@
+//! The engine: request head + body stream in, response head + body stream
+//! out. Framework adapters hand it an `http::Request` and send back the
+//! `http::Response` it returns; nothing else about a request is decided
+//! outside this module.
+//!
+//! The work is split like tower-http's `ServeDir`: [`parse`] decides what a
+//! request means (method, path, headers → an [`Op`] or a 4xx), `execute`
+//! runs it against the backend on a blocking thread, and the response
+//! builders turn the outcome into status, headers and body.
+
+use crate::backend::{Backend, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag};
+use crate::body::{read_chunk, SpockBody};
+use crate::headers::{
+    self as h, parse_content_range, parse_range, BadHeader, ByteRange, X_SPOCK_ERRNO,
+    X_SPOCK_EXTENSIONS, X_SPOCK_READDIR, X_SPOCK_VERSION,
+};
+use crate::method::{Method, ALLOW, EXTENSIONS};
+use crate::mount::{Mount, MountTable, SelectError};
+use crate::{Errno, FsPath, FsResult};
+use bytes::{Buf, Bytes, BytesMut};
+use headers::HeaderMapExt;
+use http::header::{HeaderValue, ALLOW as ALLOW_HDR, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// A boxed error, as request bodies report them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Tunables, each with its default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest xattr value or list (LISTXATTR/GETXATTR/SETXATTR), bytes;
+    /// larger is 413. Default 64 KiB (the Linux limit for one value).
+    pub xattr_size: usize,
+    /// Bytes per disk read/write when streaming GET and PUT bodies. Default
+    /// 256 KiB.
+    pub chunk_size: usize,
+    /// Largest ranged PUT accepted without a known body length (chunked
+    /// transfer encoding): such bodies are buffered to check their length
+    /// before anything is written; larger ones get 411. Default 1 MiB.
+    pub max_unsized_range_put: usize,
+    /// How much of an unread request body is drained before an error
+    /// response so the connection can be kept alive; past it the connection
+    /// is closed. Default 1 MiB.
+    pub drain: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            xattr_size: 64 * 1024,
+            chunk_size: 256 * 1024,
+            max_unsized_range_put: 1024 * 1024,
+            drain: 1024 * 1024,
+        }
+    }
+}
+
+/// The SpockFS request engine. Cheap to share (`Arc` it); stateless
+/// between requests.
+///
+/// ```
+/// use spockfs_core::{Engine, Mount, MemFs};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let engine = Engine::builder().default_mount(Mount::new(MemFs::new())).build();
+/// let req = http::Request::builder()
+///     .method("MKDIR")
+///     .uri("/docs")
+///     .header("host", "example.com")
+///     .header("x-spock-mode", "493")
+///     .body(http_body_util::Empty::<bytes::Bytes>::new())
+///     .unwrap();
+/// let resp = engine.handle(req).await;
+/// assert_eq!(resp.status(), 201);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Engine {
+    mounts: MountTable,
+    limits: Limits,
+}
+
+/// Builds an [`Engine`].
+#[derive(Debug, Default)]
+pub struct EngineBuilder {
+    mounts: MountTable,
+    limits: Limits,
+}
+
+impl EngineBuilder {
+    /// Serves `dir` (a [`LocalFs`](crate::LocalFs)) when no vhost matches.
+    pub fn root(self, dir: impl AsRef<Path>) -> Self {
+        self.default_mount(Mount::local(dir))
+    }
+
+    /// Serves `mount` when no vhost matches. Default: none (404).
+    pub fn default_mount(mut self, mount: Mount) -> Self {
+        self.mounts.set_default(mount);
+        self
+    }
+
+    /// Serves `mount` for requests to `host` (`"example.com"` or
+    /// `"example.com:8080"`; case-insensitive; `host:port` is tried before
+    /// `host`).
+    pub fn vhost(mut self, host: &str, mount: Mount) -> Self {
+        self.mounts.insert_vhost(host, mount);
+        self
+    }
+
+    /// Replaces all limits. Default: [`Limits::default`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Largest xattr value or list. Default 64 KiB.
+    pub fn xattr_limit(mut self, bytes: usize) -> Self {
+        self.limits.xattr_size = bytes;
+        self
+    }
+
+    /// Bytes per streamed read/write. Default 256 KiB.
+    pub fn chunk_size(mut self, bytes: usize) -> Self {
+        self.limits.chunk_size = bytes.max(4096);
+        self
+    }
+
+    /// The engine.
+    pub fn build(self) -> Engine {
+        Engine {
+            mounts: self.mounts,
+            limits: self.limits,
+        }
+    }
+}
+
+/// What a request asks for, fully parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Op {
+    Readdir {
+        attrs: bool,
+    },
+    Getattr,
+    Mknod {
+        mode: u32,
+        dev: u64,
+    },
+    Open {
+        flags: i32,
+    },
+    Chmod {
+        mode: u32,
+    },
+    Chown {
+        owner: Owner,
+    },
+    Truncate {
+        size: u64,
+    },
+    Access {
+        mask: u32,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    Readlink,
+    Rmdir,
+    Mkdir {
+        mode: u32,
+    },
+    Link {
+        existing: FsPath,
+    },
+    Rename {
+        from: FsPath,
+    },
+    Fallocate {
+        mode: i32,
+        offset: u64,
+        len: u64,
+    },
+    Statfs,
+    Listxattr {
+        size: Option<u64>,
+    },
+    Getxattr {
+        name: Vec<u8>,
+        size: Option<u64>,
+    },
+    Setxattr {
+        name: Vec<u8>,
+        flag: XattrFlag,
+    },
+    Removexattr {
+        name: Vec<u8>,
+    },
+    Utimens {
+        atime: i64,
+        mtime: i64,
+    },
+    Get {
+        range: Option<ByteRange>,
+        head: bool,
+    },
+    Put {
+        range: Option<(u64, u64)>,
+    },
+    Post {
+        mode: u32,
+    },
+    Delete,
+    Fsync {
+        datasync: bool,
+    },
+}
+
+impl Op {
+    /// True if the operation may change the filesystem (refused on
+    /// read-only mounts).
+    pub fn is_mutating(&self) -> bool {
+        match self {
+            Op::Readdir { .. }
+            | Op::Getattr
+            | Op::Readlink
+            | Op::Statfs
+            | Op::Listxattr { .. }
+            | Op::Getxattr { .. }
+            | Op::Get { .. }
+            | Op::Fsync { .. } => false,
+            Op::Open { flags } => {
+                flags & libc::O_ACCMODE != libc::O_RDONLY
+                    || flags & (libc::O_TRUNC | libc::O_CREAT) != 0
+            }
+            Op::Access { mask } => mask & 2 != 0,
+            _ => true,
+        }
+    }
+}
+
+/// A request refused before touching the filesystem.
+#[derive(Debug)]
+pub struct Reject {
+    status: StatusCode,
+    errno: Errno,
+    message: String,
+}
+
+impl Reject {
+    fn bad(message: impl Into<String>) -> Reject {
+        Reject {
+            status: StatusCode::BAD_REQUEST,
+            errno: Errno::EINVAL,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<BadHeader> for Reject {
+    fn from(e: BadHeader) -> Reject {
+        Reject::bad(e.to_string())
+    }
+}
+
+fn target_path(headers: &HeaderMap) -> Result<FsPath, Reject> {
+    let t = h::required_target(headers)?;
+    FsPath::from_bytes(&t).map_err(|e| Reject::bad(format!("invalid X-Spock-target path: {e}")))
+}
+
+fn uid_opt(v: i64, name: &str) -> Result<Option<u32>, Reject> {
+    match v {
+        -1 | 4294967295 => Ok(None),
+        0..=4294967294 => Ok(Some(v as u32)),
+        _ => Err(Reject::bad(format!(
+            "malformed header {name}: out of range"
+        ))),
+    }
+}
+
+/// Decides what a request means: its [`Op`] on a validated path, or why it
+/// is refused. Pure: no I/O.
+pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsPath), Reject> {
+    let path =
+        FsPath::from_url_path(path).map_err(|e| Reject::bad(format!("invalid path: {e}")))?;
+    use h::{optional as opt, required as req};
+    let op = match method {
+        Method::Readdir => {
+            let attrs = match headers.get(&X_SPOCK_READDIR) {
+                None => false,
+                Some(v) if v.as_bytes().eq_ignore_ascii_case(b"attrs") => true,
+                Some(_) => {
+                    return Err(Reject::bad(
+                        "malformed header X-Spock-readdir: expected 'attrs'",
+                    ))
+                }
+            };
+            Op::Readdir { attrs }
+        }
+        Method::Getattr => Op::Getattr,
+        Method::Mknod => Op::Mknod {
+            mode: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
+            dev: opt::<h::XSpockDev>(headers, "X-Spock-dev")?.map_or(0, |d| d.0 as u64),
+        },
+        Method::Open => {
+            let flags = opt::<h::XSpockFlag>(headers, "X-Spock-flag")?.map_or(0, |f| f.0);
+            let flags = i32::try_from(flags)
+                .map_err(|_| Reject::bad("malformed header X-Spock-flag: out of range"))?;
+            Op::Open { flags }
+        }
+        Method::Chmod => Op::Chmod {
+            mode: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
+        },
+        Method::Chown => Op::Chown {
+            owner: Owner {
+                uid: uid_opt(
+                    req::<h::XSpockUid>(headers, "X-Spock-uid")?.0,
+                    "X-Spock-uid",
+                )?,
+                gid: uid_opt(
+                    req::<h::XSpockGid>(headers, "X-Spock-gid")?.0,
+                    "X-Spock-gid",
+                )?,
+            },
+        },
+        Method::Truncate => {
+            let size = req::<h::XSpockSize>(headers, "X-Spock-size")?.0;
+            if size > i64::MAX as u64 {
+                return Err(Reject::bad("malformed header X-Spock-size: out of range"));
+            }
+            Op::Truncate { size }
+        }
+        Method::Access => Op::Access {
+            mask: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
+        },
+        Method::Symlink => {
+            let target = h::required_target(headers)?;
+            if target.is_empty() {
+                return Err(Reject::bad(
+                    "malformed header X-Spock-target: empty symlink target",
+                ));
+            }
+            Op::Symlink { target }
+        }
+        Method::Readlink => Op::Readlink,
+        Method::Rmdir => Op::Rmdir,
+        Method::Mkdir => Op::Mkdir {
+            mode: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
+        },
+        Method::Link => Op::Link {
+            existing: target_path(headers)?,
+        },
+        Method::Rename => Op::Rename {
+            from: target_path(headers)?,
+        },
+        Method::Fallocate => {
+            let mode = opt::<h::XSpockMode>(headers, "X-Spock-mode")?.map_or(0, |m| m.0);
+            let range = headers
+                .get(RANGE)
+                .ok_or(BadHeader::Missing("Range"))
+                .map_err(Reject::from)?;
+            let (offset, len) = match parse_range(range.as_bytes()) {
+                Some(ByteRange::FromTo { first, last }) if last >= first => {
+                    (first, last - first + 1)
+                }
+                _ => {
+                    return Err(Reject::bad(
+                        "malformed header Range: expected bytes=first-last",
+                    ))
+                }
+            };
+            if offset
+                .checked_add(len)
+                .is_none_or(|end| end > i64::MAX as u64)
+            {
+                return Err(Reject::bad("malformed header Range: out of range"));
+            }
+            Op::Fallocate {
+                mode: mode as i32,
+                offset,
+                len,
+            }
+        }
+        Method::Statfs => Op::Statfs,
+        Method::Listxattr => Op::Listxattr {
+            size: opt::<h::XSpockSize>(headers, "X-Spock-size")?.map(|s| s.0),
+        },
+        Method::Getxattr => Op::Getxattr {
+            name: xattr_name(headers)?,
+            size: opt::<h::XSpockSize>(headers, "X-Spock-size")?.map(|s| s.0),
+        },
+        Method::Setxattr => {
+            let flag = opt::<h::XSpockFlag>(headers, "X-Spock-flag")?.map_or(0, |f| f.0);
+            Op::Setxattr {
+                name: xattr_name(headers)?,
+                flag: XattrFlag::from_wire(flag).map_err(|_| {
+                    Reject::bad("malformed header X-Spock-flag: expected 0, 1 (XATTR_CREATE) or 2 (XATTR_REPLACE)")
+                })?,
+            }
+        }
+        Method::Removexattr => Op::Removexattr {
+            name: xattr_name(headers)?,
+        },
+        Method::Utimens => Op::Utimens {
+            atime: req::<h::XSpockAtime>(headers, "X-Spock-atime")?.0,
+            mtime: req::<h::XSpockMtime>(headers, "X-Spock-mtime")?.0,
+        },
+        Method::Get | Method::Head => {
+            let range = match headers.get(RANGE) {
+                None => None,
+                Some(v) => Some(parse_range(v.as_bytes()).ok_or_else(|| {
+                    Reject::bad("malformed header Range: expected bytes=first-last, bytes=first- or bytes=-suffix")
+                })?),
+            };
+            Op::Get {
+                range,
+                head: method == Method::Head,
+            }
+        }
+        Method::Put => {
+            let range = match headers.get(CONTENT_RANGE) {
+                None => None,
+                Some(v) => {
+                    let (off, len) = parse_content_range(v.as_bytes()).ok_or_else(|| {
+                        Reject::bad("malformed header Content-Range: expected bytes=first-last or bytes first-last/total")
+                    })?;
+                    if off.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
+                        return Err(Reject::bad("malformed header Content-Range: out of range"));
+                    }
+                    Some((off, len))
+                }
+            };
+            Op::Put { range }
+        }
+        Method::Post => Op::Post {
+            mode: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
+        },
+        Method::Delete => Op::Delete,
+        Method::Fsync => {
+            let flag = opt::<h::XSpockFlag>(headers, "X-Spock-flag")?.map_or(0, |f| f.0);
+            Op::Fsync {
+                datasync: flag == 1,
+            }
+        }
+        Method::Options => return Err(Reject::bad("OPTIONS has no operation")),
+    };
+    Ok((op, path))
+}
+
+fn xattr_name(headers: &HeaderMap) -> Result<Vec<u8>, Reject> {
+    let name = h::required_target(headers)?;
+    if name.is_empty() || name.len() > 255 {
+        return Err(Reject::bad(
+            "malformed header X-Spock-target: xattr name must be 1 to 255 bytes",
+        ));
+    }
+    Ok(name)
+}
+
+/// What executing an operation produced.
+enum Outcome {
+    Status(StatusCode),
+    Stat(Stat),
+    StatFs(StatFs),
+    Body(Bytes),
+    Size(u64),
+    File {
+        status: StatusCode,
+        head: bool,
+        file: Option<Arc<dyn FileHandle>>,
+        first: Bytes,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+}
+
+struct Ctx {
+    version: http::Version,
+}
+
+impl Engine {
+    /// An engine with no mounts yet.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// An engine serving one local directory.
+    pub fn new(dir: impl AsRef<Path>) -> Engine {
+        Engine::builder().root(dir).build()
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Answers one request. Never fails: every error is a response (4xx/5xx
+    /// with `X-Spock-errno` and a one-line text body). The request path is
+    /// `req.uri().path()`, already stripped of any mount prefix.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<SpockBody>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let span = tracing::debug_span!(
+            "spockfs",
+            method = %req.method(),
+            path = %req.uri().path(),
+        );
+        async move {
+            let start = Instant::now();
+            let resp = self.handle_inner(req).await;
+            let status = resp.status();
+            let errno = resp
+                .headers()
+                .get(&X_SPOCK_ERRNO)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let elapsed_us = start.elapsed().as_micros() as u64;
+            if status.is_server_error() {
+                tracing::warn!(
+                    status = status.as_u16(),
+                    errno,
+                    elapsed_us,
+                    "request failed"
+                );
+            } else {
+                tracing::debug!(status = status.as_u16(), errno, elapsed_us, "request done");
+            }
+            resp
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn handle_inner<B>(&self, req: Request<B>) -> Response<SpockBody>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let mut body = std::pin::pin!(body);
+        let ctx = Ctx {
+            version: parts.version,
+        };
+        let Some(method) = Method::from_http(&parts.method) else {
+            let mut r = self.reject(
+                &ctx,
+                Reject {
+                    status: StatusCode::METHOD_NOT_ALLOWED,
+                    errno: Errno::ENOSYS,
+                    message: format!("method {} is not a SpockFS method", parts.method),
+                },
+            );
+            r.headers_mut()
+                .insert(ALLOW_HDR, HeaderValue::from_static(ALLOW));
+            return self.finish(&ctx, r, body.as_mut()).await;
+        };
+        if method == Method::Options {
+            let r = options_response();
+            return self.finish(&ctx, r, body.as_mut()).await;
+        }
+        let mount = match self.mounts.select(&parts) {
+            Ok(m) => m,
+            Err(SelectError::MissingHost) => {
+                let r = self.reject(&ctx, Reject::bad("HTTP/1.1 request without Host header"));
+                return self.finish(&ctx, r, body.as_mut()).await;
+            }
+            Err(SelectError::NoMount) => {
+                let r = self.reject(
+                    &ctx,
+                    Reject {
+                        status: StatusCode::NOT_FOUND,
+                        errno: Errno::ENOENT,
+                        message: "no SpockFS root for this host".into(),
+                    },
+                );
+                return self.finish(&ctx, r, body.as_mut()).await;
+            }
+        };
+        let (op, path) = match parse(method, parts.uri.path(), &parts.headers) {
+            Ok(x) => x,
+            Err(rej) => {
+                let r = self.reject(&ctx, rej);
+                return self.finish(&ctx, r, body.as_mut()).await;
+            }
+        };
+        if mount.is_read_only() && op.is_mutating() {
+            let r = self.errno_response(&ctx, Errno::EROFS, "read-only mount");
+            return self.finish(&ctx, r, body.as_mut()).await;
+        }
+        let result = match op {
+            Op::Put { range } => self.put(&mount, path, range, body.as_mut()).await,
+            Op::Setxattr { name, flag } => {
+                self.setxattr(&mount, path, name, flag, body.as_mut()).await
+            }
+            op => self.execute(&mount, path, op).await,
+        };
+        let r = match result {
+            Ok(outcome) => self.respond(outcome),
+            Err(Fail::Errno(e)) => self.errno_response(&ctx, e, ""),
+            Err(Fail::Reject(rej)) => self.reject(&ctx, rej),
+        };
+        self.finish(&ctx, r, body.as_mut()).await
+    }
+
+    /// Drains what is left of the request body (bounded) so the connection
+    /// can be reused; if too much is left, asks the client to close.
+    async fn finish<B>(
+        &self,
+        ctx: &Ctx,
+        mut resp: Response<SpockBody>,
+        mut body: Pin<&mut B>,
+    ) -> Response<SpockBody>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        if body.is_end_stream() {
+            return resp;
+        }
+        if body.size_hint().lower() > self.limits.drain as u64 {
+            close_after(ctx, &mut resp);
+            return resp;
+        }
+        let mut drained = 0usize;
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                frame = body.frame() => match frame {
+                    None => return resp,
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            drained += d.remaining();
+                            if drained > self.limits.drain {
+                                break;
+                            }
+                        }
+                    }
+                    Some(Err(_)) => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        close_after(ctx, &mut resp);
+        resp
+    }
+
+    fn reject(&self, _ctx: &Ctx, rej: Reject) -> Response<SpockBody> {
+        error_response(rej.status, rej.errno, &rej.message)
+    }
+
+    fn errno_response(&self, _ctx: &Ctx, e: Errno, context: &str) -> Response<SpockBody> {
+        let msg = if context.is_empty() {
+            e.description()
+        } else {
+            format!("{} ({context})", e.description())
+        };
+        error_response(e.status(), e, &msg)
+    }
+
+    async fn execute(&self, mount: &Mount, path: FsPath, op: Op) -> Result<Outcome, Fail> {
+        let limits = self.limits.clone();
+        blocking(mount.backend(), move |b| {
+            execute_sync(b, &path, op, &limits)
+        })
+        .await
+        .and_then(|r| r)
+        .map_err(Fail::from)
+    }
+
+    async fn setxattr<B>(
+        &self,
+        mount: &Mount,
+        path: FsPath,
+        name: Vec<u8>,
+        flag: XattrFlag,
+        body: Pin<&mut B>,
+    ) -> Result<Outcome, Fail>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let value = read_limited(body, self.limits.xattr_size).await?;
+        blocking(mount.backend(), move |b| {
+            precheck(b, &path, DirRule::Any)?;
+            b.setxattr(&path, &name, &value, flag)
+        })
+        .await
+        .and_then(|r| r)
+        .map(|()| Outcome::Status(StatusCode::OK))
+        .map_err(Fail::from)
+    }
+
+    async fn put<B>(
+        &self,
+        mount: &Mount,
+        path: FsPath,
+        range: Option<(u64, u64)>,
+        mut body: Pin<&mut B>,
+    ) -> Result<Outcome, Fail>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let chunk = self.limits.chunk_size;
+        let exact = body.size_hint().exact();
+        match range {
+            Some((offset, len)) => {
+                // Check the body length against the range before writing
+                // anything: a mismatch is a client bug, and writing part of
+                // it would corrupt the file.
+                let prebuffered = match exact {
+                    Some(n) if n != len => {
+                        return Err(Fail::Reject(Reject::bad(format!(
+                            "Content-Range covers {len} bytes but the body has {n}"
+                        ))))
+                    }
+                    Some(_) => None,
+                    None if len as usize <= self.limits.max_unsized_range_put => {
+                        let data = read_limited(body.as_mut(), len as usize).await?;
+                        if data.len() as u64 != len {
+                            return Err(Fail::Reject(Reject::bad(format!(
+                                "Content-Range covers {len} bytes but the body has {}",
+                                data.len()
+                            ))));
+                        }
+                        Some(data)
+                    }
+                    None => {
+                        return Err(Fail::Reject(Reject {
+                            status: StatusCode::LENGTH_REQUIRED,
+                            errno: Errno::EINVAL,
+                            message: "a ranged PUT this large needs a Content-Length".into(),
+                        }))
+                    }
+                };
+                let p = path.clone();
+                let file: Arc<dyn FileHandle> = blocking(mount.backend(), move |b| {
+                    precheck(b, &p, DirRule::NotDir)?;
+                    b.open_write(&p).map(Arc::from)
+                })
+                .await??;
+                if let Some(data) = prebuffered {
+                    let f = file.clone();
+                    blocking(mount.backend(), move |_| f.write_at(&data, offset)).await??;
+                } else {
+                    let written = stream_to(mount.backend(), body, chunk, len, |buf, off| {
+                        let f = file.clone();
+                        move || f.write_at(&buf, offset + off)
+                    })
+                    .await?;
+                    if written != len {
+                        return Err(Fail::Reject(Reject::bad(format!(
+                            "request body ended after {written} of {len} bytes"
+                        ))));
+                    }
+                }
+                drop_blocking(mount.backend(), file);
+                Ok(Outcome::Status(StatusCode::OK))
+            }
+            None => {
+                let p = path.clone();
+                let rep: Arc<dyn Replacement> = blocking(mount.backend(), move |b| {
+                    precheck(b, &p, DirRule::NotDir)?;
+                    b.replace(&p).map(Arc::from)
+                })
+                .await??;
+                let expected = exact.unwrap_or(u64::MAX);
+                let r = stream_to(mount.backend(), body, chunk, expected, |buf, off| {
+                    let r = rep.clone();
+                    move || r.write_at(&buf, off)
+                })
+                .await;
+                let result = match r {
+                    Ok(n) if exact.is_some_and(|e| e != n) => Err(Fail::Reject(Reject::bad(
+                        format!("request body ended after {n} of {expected} bytes"),
+                    ))),
+                    Ok(_) => {
+                        let r2 = rep.clone();
+                        blocking(mount.backend(), move |_| r2.commit())
+                            .await
+                            .and_then(|r| r)
+                            .map(|created| {
+                                Outcome::Status(if created {
+                                    StatusCode::CREATED
+                                } else {
+                                    StatusCode::OK
+                                })
+                            })
+                            .map_err(Fail::from)
+                    }
+                    Err(e) => Err(e),
+                };
+                drop_blocking(mount.backend(), rep);
+                result
+            }
+        }
+    }
+
+    fn respond(&self, outcome: Outcome) -> Response<SpockBody> {
+        match outcome {
+            Outcome::Status(s) => status_response(s),
+            Outcome::Stat(st) => {
+                let mut r = status_response(StatusCode::OK);
+                put_stat(r.headers_mut(), &st);
+                r
+            }
+            Outcome::StatFs(s) => {
+                let mut r = status_response(StatusCode::OK);
+                let hm = r.headers_mut();
+                hm.typed_insert(h::XSpockBsize(s.bsize));
+                hm.typed_insert(h::XSpockFrsize(s.frsize));
+                hm.typed_insert(h::XSpockBlocks(s.blocks));
+                hm.typed_insert(h::XSpockBfree(s.bfree));
+                hm.typed_insert(h::XSpockBavail(s.bavail));
+                hm.typed_insert(h::XSpockFiles(s.files));
+                hm.typed_insert(h::XSpockFfree(s.ffree));
+                hm.typed_insert(h::XSpockFavail(s.favail));
+                hm.typed_insert(h::XSpockFsid(s.fsid));
+                hm.typed_insert(h::XSpockFlag(s.flag as i64));
+                hm.typed_insert(h::XSpockNamemax(s.namemax));
+                r
+            }
+            Outcome::Body(b) => {
+                let mut r = Response::new(SpockBody::full(b));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                r
+            }
+            Outcome::Size(n) => {
+                let mut r = status_response(StatusCode::OK);
+                r.headers_mut().typed_insert(h::XSpockSize(n));
+                r
+            }
+            Outcome::File {
+                status,
+                head,
+                file,
+                first,
+                offset,
+                len,
+                size,
+            } => {
+                let body = match file {
+                    Some(f) if len > first.len() as u64 => SpockBody::file(
+                        f,
+                        first.clone(),
+                        offset + first.len() as u64,
+                        len,
+                        self.limits.chunk_size,
+                        true,
+                    ),
+                    _ if head => SpockBody::empty(),
+                    _ => SpockBody::full(first),
+                };
+                let mut r = Response::new(body);
+                *r.status_mut() = status;
+                let hm = r.headers_mut();
+                hm.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                hm.insert(
+                    http::header::ACCEPT_RANGES,
+                    HeaderValue::from_static("bytes"),
+                );
+                if status == StatusCode::PARTIAL_CONTENT {
+                    let v = if len == 0 {
+                        format!("bytes */{size}")
+                    } else {
+                        format!("bytes {}-{}/{}", offset, offset + len - 1, size)
+                    };
+                    if let Ok(v) = HeaderValue::from_str(&v) {
+                        hm.insert(CONTENT_RANGE, v);
+                    }
+                }
+                if head {
+                    hm.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+                }
+                r
+            }
+        }
+    }
+}
+
+/// Why an operation failed.
+enum Fail {
+    Errno(Errno),
+    Reject(Reject),
+}
+
+impl From<Errno> for Fail {
+    fn from(e: Errno) -> Fail {
+        Fail::Errno(e)
+    }
+}
+
+impl From<Reject> for Fail {
+    fn from(r: Reject) -> Fail {
+        Fail::Reject(r)
+    }
+}
+
+fn close_after(ctx: &Ctx, resp: &mut Response<SpockBody>) {
+    if ctx.version <= http::Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+/// Runs `f` on a blocking thread if the backend blocks, inline otherwise.
+async fn blocking<T, F>(backend: &Arc<dyn Backend>, f: F) -> FsResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Backend) -> T + Send + 'static,
+{
+    if !backend.is_blocking() {
+        return Ok(f(&**backend));
+    }
+    let b = backend.clone();
+    tokio::task::spawn_blocking(move || f(&*b))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "blocking task failed");
+            Errno::EIO
+        })
+}
+
+/// Drops a file handle on a blocking thread (closing a file can flush).
+fn drop_blocking<T: Send + Sync + 'static + ?Sized>(backend: &Arc<dyn Backend>, v: Arc<T>) {
+    if backend.is_blocking() && Arc::strong_count(&v) == 1 {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || drop(v));
+        }
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes; more is 413.
+async fn read_limited<B>(mut body: Pin<&mut B>, limit: usize) -> Result<Bytes, Fail>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(Fail::Errno(Errno::E2BIG));
+    }
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Reject::bad(format!("reading request body: {}", e.into())))?;
+        if let Ok(mut data) = frame.into_data() {
+            if buf.len() + data.remaining() > limit {
+                return Err(Fail::Errno(Errno::E2BIG));
+            }
+            while data.has_remaining() {
+                let c = data.chunk();
+                buf.extend_from_slice(c);
+                let n = c.len();
+                data.advance(n);
+            }
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Streams the request body to `write` in chunks of `chunk` bytes, at most
+/// `max` bytes, each write on a blocking thread. Returns the byte count.
+async fn stream_to<B, W, F>(
+    backend: &Arc<dyn Backend>,
+    mut body: Pin<&mut B>,
+    chunk: usize,
+    max: u64,
+    mut write: W,
+) -> Result<u64, Fail>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+    W: FnMut(Bytes, u64) -> F,
+    F: FnOnce() -> FsResult<()> + Send + 'static,
+{
+    let mut buf = BytesMut::with_capacity(chunk.min(max as usize));
+    let mut written: u64 = 0;
+    let mut eof = false;
+    while !eof {
+        // Fill one chunk.
+        while buf.len() < chunk {
+            match body.frame().await {
+                None => {
+                    eof = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    return Err(Fail::Reject(Reject::bad(format!(
+                        "reading request body: {}",
+                        e.into()
+                    ))))
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let c = data.chunk();
+                            buf.extend_from_slice(c);
+                            let n = c.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+            }
+        }
+        if buf.is_empty() {
+            break;
+        }
+        if written + buf.len() as u64 > max {
+            return Err(Fail::Reject(Reject::bad(
+                "request body longer than announced",
+            )));
+        }
+        let data = buf.split().freeze();
+        let n = data.len() as u64;
+        blocking(backend, {
+            let f = write(data, written);
+            move |_| f()
+        })
+        .await??;
+        written += n;
+        buf.reserve(chunk);
+    }
+    Ok(written)
+}
+
+/// How a trailing slash constrains the object.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DirRule {
+    /// The object may be anything; with a trailing slash it must be a
+    /// directory if it exists.
+    Any,
+    /// The operation creates or needs a non-directory: with a trailing
+    /// slash, it fails with `ENOTDIR` (unless the object is a directory, in
+    /// which case the operation's own error applies).
+    NotDir,
+}
+
+/// POSIX trailing-slash semantics: `path/` names a directory.
+fn precheck(b: &dyn Backend, path: &FsPath, rule: DirRule) -> FsResult<()> {
+    if !path.has_trailing_slash() {
+        return Ok(());
+    }
+    match b.getattr(path) {
+        Ok(st) if st.is_dir() => Ok(()),
+        Ok(_) => Err(Errno::ENOTDIR),
+        Err(Errno::ENOENT) if rule == DirRule::NotDir => Err(Errno::ENOTDIR),
+        Err(_) => Ok(()),
+    }
+}
+
+fn execute_sync(b: &dyn Backend, path: &FsPath, op: Op, limits: &Limits) -> FsResult<Outcome> {
+    use DirRule::*;
+    let ok = StatusCode::OK;
+    let created = StatusCode::CREATED;
+    Ok(match op {
+        Op::Readdir { attrs } => {
+            precheck(b, path, Any)?;
+            let mut out = Vec::with_capacity(512);
+            if !attrs {
+                out.extend_from_slice(b".\n..\n");
+            }
+            b.readdir(path, attrs, &mut |name, st| {
+                if name.contains(&b'\n') {
+                    tracing::warn!(dir = %path, name = %String::from_utf8_lossy(name).escape_debug(),
+                        "READDIR: omitting a name that contains a newline");
+                    return Ok(());
+                }
+                if let Some(st) = st {
+                    write_attrs_line(&mut out, st);
+                }
+                out.extend_from_slice(name);
+                out.push(b'\n');
+                Ok(())
+            })?;
+            Outcome::Body(Bytes::from(out))
+        }
+        Op::Getattr => {
+            precheck(b, path, Any)?;
+            Outcome::Stat(b.getattr(path)?)
+        }
+        Op::Mknod { mode, dev } => {
+            precheck(b, path, NotDir)?;
+            b.mknod(path, mode, dev)?;
+            Outcome::Status(created)
+        }
+        Op::Open { flags } => {
+            precheck(b, path, Any)?;
+            b.open(path, flags)?;
+            Outcome::Status(ok)
+        }
+        Op::Chmod { mode } => {
+            precheck(b, path, Any)?;
+            b.chmod(path, mode)?;
+            Outcome::Status(ok)
+        }
+        Op::Chown { owner } => {
+            precheck(b, path, Any)?;
+            b.chown(path, owner)?;
+            Outcome::Status(ok)
+        }
+        Op::Truncate { size } => {
+            precheck(b, path, NotDir)?;
+            b.truncate(path, size)?;
+            Outcome::Status(ok)
+        }
+        Op::Access { mask } => {
+            precheck(b, path, Any)?;
+            b.access(path, mask)?;
+            Outcome::Status(ok)
+        }
+        Op::Symlink { target } => {
+            precheck(b, path, NotDir)?;
+            b.symlink(path, &target)?;
+            Outcome::Status(created)
+        }
+        Op::Readlink => {
+            precheck(b, path, NotDir)?;
+            Outcome::Body(Bytes::from(b.readlink(path)?))
+        }
+        Op::Rmdir => {
+            precheck(b, path, Any)?;
+            b.rmdir(path)?;
+            Outcome::Status(ok)
+        }
+        Op::Mkdir { mode } => {
+            precheck(b, path, Any)?;
+            b.mkdir(path, mode)?;
+            Outcome::Status(created)
+        }
+        Op::Link { existing } => {
+            precheck(b, path, NotDir)?;
+            precheck(b, &existing, NotDir)?;
+            b.link(path, &existing)?;
+            Outcome::Status(created)
+        }
+        Op::Rename { from } => {
+            if path.has_trailing_slash() || from.has_trailing_slash() {
+                // `rename("a/", "b")`: the source must be a directory.
+                let st = b.getattr(&from)?;
+                if !st.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                precheck(b, path, Any)?;
+            }
+            b.rename(&from, path)?;
+            Outcome::Status(ok)
+        }
+        Op::Fallocate { mode, offset, len } => {
+            precheck(b, path, NotDir)?;
+            b.fallocate(path, mode, offset, len)?;
+            Outcome::Status(ok)
+        }
+        Op::Statfs => {
+            precheck(b, path, Any)?;
+            Outcome::StatFs(b.statfs(path)?)
+        }
+        Op::Listxattr { size } => {
+            precheck(b, path, Any)?;
+            let names = b.listxattr(path, limits.xattr_size)?;
+            let mut out = Vec::new();
+            for n in names {
+                out.extend_from_slice(&n);
+                out.push(b'\n');
+            }
+            sized(out, size)?
+        }
+        Op::Getxattr { name, size } => {
+            precheck(b, path, Any)?;
+            sized(b.getxattr(path, &name, limits.xattr_size)?, size)?
+        }
+        Op::Setxattr { .. } | Op::Put { .. } => return Err(Errno::EINVAL),
+        Op::Removexattr { name } => {
+            precheck(b, path, Any)?;
+            b.removexattr(path, &name)?;
+            Outcome::Status(ok)
+        }
+        Op::Utimens { atime, mtime } => {
+            precheck(b, path, Any)?;
+            b.utimens(path, atime, mtime)?;
+            Outcome::Status(ok)
+        }
+        Op::Get { range, head } => {
+            precheck(b, path, NotDir)?;
+            let file = b.open_read(path)?;
+            let size = file.size();
+            let (status, offset, len) = match range {
+                None => (ok, 0, size),
+                Some(r) => match r.resolve(size) {
+                    Some((o, l)) => (StatusCode::PARTIAL_CONTENT, o, l),
+                    None => (StatusCode::PARTIAL_CONTENT, size, 0),
+                },
+            };
+            if head {
+                Outcome::File {
+                    status,
+                    head: true,
+                    file: None,
+                    first: Bytes::new(),
+                    offset,
+                    len,
+                    size,
+                }
+            } else {
+                let first_len = len.min(limits.chunk_size as u64) as usize;
+                let first = read_chunk(&*file, offset, first_len)?;
+                if (first.len() as u64) < first_len as u64 {
+                    // The file shrank since fstat: send what is there.
+                    let l = first.len() as u64;
+                    return Ok(Outcome::File {
+                        status,
+                        head: false,
+                        file: None,
+                        first,
+                        offset,
+                        len: l,
+                        size,
+                    });
+                }
+                let more = len > first_len as u64;
+                Outcome::File {
+                    status,
+                    head: false,
+                    file: if more { Some(Arc::from(file)) } else { None },
+                    first,
+                    offset,
+                    len,
+                    size,
+                }
+            }
+        }
+        Op::Post { mode } => {
+            precheck(b, path, NotDir)?;
+            b.create(path, mode | crate::backend::mode::S_IWUSR)?;
+            Outcome::Status(created)
+        }
+        Op::Delete => {
+            precheck(b, path, NotDir)?;
+            b.unlink(path)?;
+            Outcome::Status(ok)
+        }
+        Op::Fsync { datasync } => {
+            precheck(b, path, Any)?;
+            b.fsync(path, datasync)?;
+            Outcome::Status(ok)
+        }
+    })
+}
+
+/// LISTXATTR/GETXATTR sizing: `X-Spock-size: 0` asks for the size only; a
+/// buffer smaller than the data is `ERANGE`.
+fn sized(data: Vec<u8>, size: Option<u64>) -> FsResult<Outcome> {
+    match size {
+        Some(0) => Ok(Outcome::Size(data.len() as u64)),
+        Some(n) if (data.len() as u64) > n => Err(Errno::ERANGE),
+        _ => Ok(Outcome::Body(Bytes::from(data))),
+    }
+}
+
+/// `mode ino nlink uid gid size blocks atime mtime ctime ` (the name follows).
+fn write_attrs_line(out: &mut Vec<u8>, st: &Stat) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{} {} {} {} {} {} {} {} {} {} ",
+        st.mode, st.ino, st.nlink, st.uid, st.gid, st.size, st.blocks, st.atime, st.mtime, st.ctime
+    );
+}
+
+fn put_stat(hm: &mut HeaderMap, st: &Stat) {
+    hm.typed_insert(h::XSpockMode(st.mode));
+    hm.typed_insert(h::XSpockUid(st.uid as i64));
+    hm.typed_insert(h::XSpockGid(st.gid as i64));
+    hm.typed_insert(h::XSpockSize(st.size));
+    hm.typed_insert(h::XSpockMtime(st.mtime));
+    hm.typed_insert(h::XSpockAtime(st.atime));
+    hm.typed_insert(h::XSpockCtime(st.ctime));
+    hm.typed_insert(h::XSpockNlink(st.nlink));
+    hm.typed_insert(h::XSpockBlocks(st.blocks));
+    hm.typed_insert(h::XSpockDev(st.dev as i64));
+    hm.typed_insert(h::XSpockIno(st.ino));
+}
+
+fn status_response(status: StatusCode) -> Response<SpockBody> {
+    let mut r = Response::new(SpockBody::empty());
+    *r.status_mut() = status;
+    r
+}
+
+fn options_response() -> Response<SpockBody> {
+    let mut r = status_response(StatusCode::OK);
+    let hm = r.headers_mut();
+    hm.insert(ALLOW_HDR, HeaderValue::from_static(ALLOW));
+    hm.insert(X_SPOCK_VERSION.clone(), HeaderValue::from_static("0.1"));
+    hm.insert(
+        X_SPOCK_EXTENSIONS.clone(),
+        HeaderValue::from_static(EXTENSIONS),
+    );
+    r
+}
+
+/// An error response: the status, `X-Spock-errno`, and a one-line body.
+pub fn error_response(status: StatusCode, errno: Errno, message: &str) -> Response<SpockBody> {
+    let line = format!(
+        "{} {}: {}: {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        errno.name(),
+        message.replace(['\r', '\n'], " ")
+    );
+    let mut r = Response::new(SpockBody::full(line));
+    *r.status_mut() = status;
+    let hm = r.headers_mut();
+    hm.insert(
+        X_SPOCK_ERRNO.clone(),
+        HeaderValue::from_static(errno.name()),
+    );
+    hm.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,239 @@
+//! Which backend serves a request.
+//!
+//! In order: a [`Mount`] the host application put in the request's
+//! extensions (for example per-user homes chosen by an auth layer), then the
+//! virtual host (`:authority` or `Host`, case-insensitive, `host:port` before
+//! `host`), then the default root. None of them: 404.
+
+use crate::backend::Backend;
+use crate::LocalFs;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A backend plus how it is exposed. Cheap to clone.
+///
+/// Insert one into a request's extensions to choose the root for that
+/// request (it takes precedence over virtual hosts):
+///
+/// ```
+/// use spockfs_core::{Mount, MemFs};
+///
+/// let home = Mount::new(MemFs::new()).read_only(true);
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(home);
+/// ```
+#[derive(Clone)]
+pub struct Mount {
+    backend: Arc<dyn Backend>,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mount")
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mount {
+    /// Serves `backend`, writable.
+    pub fn new(backend: impl Backend) -> Mount {
+        Mount {
+            backend: Arc::new(backend),
+            read_only: false,
+        }
+    }
+
+    /// Serves a shared backend.
+    pub fn from_arc(backend: Arc<dyn Backend>) -> Mount {
+        Mount {
+            backend,
+            read_only: false,
+        }
+    }
+
+    /// Serves a local directory ([`LocalFs::new`]: opened on first use).
+    pub fn local(dir: impl AsRef<Path>) -> Mount {
+        Mount::new(LocalFs::new(dir))
+    }
+
+    /// Read-only: every mutating request is refused with 403 and
+    /// `X-Spock-errno: EROFS`, as are OPEN with write flags and ACCESS with
+    /// `W_OK`. Default: `false`.
+    pub fn read_only(mut self, read_only: bool) -> Mount {
+        self.read_only = read_only;
+        self
+    }
+
+    /// True if read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+}
+
+/// Virtual hosts and the default root.
+#[derive(Clone, Debug, Default)]
+pub struct MountTable {
+    vhosts: HashMap<String, Mount>,
+    default: Option<Mount>,
+}
+
+/// Why no mount was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectError {
+    /// No vhost matched and there is no default root: 404.
+    NoMount,
+    /// HTTP/1.1 request without `Host`: 400.
+    MissingHost,
+}
+
+impl MountTable {
+    /// Adds a virtual host (`"example.com"` or `"example.com:8080"`,
+    /// case-insensitive).
+    pub fn insert_vhost(&mut self, host: &str, mount: Mount) {
+        self.vhosts.insert(host.to_ascii_lowercase(), mount);
+    }
+
+    /// Sets the default root, used when no vhost matches.
+    pub fn set_default(&mut self, mount: Mount) {
+        self.default = Some(mount);
+    }
+
+    /// True if nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        self.vhosts.is_empty() && self.default.is_none()
+    }
+
+    /// Chooses the mount for a request.
+    pub fn select(&self, parts: &http::request::Parts) -> Result<Mount, SelectError> {
+        if let Some(m) = parts.extensions.get::<Mount>() {
+            return Ok(m.clone());
+        }
+        let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        if host.is_none()
+            && parts.version == http::Version::HTTP_11
+            && !parts.headers.contains_key(http::header::HOST)
+        {
+            return Err(SelectError::MissingHost);
+        }
+        if !self.vhosts.is_empty() {
+            if let Some(host) = host {
+                // Strip userinfo that an absolute-form URI may carry.
+                let host = host.rsplit('@').next().unwrap_or(host);
+                let lower;
+                let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                    lower = host.to_ascii_lowercase();
+                    lower.as_str()
+                } else {
+                    host
+                };
+                let host = host.strip_suffix('.').unwrap_or(host);
+                if let Some(m) = self.vhosts.get(host) {
+                    return Ok(m.clone());
+                }
+                if let Some(m) = self.vhosts.get(strip_port(host)) {
+                    return Ok(m.clone());
+                }
+            }
+        }
+        self.default.clone().ok_or(SelectError::NoMount)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return match rest.find(']') {
+            Some(i) => &host[..i + 2],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemFs;
+
+    fn parts(host: Option<&str>, uri: &str, version: http::Version) -> http::request::Parts {
+        let mut b = http::Request::builder().uri(uri).version(version);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(())
+            .map(|r| r.into_parts().0)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn selection_order() {
+        let a = Mount::new(MemFs::new());
+        let b = Mount::new(MemFs::new()).read_only(true);
+        let d = Mount::new(MemFs::new());
+        let mut t = MountTable::default();
+        t.insert_vhost("A.example", a.clone());
+        t.insert_vhost("b.example:8080", b.clone());
+        let v11 = http::Version::HTTP_11;
+        assert!(Arc::ptr_eq(
+            t.select(&parts(Some("a.EXAMPLE:99"), "/", v11))
+                .unwrap_or_else(|_| panic!())
+                .backend(),
+            a.backend()
+        ));
+        assert!(t
+            .select(&parts(Some("b.example:8080"), "/", v11))
+            .is_ok_and(|m| m.is_read_only()));
+        assert_eq!(
+            t.select(&parts(Some("b.example"), "/", v11)).err(),
+            Some(SelectError::NoMount)
+        );
+        assert_eq!(
+            t.select(&parts(None, "/", v11)).err(),
+            Some(SelectError::MissingHost)
+        );
+        t.set_default(d.clone());
+        assert!(Arc::ptr_eq(
+            t.select(&parts(Some("other"), "/", v11))
+                .unwrap_or_else(|_| panic!())
+                .backend(),
+            d.backend()
+        ));
+        // HTTP/2: :authority, no Host header.
+        assert!(Arc::ptr_eq(
+            t.select(&parts(None, "https://a.example/x", http::Version::HTTP_2))
+                .unwrap_or_else(|_| panic!())
+                .backend(),
+            a.backend()
+        ));
+        // HTTP/1.0 without Host: default.
+        assert!(t.select(&parts(None, "/", http::Version::HTTP_10)).is_ok());
+        // Extension wins.
+        let mut p = parts(Some("a.example"), "/", v11);
+        p.extensions.insert(b.clone());
+        assert!(t.select(&p).is_ok_and(|m| m.is_read_only()));
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(strip_port("a:80"), "a");
+        assert_eq!(strip_port("a"), "a");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}
