@@ -336,9 +336,15 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
             }
             Op::Truncate { size }
         }
-        Method::Access => Op::Access {
-            mask: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
-        },
+        Method::Access => {
+            let mask = req::<h::XSpockMode>(headers, "X-Spock-mode")?.0;
+            if mask > 7 {
+                return Err(Reject::bad(
+                    "malformed header X-Spock-mode: ACCESS takes R_OK|W_OK|X_OK (0 to 7)",
+                ));
+            }
+            Op::Access { mask }
+        }
         Method::Symlink => {
             let target = h::required_target(headers)?;
             if target.is_empty() {
