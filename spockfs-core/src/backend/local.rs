@@ -696,10 +696,13 @@ impl Backend for LocalFs {
 
     #[cfg(target_os = "linux")]
     fn listxattr(&self, path: &FsPath, limit: usize) -> FsResult<Vec<Vec<u8>>> {
-        let (fd, _) = match self.object_path_fd(path, Errno::ELOOP) {
-            Err(Errno::ELOOP) => return Ok(Vec::new()),
-            r => r?,
-        };
+        // A symlink's own `user.` list is empty (Linux forbids them there).
+        // Only the fd's type says the *final* component is a symlink: ELOOP
+        // from resolution means a parent is one, and must stay an error.
+        let fd = self.open_rel(path.relative(), OFlags::PATH)?;
+        if fstat(&fd)?.is_symlink() {
+            return Ok(Vec::new());
+        }
         check_procfs()?;
         let p = proc_path(&fd);
         let raw = xattr_read(limit, |buf| match buf {
