@@ -202,13 +202,13 @@ impl Store for LocalStore {
     fn xattrs_supported(&self) -> bool {
         let probe = self.root.join(".xattr-probe");
         let _ = std::fs::write(&probe, b"");
-        let ok = rustix::fs::setxattr(&probe, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+        let ok = rustix::fs::setxattr(&probe, "user.probe", b"1", rustix::fs::XattrFlags::empty())
+            .is_ok();
         let _ = std::fs::remove_file(&probe);
         ok
     }
 }
 
-#[cfg(any())] // TEMP-MEMFS
 /// A [`MemFs`], inspected through the [`Backend`] trait.
 pub struct MemStore {
     /// The filesystem (clones share the tree).
@@ -216,10 +216,10 @@ pub struct MemStore {
 }
 
 fn fp(rel: &str) -> FsPath {
-    FsPath::from_bytes(format!("/{rel}").as_bytes()).unwrap_or_else(|e| panic!("bad test path {rel}: {e}"))
+    FsPath::from_bytes(format!("/{rel}").as_bytes())
+        .unwrap_or_else(|e| panic!("bad test path {rel}: {e}"))
 }
 
-#[cfg(any())] // TEMP-MEMFS
 impl Store for MemStore {
     fn describe(&self) -> String {
         "MemFs".into()
@@ -238,15 +238,23 @@ impl Store for MemStore {
         }
     }
     fn write(&self, rel: &str, data: &[u8]) {
-        let r = self.fs.replace(&fp(rel)).unwrap_or_else(|e| panic!("write {rel}: {e}"));
-        r.write_at(data, 0).unwrap_or_else(|e| panic!("write {rel}: {e}"));
+        let r = self
+            .fs
+            .replace(&fp(rel))
+            .unwrap_or_else(|e| panic!("write {rel}: {e}"));
+        r.write_at(data, 0)
+            .unwrap_or_else(|e| panic!("write {rel}: {e}"));
         r.commit().unwrap_or_else(|e| panic!("write {rel}: {e}"));
     }
     fn symlink(&self, target: &[u8], rel: &str) {
-        self.fs.symlink(&fp(rel), target).unwrap_or_else(|e| panic!("symlink {rel}: {e}"));
+        self.fs
+            .symlink(&fp(rel), target)
+            .unwrap_or_else(|e| panic!("symlink {rel}: {e}"));
     }
     fn chmod(&self, rel: &str, mode: u32) {
-        self.fs.chmod(&fp(rel), mode).unwrap_or_else(|e| panic!("chmod {rel}: {e}"));
+        self.fs
+            .chmod(&fp(rel), mode)
+            .unwrap_or_else(|e| panic!("chmod {rel}: {e}"));
     }
     fn read(&self, rel: &str) -> Option<Vec<u8>> {
         let f = self.fs.open_read(&fp(rel)).ok()?;
@@ -256,7 +264,11 @@ impl Store for MemStore {
         Some(buf)
     }
     fn stat(&self, rel: &str) -> Option<StoreStat> {
-        let path = if rel.is_empty() { FsPath::root() } else { fp(rel) };
+        let path = if rel.is_empty() {
+            FsPath::root()
+        } else {
+            fp(rel)
+        };
         let s = self.fs.getattr(&path).ok()?;
         Some(StoreStat {
             kind: kind_of(s.mode),
@@ -273,7 +285,11 @@ impl Store for MemStore {
         self.fs.readlink(&fp(rel)).ok()
     }
     fn list(&self, rel: &str) -> Option<Vec<Vec<u8>>> {
-        let path = if rel.is_empty() { FsPath::root() } else { fp(rel) };
+        let path = if rel.is_empty() {
+            FsPath::root()
+        } else {
+            fp(rel)
+        };
         let mut v = Vec::new();
         self.fs
             .readdir(&path, false, &mut |n, _| {
@@ -359,7 +375,9 @@ impl Client {
         body: impl Into<Bytes>,
     ) -> Resp {
         let mut b = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).unwrap_or_else(|e| panic!("{method}: {e}")))
+            .method(
+                Method::from_bytes(method.as_bytes()).unwrap_or_else(|e| panic!("{method}: {e}")),
+            )
             .uri(format!("{}{}", self.base, path));
         if let Some(h) = &self.host {
             b = b.header(http::header::HOST, h);
@@ -370,8 +388,14 @@ impl Client {
                 HeaderValue::from_bytes(v).unwrap_or_else(|e| panic!("{k}: {e}")),
             );
         }
-        let req = b.body(Full::new(body.into())).unwrap_or_else(|e| panic!("request: {e}"));
-        let resp = self.inner.request(req).await.unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
+        let req = b
+            .body(Full::new(body.into()))
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        let resp = self
+            .inner
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
@@ -429,7 +453,9 @@ pub async fn start_axum(mut args: axum_app::Args) -> (SocketAddr, Running) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
     args.listen = addr;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -439,7 +465,13 @@ pub async fn start_axum(mut args: axum_app::Args) -> (SocketAddr, Running) {
         .await
         .unwrap_or_else(|e| panic!("server: {e}"));
     });
-    (addr, Running { stop: Some(tx), task })
+    (
+        addr,
+        Running {
+            stop: Some(tx),
+            task,
+        },
+    )
 }
 
 /// Default flags for an in-process axum app serving `root`.
@@ -466,7 +498,6 @@ pub async fn axum_local() -> (Target, Running) {
     (target, running)
 }
 
-#[cfg(any())] // TEMP-MEMFS
 /// An axum router with `SpockFs` over a MemFs, served by axum on
 /// `127.0.0.1:0`.
 pub async fn axum_mem() -> (Target, Running) {
@@ -478,7 +509,9 @@ pub async fn axum_mem() -> (Target, Running) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -494,5 +527,11 @@ pub async fn axum_mem() -> (Target, Running) {
         prefix: "/fs".into(),
         _guards: vec![],
     };
-    (target, Running { stop: Some(tx), task })
+    (
+        target,
+        Running {
+            stop: Some(tx),
+            task,
+        },
+    )
 }

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-type CheckFn = for<'a> fn(&'a Target, &'a str) -> Pin<Box<dyn Future<Output = CheckResult> + Send + 'a>>;
+type CheckFn =
+    for<'a> fn(&'a Target, &'a str) -> Pin<Box<dyn Future<Output = CheckResult> + Send + 'a>>;
 
 macro_rules! checks {
     ($($name:ident),* $(,)?) => {
@@ -73,7 +74,11 @@ pub async fn run(t: &Target, filter: Option<&str>) -> Vec<String> {
             failures.push(format!("{name} [{}]: {e}", t.store.describe()));
         }
     }
-    eprintln!("conformance: {ran} checks, {} failed on {}", failures.len(), t.store.describe());
+    eprintln!(
+        "conformance: {ran} checks, {} failed on {}",
+        failures.len(),
+        t.store.describe()
+    );
     failures
 }
 
@@ -104,12 +109,39 @@ async fn options(t: &Target, _d: &str) -> CheckResult {
     is_status(&r, 200)?;
     let allow = r.header("allow");
     for m in [
-        "READDIR", "GETATTR", "MKNOD", "OPEN", "CHMOD", "CHOWN", "TRUNCATE", "ACCESS", "SYMLINK",
-        "READLINK", "RMDIR", "MKDIR", "LINK", "RENAME", "FALLOCATE", "STATFS", "LISTXATTR",
-        "GETXATTR", "SETXATTR", "REMOVEXATTR", "UTIMENS", "GET", "PUT", "POST", "DELETE", "HEAD",
-        "OPTIONS", "FSYNC",
+        "READDIR",
+        "GETATTR",
+        "MKNOD",
+        "OPEN",
+        "CHMOD",
+        "CHOWN",
+        "TRUNCATE",
+        "ACCESS",
+        "SYMLINK",
+        "READLINK",
+        "RMDIR",
+        "MKDIR",
+        "LINK",
+        "RENAME",
+        "FALLOCATE",
+        "STATFS",
+        "LISTXATTR",
+        "GETXATTR",
+        "SETXATTR",
+        "REMOVEXATTR",
+        "UTIMENS",
+        "GET",
+        "PUT",
+        "POST",
+        "DELETE",
+        "HEAD",
+        "OPTIONS",
+        "FSYNC",
     ] {
-        ensure!(allow.split(", ").any(|x| x == m), "Allow lacks {m}: {allow}");
+        ensure!(
+            allow.split(", ").any(|x| x == m),
+            "Allow lacks {m}: {allow}"
+        );
     }
     ensure_eq!(r.header("x-spock-version"), "0.1");
     let ext: Vec<&str> = r.header("x-spock-extensions").split(", ").collect();
@@ -135,7 +167,10 @@ async fn root_with_and_without_slash(t: &Target, d: &str) -> CheckResult {
         let r = t.client.req("READDIR", p, &[]).await;
         is_status(&r, 200)?;
         let names: Vec<&[u8]> = r.body.split(|&b| b == b'\n').collect();
-        ensure!(names.contains(&d.as_bytes()), "root listing via {p:?} lacks {d}");
+        ensure!(
+            names.contains(&d.as_bytes()),
+            "root listing via {p:?} lacks {d}"
+        );
         let r = t.client.req("GETATTR", p, &[]).await;
         is_status(&r, 200)?;
         ensure_eq!(r.num("x-spock-mode").map(|m| m & 0o170000), Some(0o040000));
@@ -146,19 +181,37 @@ async fn root_with_and_without_slash(t: &Target, d: &str) -> CheckResult {
 async fn mkdir(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     // Exact mode, whatever the server's umask.
-    let r = t.client.req("MKDIR", &format!("/{d}/a"), &[("X-Spock-mode", "511")]).await;
+    let r = t
+        .client
+        .req("MKDIR", &format!("/{d}/a"), &[("X-Spock-mode", "511")])
+        .await;
     is_status(&r, 201)?;
     ensure_eq!(r.header("content-length"), "0");
-    ensure_eq!(s.stat(&format!("{d}/a")).map(|x| (x.kind, x.perm)), Some((Kind::Dir, 0o777)));
-    let r = t.client.req("MKDIR", &format!("/{d}/b"), &[("X-Spock-mode", "448")]).await;
+    ensure_eq!(
+        s.stat(&format!("{d}/a")).map(|x| (x.kind, x.perm)),
+        Some((Kind::Dir, 0o777))
+    );
+    let r = t
+        .client
+        .req("MKDIR", &format!("/{d}/b"), &[("X-Spock-mode", "448")])
+        .await;
     is_status(&r, 201)?;
     ensure_eq!(s.stat(&format!("{d}/b")).map(|x| x.perm), Some(0o700));
-    let r = t.client.req("MKDIR", &format!("/{d}/b"), &[("X-Spock-mode", "448")]).await;
+    let r = t
+        .client
+        .req("MKDIR", &format!("/{d}/b"), &[("X-Spock-mode", "448")])
+        .await;
     is_errno(&r, 409, "EEXIST")?;
-    let r = t.client.req("MKDIR", &format!("/{d}/nope/x"), &[("X-Spock-mode", "448")]).await;
+    let r = t
+        .client
+        .req("MKDIR", &format!("/{d}/nope/x"), &[("X-Spock-mode", "448")])
+        .await;
     is_errno(&r, 404, "ENOENT")?;
     s.write(&format!("{d}/f"), b"x");
-    let r = t.client.req("MKDIR", &format!("/{d}/f/x"), &[("X-Spock-mode", "448")]).await;
+    let r = t
+        .client
+        .req("MKDIR", &format!("/{d}/f/x"), &[("X-Spock-mode", "448")])
+        .await;
     is_errno(&r, 500, "ENOTDIR")?;
     let r = t.client.req("MKDIR", "/", &[("X-Spock-mode", "448")]).await;
     is_errno(&r, 409, "EEXIST")?;
@@ -170,12 +223,30 @@ async fn rmdir(t: &Target, d: &str) -> CheckResult {
     s.mkdir(&format!("{d}/empty"));
     s.mkdir(&format!("{d}/full/sub"));
     s.write(&format!("{d}/file"), b"x");
-    is_status(&t.client.req("RMDIR", &format!("/{d}/empty"), &[]).await, 200)?;
+    is_status(
+        &t.client.req("RMDIR", &format!("/{d}/empty"), &[]).await,
+        200,
+    )?;
     ensure!(s.stat(&format!("{d}/empty")).is_none(), "still there");
-    is_errno(&t.client.req("RMDIR", &format!("/{d}/full"), &[]).await, 412, "ENOTEMPTY")?;
-    ensure!(s.stat(&format!("{d}/full/sub")).is_some(), "removed contents");
-    is_errno(&t.client.req("RMDIR", &format!("/{d}/missing"), &[]).await, 404, "ENOENT")?;
-    is_errno(&t.client.req("RMDIR", &format!("/{d}/file"), &[]).await, 500, "ENOTDIR")?;
+    is_errno(
+        &t.client.req("RMDIR", &format!("/{d}/full"), &[]).await,
+        412,
+        "ENOTEMPTY",
+    )?;
+    ensure!(
+        s.stat(&format!("{d}/full/sub")).is_some(),
+        "removed contents"
+    );
+    is_errno(
+        &t.client.req("RMDIR", &format!("/{d}/missing"), &[]).await,
+        404,
+        "ENOENT",
+    )?;
+    is_errno(
+        &t.client.req("RMDIR", &format!("/{d}/file"), &[]).await,
+        500,
+        "ENOTDIR",
+    )?;
     let r = t.client.req("RMDIR", "/", &[]).await;
     ensure!(!r.status.is_success(), "RMDIR of the root succeeded");
     Ok(())
@@ -184,20 +255,47 @@ async fn rmdir(t: &Target, d: &str) -> CheckResult {
 async fn post_create(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     // 0444 -> created with S_IWUSR added: 0644, exactly.
-    let r = t.client.req("POST", &format!("/{d}/f"), &[("X-Spock-mode", "292")]).await;
+    let r = t
+        .client
+        .req("POST", &format!("/{d}/f"), &[("X-Spock-mode", "292")])
+        .await;
     is_status(&r, 201)?;
-    ensure_eq!(s.stat(&format!("{d}/f")).map(|x| (x.kind, x.perm, x.size)), Some((Kind::File, 0o644, 0)));
-    let r = t.client.req("POST", &format!("/{d}/g"), &[("X-Spock-mode", "438")]).await;
+    ensure_eq!(
+        s.stat(&format!("{d}/f")).map(|x| (x.kind, x.perm, x.size)),
+        Some((Kind::File, 0o644, 0))
+    );
+    let r = t
+        .client
+        .req("POST", &format!("/{d}/g"), &[("X-Spock-mode", "438")])
+        .await;
     is_status(&r, 201)?;
     ensure_eq!(s.stat(&format!("{d}/g")).map(|x| x.perm), Some(0o666));
     // creat() on an existing file truncates it and keeps its mode.
     s.write(&format!("{d}/g"), b"hello");
-    let r = t.client.req("POST", &format!("/{d}/g"), &[("X-Spock-mode", "448")]).await;
+    let r = t
+        .client
+        .req("POST", &format!("/{d}/g"), &[("X-Spock-mode", "448")])
+        .await;
     is_status(&r, 201)?;
-    ensure_eq!(s.stat(&format!("{d}/g")).map(|x| (x.size, x.perm)), Some((0, 0o666)));
+    ensure_eq!(
+        s.stat(&format!("{d}/g")).map(|x| (x.size, x.perm)),
+        Some((0, 0o666))
+    );
     s.mkdir(&format!("{d}/dir"));
-    is_errno(&t.client.req("POST", &format!("/{d}/dir"), &[("X-Spock-mode", "448")]).await, 403, "EISDIR")?;
-    is_errno(&t.client.req("POST", &format!("/{d}/no/f"), &[("X-Spock-mode", "448")]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client
+            .req("POST", &format!("/{d}/dir"), &[("X-Spock-mode", "448")])
+            .await,
+        403,
+        "EISDIR",
+    )?;
+    is_errno(
+        &t.client
+            .req("POST", &format!("/{d}/no/f"), &[("X-Spock-mode", "448")])
+            .await,
+        404,
+        "ENOENT",
+    )?;
     Ok(())
 }
 
@@ -206,36 +304,97 @@ async fn put_range(t: &Target, d: &str) -> CheckResult {
     let f = format!("{d}/enterprise");
     s.write(&f, b"");
     // Spec form.
-    let r = t.client.send("PUT", &format!("/{f}"), &[("Content-Range", b"bytes=100-104")], "spock").await;
+    let r = t
+        .client
+        .send(
+            "PUT",
+            &format!("/{f}"),
+            &[("Content-Range", b"bytes=100-104")],
+            "spock",
+        )
+        .await;
     is_status(&r, 200)?;
     let data = s.read(&f).unwrap_or_default();
     ensure_eq!(data.len(), 105);
     ensure!(data[..100].iter().all(|&b| b == 0), "hole not zero");
     ensure_eq!(&data[100..], b"spock");
     // Standard forms.
-    let r = t.client.send("PUT", &format!("/{f}"), &[("Content-Range", b"bytes 0-2/*")], "abc").await;
+    let r = t
+        .client
+        .send(
+            "PUT",
+            &format!("/{f}"),
+            &[("Content-Range", b"bytes 0-2/*")],
+            "abc",
+        )
+        .await;
     is_status(&r, 200)?;
-    let r = t.client.send("PUT", &format!("/{f}"), &[("Content-Range", b"bytes 3-4/105")], "de").await;
+    let r = t
+        .client
+        .send(
+            "PUT",
+            &format!("/{f}"),
+            &[("Content-Range", b"bytes 3-4/105")],
+            "de",
+        )
+        .await;
     is_status(&r, 200)?;
     let data = s.read(&f).unwrap_or_default();
     ensure_eq!(&data[..5], b"abcde");
     ensure_eq!(data.len(), 105);
     // The original client's zero-length write: first-(first-1), no body.
-    let r = t.client.send("PUT", &format!("/{f}"), &[("Content-Range", b"bytes=10-9")], "").await;
+    let r = t
+        .client
+        .send(
+            "PUT",
+            &format!("/{f}"),
+            &[("Content-Range", b"bytes=10-9")],
+            "",
+        )
+        .await;
     is_status(&r, 200)?;
     ensure_eq!(s.read(&f).map(|d| d.len()), Some(105));
     // Missing file: 404, nothing created.
-    let r = t.client.send("PUT", &format!("/{d}/missing"), &[("Content-Range", b"bytes=0-1")], "ab").await;
+    let r = t
+        .client
+        .send(
+            "PUT",
+            &format!("/{d}/missing"),
+            &[("Content-Range", b"bytes=0-1")],
+            "ab",
+        )
+        .await;
     is_errno(&r, 404, "ENOENT")?;
-    ensure!(s.stat(&format!("{d}/missing")).is_none(), "created by ranged PUT");
+    ensure!(
+        s.stat(&format!("{d}/missing")).is_none(),
+        "created by ranged PUT"
+    );
     // Directory.
     s.mkdir(&format!("{d}/dir"));
-    let r = t.client.send("PUT", &format!("/{d}/dir"), &[("Content-Range", b"bytes=0-1")], "ab").await;
+    let r = t
+        .client
+        .send(
+            "PUT",
+            &format!("/{d}/dir"),
+            &[("Content-Range", b"bytes=0-1")],
+            "ab",
+        )
+        .await;
     is_errno(&r, 403, "EISDIR")?;
     // A large write streams in chunks and lands exactly.
-    let big: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i| (i * 31 % 251) as u8).collect();
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 7)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
     let cr = format!("bytes=1000-{}", 1000 + big.len() - 1);
-    let r = t.client.send("PUT", &format!("/{f}"), &[("Content-Range", cr.as_bytes())], big.clone()).await;
+    let r = t
+        .client
+        .send(
+            "PUT",
+            &format!("/{f}"),
+            &[("Content-Range", cr.as_bytes())],
+            big.clone(),
+        )
+        .await;
     is_status(&r, 200)?;
     let data = s.read(&f).unwrap_or_default();
     ensure_eq!(data.len(), 1000 + big.len());
@@ -248,20 +407,29 @@ async fn put_range_bad_input(t: &Target, d: &str) -> CheckResult {
     let f = format!("{d}/f");
     s.write(&f, b"0123456789");
     let cases: &[(&[u8], &str)] = &[
-        (b"bytes=0-4", "abc"),      // body shorter than range
-        (b"bytes=0-1", "abcdef"),   // body longer than range
-        (b"bytes=5-3", "x"),        // reversed
-        (b"bytes=a-b", "ab"),       // not numbers
-        (b"bytes 0-1/1", "ab"),     // beyond stated total
-        (b"items=0-1", "ab"),       // unit
-        (b"bytes=-1", "a"),         // suffix makes no sense for PUT
-        (b"bytes */10", "ab"),      // unsatisfied-range form
+        (b"bytes=0-4", "abc"),    // body shorter than range
+        (b"bytes=0-1", "abcdef"), // body longer than range
+        (b"bytes=5-3", "x"),      // reversed
+        (b"bytes=a-b", "ab"),     // not numbers
+        (b"bytes 0-1/1", "ab"),   // beyond stated total
+        (b"items=0-1", "ab"),     // unit
+        (b"bytes=-1", "a"),       // suffix makes no sense for PUT
+        (b"bytes */10", "ab"),    // unsatisfied-range form
         (b"bytes=0-99999999999999999999", "ab"),
     ];
     for (cr, body) in cases {
-        let r = t.client.send("PUT", &format!("/{f}"), &[("Content-Range", cr)], *body).await;
-        is_status(&r, 400).map_err(|e| format!("Content-Range {:?}: {e}", String::from_utf8_lossy(cr)))?;
-        ensure_eq!(s.read(&f), Some(b"0123456789".to_vec()), "file changed by {:?}", String::from_utf8_lossy(cr));
+        let r = t
+            .client
+            .send("PUT", &format!("/{f}"), &[("Content-Range", cr)], *body)
+            .await;
+        is_status(&r, 400)
+            .map_err(|e| format!("Content-Range {:?}: {e}", String::from_utf8_lossy(cr)))?;
+        ensure_eq!(
+            s.read(&f),
+            Some(b"0123456789".to_vec()),
+            "file changed by {:?}",
+            String::from_utf8_lossy(cr)
+        );
     }
     Ok(())
 }
@@ -269,20 +437,35 @@ async fn put_range_bad_input(t: &Target, d: &str) -> CheckResult {
 async fn put_whole(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     let f = format!("{d}/whole");
-    let r = t.client.send("PUT", &format!("/{f}"), &[], "first version").await;
+    let r = t
+        .client
+        .send("PUT", &format!("/{f}"), &[], "first version")
+        .await;
     is_status(&r, 201)?;
     ensure_eq!(s.read(&f), Some(b"first version".to_vec()));
     s.chmod(&f, 0o600);
     let r = t.client.send("PUT", &format!("/{f}"), &[], "v2").await;
     is_status(&r, 200)?;
     ensure_eq!(s.read(&f), Some(b"v2".to_vec()));
-    ensure_eq!(s.stat(&f).map(|x| x.perm), Some(0o600), "mode of the replaced file kept");
+    ensure_eq!(
+        s.stat(&f).map(|x| x.perm),
+        Some(0o600),
+        "mode of the replaced file kept"
+    );
     let r = t.client.send("PUT", &format!("/{f}"), &[], "").await;
     is_status(&r, 200)?;
     ensure_eq!(s.read(&f), Some(vec![]));
     s.mkdir(&format!("{d}/dir"));
-    is_errno(&t.client.send("PUT", &format!("/{d}/dir"), &[], "x").await, 403, "EISDIR")?;
-    is_errno(&t.client.send("PUT", &format!("/{d}/no/x"), &[], "x").await, 404, "ENOENT")?;
+    is_errno(
+        &t.client.send("PUT", &format!("/{d}/dir"), &[], "x").await,
+        403,
+        "EISDIR",
+    )?;
+    is_errno(
+        &t.client.send("PUT", &format!("/{d}/no/x"), &[], "x").await,
+        404,
+        "ENOENT",
+    )?;
     // No temporary left behind.
     let names = s.list(d).unwrap_or_default();
     ensure_eq!(names, vec![b"dir".to_vec(), b"whole".to_vec()]);
@@ -301,17 +484,31 @@ async fn get_and_head(t: &Target, d: &str) -> CheckResult {
     is_status(&r, 200)?;
     ensure_eq!(r.header("content-length"), data.len().to_string());
     ensure!(r.body.is_empty(), "HEAD with a body");
-    let r = t.client.req("HEAD", &format!("/{d}/f"), &[("Range", "bytes=10-19")]).await;
+    let r = t
+        .client
+        .req("HEAD", &format!("/{d}/f"), &[("Range", "bytes=10-19")])
+        .await;
     is_status(&r, 206)?;
     ensure_eq!(r.header("content-length"), "10");
-    ensure_eq!(r.header("content-range"), format!("bytes 10-19/{}", data.len()));
+    ensure_eq!(
+        r.header("content-range"),
+        format!("bytes 10-19/{}", data.len())
+    );
     s.write(&format!("{d}/empty"), b"");
     let r = t.client.req("GET", &format!("/{d}/empty"), &[]).await;
     is_status(&r, 200)?;
     ensure!(r.body.is_empty(), "empty file body");
     s.mkdir(&format!("{d}/dir"));
-    is_errno(&t.client.req("GET", &format!("/{d}/dir"), &[]).await, 403, "EISDIR")?;
-    is_errno(&t.client.req("GET", &format!("/{d}/none"), &[]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client.req("GET", &format!("/{d}/dir"), &[]).await,
+        403,
+        "EISDIR",
+    )?;
+    is_errno(
+        &t.client.req("GET", &format!("/{d}/none"), &[]).await,
+        404,
+        "ENOENT",
+    )?;
     Ok(())
 }
 
@@ -336,7 +533,11 @@ async fn get_ranges(t: &Target, d: &str) -> CheckResult {
         ensure_eq!(r.status.as_u16(), *status, "Range {range}");
         ensure_eq!(r.header("content-range"), *cr, "Range {range}");
         ensure_eq!(&r.body[..], *body, "Range {range}");
-        ensure_eq!(r.header("content-length"), body.len().to_string(), "Range {range}");
+        ensure_eq!(
+            r.header("content-length"),
+            body.len().to_string(),
+            "Range {range}"
+        );
     }
     for bad in ["bytes=3-1", "bytes=x-1", "lines=1-2", "bytes=", "bytes=-"] {
         let r = t.client.req("GET", &f, &[("Range", bad)]).await;
@@ -358,8 +559,18 @@ async fn getattr(t: &Target, d: &str) -> CheckResult {
     ensure_eq!(r.num("x-spock-ino"), Some(st.ino as i128));
     ensure_eq!(r.num("x-spock-uid"), Some(st.uid as i128));
     ensure_eq!(r.num("x-spock-mtime"), Some(st.mtime as i128));
-    for h in ["x-spock-gid", "x-spock-atime", "x-spock-ctime", "x-spock-blocks", "x-spock-dev"] {
-        ensure!(r.num(h).is_some(), "missing or non-numeric {h}: {:?}", r.header(h));
+    for h in [
+        "x-spock-gid",
+        "x-spock-atime",
+        "x-spock-ctime",
+        "x-spock-blocks",
+        "x-spock-dev",
+    ] {
+        ensure!(
+            r.num(h).is_some(),
+            "missing or non-numeric {h}: {:?}",
+            r.header(h)
+        );
     }
     ensure_eq!(r.header("content-length"), "0");
     // lstat: a symlink is reported as itself, even dangling.
@@ -368,8 +579,16 @@ async fn getattr(t: &Target, d: &str) -> CheckResult {
     is_status(&r, 200)?;
     ensure_eq!(r.num("x-spock-mode").map(|m| m & 0o170000), Some(0o120000));
     ensure_eq!(r.num("x-spock-size"), Some(15));
-    is_errno(&t.client.req("GETATTR", &format!("/{d}/none"), &[]).await, 404, "ENOENT")?;
-    is_errno(&t.client.req("GETATTR", &format!("/{d}/f/x"), &[]).await, 500, "ENOTDIR")?;
+    is_errno(
+        &t.client.req("GETATTR", &format!("/{d}/none"), &[]).await,
+        404,
+        "ENOENT",
+    )?;
+    is_errno(
+        &t.client.req("GETATTR", &format!("/{d}/f/x"), &[]).await,
+        500,
+        "ENOTDIR",
+    )?;
     Ok(())
 }
 
@@ -390,8 +609,16 @@ async fn readdir(t: &Target, d: &str) -> CheckResult {
     s.mkdir(&format!("{d}/empty"));
     let r = t.client.req("READDIR", &format!("/{d}/empty"), &[]).await;
     ensure_eq!(&r.body[..], b".\n..\n");
-    is_errno(&t.client.req("READDIR", &format!("/{d}/file001"), &[]).await, 500, "ENOTDIR")?;
-    is_errno(&t.client.req("READDIR", &format!("/{d}/none"), &[]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client.req("READDIR", &format!("/{d}/file001"), &[]).await,
+        500,
+        "ENOTDIR",
+    )?;
+    is_errno(
+        &t.client.req("READDIR", &format!("/{d}/none"), &[]).await,
+        404,
+        "ENOENT",
+    )?;
     Ok(())
 }
 
@@ -401,17 +628,28 @@ async fn readdir_attrs(t: &Target, d: &str) -> CheckResult {
     s.chmod(&format!("{d}/a file"), 0o604);
     s.mkdir(&format!("{d}/sub"));
     s.symlink(b"target", &format!("{d}/ln"));
-    let r = t.client.req("READDIR", &format!("/{d}"), &[("X-Spock-readdir", "attrs")]).await;
+    let r = t
+        .client
+        .req("READDIR", &format!("/{d}"), &[("X-Spock-readdir", "attrs")])
+        .await;
     is_status(&r, 200)?;
     let text = String::from_utf8_lossy(&r.body).into_owned();
     let mut seen = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.splitn(11, ' ').collect();
         ensure_eq!(fields.len(), 11, "line {line:?}");
-        let nums: Vec<i128> = fields[..10].iter().map(|f| f.parse().unwrap_or(-999)).collect();
-        ensure!(nums.iter().all(|&n| n != -999), "non-numeric field in {line:?}");
+        let nums: Vec<i128> = fields[..10]
+            .iter()
+            .map(|f| f.parse().unwrap_or(-999))
+            .collect();
+        ensure!(
+            nums.iter().all(|&n| n != -999),
+            "non-numeric field in {line:?}"
+        );
         let name = fields[10];
-        let st = s.stat(&format!("{d}/{name}")).ok_or(format!("{name} not in store"))?;
+        let st = s
+            .stat(&format!("{d}/{name}"))
+            .ok_or(format!("{name} not in store"))?;
         ensure_eq!(nums[0] as u32 & 0o7777, st.perm, "{name} perm");
         ensure_eq!(nums[1] as u64, st.ino, "{name} ino");
         ensure_eq!(nums[5] as u64, st.size, "{name} size");
@@ -419,8 +657,14 @@ async fn readdir_attrs(t: &Target, d: &str) -> CheckResult {
         seen.push(name.to_owned());
     }
     seen.sort();
-    ensure_eq!(seen, vec!["a file".to_owned(), "ln".to_owned(), "sub".to_owned()]);
-    let r = t.client.req("READDIR", &format!("/{d}"), &[("X-Spock-readdir", "bogus")]).await;
+    ensure_eq!(
+        seen,
+        vec!["a file".to_owned(), "ln".to_owned(), "sub".to_owned()]
+    );
+    let r = t
+        .client
+        .req("READDIR", &format!("/{d}"), &[("X-Spock-readdir", "bogus")])
+        .await;
     is_status(&r, 400)?;
     Ok(())
 }
@@ -428,19 +672,73 @@ async fn readdir_attrs(t: &Target, d: &str) -> CheckResult {
 async fn mknod(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     // 4480 = S_IFIFO | 0600 (the spec's example).
-    let r = t.client.req("MKNOD", &format!("/{d}/fifo"), &[("X-Spock-mode", "4480"), ("X-Spock-dev", "0")]).await;
+    let r = t
+        .client
+        .req(
+            "MKNOD",
+            &format!("/{d}/fifo"),
+            &[("X-Spock-mode", "4480"), ("X-Spock-dev", "0")],
+        )
+        .await;
     is_status(&r, 201)?;
-    ensure_eq!(s.stat(&format!("{d}/fifo")).map(|x| (x.kind, x.perm)), Some((Kind::Fifo, 0o600)));
-    let r = t.client.req("MKNOD", &format!("/{d}/fifo2"), &[("X-Spock-mode", &(0o010777).to_string()), ("X-Spock-dev", "0")]).await;
+    ensure_eq!(
+        s.stat(&format!("{d}/fifo")).map(|x| (x.kind, x.perm)),
+        Some((Kind::Fifo, 0o600))
+    );
+    let r = t
+        .client
+        .req(
+            "MKNOD",
+            &format!("/{d}/fifo2"),
+            &[
+                ("X-Spock-mode", &(0o010777).to_string()),
+                ("X-Spock-dev", "0"),
+            ],
+        )
+        .await;
     is_status(&r, 201)?;
-    ensure_eq!(s.stat(&format!("{d}/fifo2")).map(|x| x.perm), Some(0o777), "mode applied exactly");
-    let r = t.client.req("MKNOD", &format!("/{d}/reg"), &[("X-Spock-mode", &(0o100644).to_string()), ("X-Spock-dev", "0")]).await;
+    ensure_eq!(
+        s.stat(&format!("{d}/fifo2")).map(|x| x.perm),
+        Some(0o777),
+        "mode applied exactly"
+    );
+    let r = t
+        .client
+        .req(
+            "MKNOD",
+            &format!("/{d}/reg"),
+            &[
+                ("X-Spock-mode", &(0o100644).to_string()),
+                ("X-Spock-dev", "0"),
+            ],
+        )
+        .await;
     is_status(&r, 201)?;
-    ensure_eq!(s.stat(&format!("{d}/reg")).map(|x| x.kind), Some(Kind::File));
-    is_errno(&t.client.req("MKNOD", &format!("/{d}/fifo"), &[("X-Spock-mode", "4480"), ("X-Spock-dev", "0")]).await, 409, "EEXIST")?;
+    ensure_eq!(
+        s.stat(&format!("{d}/reg")).map(|x| x.kind),
+        Some(Kind::File)
+    );
+    is_errno(
+        &t.client
+            .req(
+                "MKNOD",
+                &format!("/{d}/fifo"),
+                &[("X-Spock-mode", "4480"), ("X-Spock-dev", "0")],
+            )
+            .await,
+        409,
+        "EEXIST",
+    )?;
     // Device nodes are never created.
     for m in [0o020600, 0o060600] {
-        let r = t.client.req("MKNOD", &format!("/{d}/dev"), &[("X-Spock-mode", &m.to_string()), ("X-Spock-dev", "2049")]).await;
+        let r = t
+            .client
+            .req(
+                "MKNOD",
+                &format!("/{d}/dev"),
+                &[("X-Spock-mode", &m.to_string()), ("X-Spock-dev", "2049")],
+            )
+            .await;
         is_errno(&r, 403, "EPERM")?;
         ensure!(s.stat(&format!("{d}/dev")).is_none(), "device created");
     }
@@ -452,12 +750,38 @@ async fn open(t: &Target, d: &str) -> CheckResult {
     s.write(&format!("{d}/f"), b"x");
     s.mkdir(&format!("{d}/dir"));
     for flag in ["0", "1", "2"] {
-        is_status(&t.client.req("OPEN", &format!("/{d}/f"), &[("X-Spock-flag", flag)]).await, 200)?;
+        is_status(
+            &t.client
+                .req("OPEN", &format!("/{d}/f"), &[("X-Spock-flag", flag)])
+                .await,
+            200,
+        )?;
     }
-    is_status(&t.client.req("OPEN", &format!("/{d}/dir"), &[("X-Spock-flag", "0")]).await, 200)?;
-    is_errno(&t.client.req("OPEN", &format!("/{d}/dir"), &[("X-Spock-flag", "1")]).await, 403, "EISDIR")?;
-    is_errno(&t.client.req("OPEN", &format!("/{d}/none"), &[("X-Spock-flag", "0")]).await, 404, "ENOENT")?;
-    ensure_eq!(s.read(&format!("{d}/f")), Some(b"x".to_vec()), "OPEN changed the file");
+    is_status(
+        &t.client
+            .req("OPEN", &format!("/{d}/dir"), &[("X-Spock-flag", "0")])
+            .await,
+        200,
+    )?;
+    is_errno(
+        &t.client
+            .req("OPEN", &format!("/{d}/dir"), &[("X-Spock-flag", "1")])
+            .await,
+        403,
+        "EISDIR",
+    )?;
+    is_errno(
+        &t.client
+            .req("OPEN", &format!("/{d}/none"), &[("X-Spock-flag", "0")])
+            .await,
+        404,
+        "ENOENT",
+    )?;
+    ensure_eq!(
+        s.read(&format!("{d}/f")),
+        Some(b"x".to_vec()),
+        "OPEN changed the file"
+    );
     Ok(())
 }
 
@@ -466,17 +790,41 @@ async fn chmod(t: &Target, d: &str) -> CheckResult {
     s.write(&format!("{d}/f"), b"x");
     // 438 = 0666 (the spec's example), and setuid/sticky bits.
     for mode in [0o666, 0o0, 0o4755, 0o1777, 0o640] {
-        let r = t.client.req("CHMOD", &format!("/{d}/f"), &[("X-Spock-mode", &mode.to_string())]).await;
+        let r = t
+            .client
+            .req(
+                "CHMOD",
+                &format!("/{d}/f"),
+                &[("X-Spock-mode", &mode.to_string())],
+            )
+            .await;
         is_status(&r, 200)?;
         ensure_eq!(s.stat(&format!("{d}/f")).map(|x| x.perm), Some(mode));
     }
     s.mkdir(&format!("{d}/dir"));
-    is_status(&t.client.req("CHMOD", &format!("/{d}/dir"), &[("X-Spock-mode", "448")]).await, 200)?;
+    is_status(
+        &t.client
+            .req("CHMOD", &format!("/{d}/dir"), &[("X-Spock-mode", "448")])
+            .await,
+        200,
+    )?;
     ensure_eq!(s.stat(&format!("{d}/dir")).map(|x| x.perm), Some(0o700));
-    is_errno(&t.client.req("CHMOD", &format!("/{d}/none"), &[("X-Spock-mode", "448")]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client
+            .req("CHMOD", &format!("/{d}/none"), &[("X-Spock-mode", "448")])
+            .await,
+        404,
+        "ENOENT",
+    )?;
     // chmod never follows a final symlink.
     s.symlink(b"f", &format!("{d}/ln"));
-    is_errno(&t.client.req("CHMOD", &format!("/{d}/ln"), &[("X-Spock-mode", "511")]).await, 405, "EOPNOTSUPP")?;
+    is_errno(
+        &t.client
+            .req("CHMOD", &format!("/{d}/ln"), &[("X-Spock-mode", "511")])
+            .await,
+        405,
+        "EOPNOTSUPP",
+    )?;
     ensure_eq!(s.stat(&format!("{d}/f")).map(|x| x.perm), Some(0o640));
     Ok(())
 }
@@ -486,25 +834,84 @@ async fn chown(t: &Target, d: &str) -> CheckResult {
     s.write(&format!("{d}/f"), b"x");
     let st = s.stat(&format!("{d}/f")).ok_or("stat")?;
     let uid = st.uid.to_string();
-    is_status(&t.client.req("CHOWN", &format!("/{d}/f"), &[("X-Spock-uid", &uid), ("X-Spock-gid", "-1")]).await, 200)?;
+    is_status(
+        &t.client
+            .req(
+                "CHOWN",
+                &format!("/{d}/f"),
+                &[("X-Spock-uid", &uid), ("X-Spock-gid", "-1")],
+            )
+            .await,
+        200,
+    )?;
     // The original client sends (uid_t)-1 as 4294967295: unchanged.
-    is_status(&t.client.req("CHOWN", &format!("/{d}/f"), &[("X-Spock-uid", "4294967295"), ("X-Spock-gid", "4294967295")]).await, 200)?;
+    is_status(
+        &t.client
+            .req(
+                "CHOWN",
+                &format!("/{d}/f"),
+                &[("X-Spock-uid", "4294967295"), ("X-Spock-gid", "4294967295")],
+            )
+            .await,
+        200,
+    )?;
     ensure_eq!(s.stat(&format!("{d}/f")).map(|x| x.uid), Some(st.uid));
-    is_errno(&t.client.req("CHOWN", &format!("/{d}/none"), &[("X-Spock-uid", &uid), ("X-Spock-gid", "-1")]).await, 404, "ENOENT")?;
-    is_status(&t.client.req("CHOWN", &format!("/{d}/f"), &[("X-Spock-uid", "4294967296"), ("X-Spock-gid", "0")]).await, 400)?;
+    is_errno(
+        &t.client
+            .req(
+                "CHOWN",
+                &format!("/{d}/none"),
+                &[("X-Spock-uid", &uid), ("X-Spock-gid", "-1")],
+            )
+            .await,
+        404,
+        "ENOENT",
+    )?;
+    is_status(
+        &t.client
+            .req(
+                "CHOWN",
+                &format!("/{d}/f"),
+                &[("X-Spock-uid", "4294967296"), ("X-Spock-gid", "0")],
+            )
+            .await,
+        400,
+    )?;
     Ok(())
 }
 
 async fn truncate(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     s.write(&format!("{d}/f"), b"0123456789");
-    is_status(&t.client.req("TRUNCATE", &format!("/{d}/f"), &[("X-Spock-size", "4")]).await, 200)?;
+    is_status(
+        &t.client
+            .req("TRUNCATE", &format!("/{d}/f"), &[("X-Spock-size", "4")])
+            .await,
+        200,
+    )?;
     ensure_eq!(s.read(&format!("{d}/f")), Some(b"0123".to_vec()));
-    is_status(&t.client.req("TRUNCATE", &format!("/{d}/f"), &[("X-Spock-size", "100")]).await, 200)?;
+    is_status(
+        &t.client
+            .req("TRUNCATE", &format!("/{d}/f"), &[("X-Spock-size", "100")])
+            .await,
+        200,
+    )?;
     ensure_eq!(s.stat(&format!("{d}/f")).map(|x| x.size), Some(100));
-    is_errno(&t.client.req("TRUNCATE", &format!("/{d}/none"), &[("X-Spock-size", "1")]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client
+            .req("TRUNCATE", &format!("/{d}/none"), &[("X-Spock-size", "1")])
+            .await,
+        404,
+        "ENOENT",
+    )?;
     s.mkdir(&format!("{d}/dir"));
-    is_errno(&t.client.req("TRUNCATE", &format!("/{d}/dir"), &[("X-Spock-size", "1")]).await, 403, "EISDIR")?;
+    is_errno(
+        &t.client
+            .req("TRUNCATE", &format!("/{d}/dir"), &[("X-Spock-size", "1")])
+            .await,
+        403,
+        "EISDIR",
+    )?;
     Ok(())
 }
 
@@ -513,34 +920,86 @@ async fn access(t: &Target, d: &str) -> CheckResult {
     s.write(&format!("{d}/f"), b"x");
     s.chmod(&format!("{d}/f"), 0o644);
     for m in ["0", "4", "6"] {
-        is_status(&t.client.req("ACCESS", &format!("/{d}/f"), &[("X-Spock-mode", m)]).await, 200)?;
+        is_status(
+            &t.client
+                .req("ACCESS", &format!("/{d}/f"), &[("X-Spock-mode", m)])
+                .await,
+            200,
+        )?;
     }
     // Nobody may execute a file without any x bit, not even root.
-    is_errno(&t.client.req("ACCESS", &format!("/{d}/f"), &[("X-Spock-mode", "1")]).await, 403, "EACCES")?;
+    is_errno(
+        &t.client
+            .req("ACCESS", &format!("/{d}/f"), &[("X-Spock-mode", "1")])
+            .await,
+        403,
+        "EACCES",
+    )?;
     s.chmod(&format!("{d}/f"), 0o755);
-    is_status(&t.client.req("ACCESS", &format!("/{d}/f"), &[("X-Spock-mode", "1")]).await, 200)?;
-    is_errno(&t.client.req("ACCESS", &format!("/{d}/none"), &[("X-Spock-mode", "0")]).await, 404, "ENOENT")?;
-    is_status(&t.client.req("ACCESS", &format!("/{d}/f"), &[("X-Spock-mode", "8")]).await, 400)?;
+    is_status(
+        &t.client
+            .req("ACCESS", &format!("/{d}/f"), &[("X-Spock-mode", "1")])
+            .await,
+        200,
+    )?;
+    is_errno(
+        &t.client
+            .req("ACCESS", &format!("/{d}/none"), &[("X-Spock-mode", "0")])
+            .await,
+        404,
+        "ENOENT",
+    )?;
+    is_status(
+        &t.client
+            .req("ACCESS", &format!("/{d}/f"), &[("X-Spock-mode", "8")])
+            .await,
+        400,
+    )?;
     Ok(())
 }
 
 async fn symlink_readlink(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
-    let targets: &[&[u8]] = &[b"/opt/foobar", b"../../../../etc/passwd", b"relative/x", b"with space", b"\xff\xferaw"];
+    let targets: &[&[u8]] = &[
+        b"/opt/foobar",
+        b"../../../../etc/passwd",
+        b"relative/x",
+        b"with space",
+        b"\xff\xferaw",
+    ];
     for (i, target) in targets.iter().enumerate() {
         let p = format!("{d}/l{i}");
-        let r = t.client.send("SYMLINK", &format!("/{p}"), &[("X-Spock-target", target)], "").await;
+        let r = t
+            .client
+            .send(
+                "SYMLINK",
+                &format!("/{p}"),
+                &[("X-Spock-target", target)],
+                "",
+            )
+            .await;
         is_status(&r, 201)?;
         ensure_eq!(s.readlink(&p), Some(target.to_vec()), "stored verbatim");
         let r = t.client.req("READLINK", &format!("/{p}"), &[]).await;
         is_status(&r, 200)?;
         ensure_eq!(&r.body[..], *target);
     }
-    let r = t.client.req("SYMLINK", &format!("/{d}/l0"), &[("X-Spock-target", "x")]).await;
+    let r = t
+        .client
+        .req("SYMLINK", &format!("/{d}/l0"), &[("X-Spock-target", "x")])
+        .await;
     is_errno(&r, 409, "EEXIST")?;
     s.write(&format!("{d}/f"), b"x");
-    is_errno(&t.client.req("READLINK", &format!("/{d}/f"), &[]).await, 500, "EINVAL")?;
-    is_errno(&t.client.req("READLINK", &format!("/{d}/none"), &[]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client.req("READLINK", &format!("/{d}/f"), &[]).await,
+        500,
+        "EINVAL",
+    )?;
+    is_errno(
+        &t.client.req("READLINK", &format!("/{d}/none"), &[]).await,
+        404,
+        "ENOENT",
+    )?;
     Ok(())
 }
 
@@ -548,18 +1007,76 @@ async fn link(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     s.mkdir(&format!("{d}/x/y"));
     s.write(&format!("{d}/x/y/f"), b"data");
-    let r = t.client.req("LINK", &format!("/{d}/h"), &[("X-Spock-target", &format!("/{d}/x/y/f"))]).await;
+    let r = t
+        .client
+        .req(
+            "LINK",
+            &format!("/{d}/h"),
+            &[("X-Spock-target", &format!("/{d}/x/y/f"))],
+        )
+        .await;
     is_status(&r, 201)?;
     let a = s.stat(&format!("{d}/h")).ok_or("no link")?;
     let b = s.stat(&format!("{d}/x/y/f")).ok_or("no source")?;
     ensure_eq!(a.ino, b.ino);
     ensure_eq!(a.nlink, 2);
-    is_errno(&t.client.req("LINK", &format!("/{d}/h"), &[("X-Spock-target", &format!("/{d}/x/y/f"))]).await, 409, "EEXIST")?;
-    is_errno(&t.client.req("LINK", &format!("/{d}/h2"), &[("X-Spock-target", &format!("/{d}/none"))]).await, 404, "ENOENT")?;
-    is_errno(&t.client.req("LINK", &format!("/{d}/h3"), &[("X-Spock-target", &format!("/{d}/x"))]).await, 403, "EPERM")?;
-    is_status(&t.client.req("LINK", &format!("/{d}/h4"), &[("X-Spock-target", &format!("/{d}/../x"))]).await, 400)?;
-    is_status(&t.client.req("LINK", &format!("/{d}/h4"), &[("X-Spock-target", "relative")]).await, 400)?;
-    ensure!(s.stat(&format!("{d}/h4")).is_none(), "created on bad target");
+    is_errno(
+        &t.client
+            .req(
+                "LINK",
+                &format!("/{d}/h"),
+                &[("X-Spock-target", &format!("/{d}/x/y/f"))],
+            )
+            .await,
+        409,
+        "EEXIST",
+    )?;
+    is_errno(
+        &t.client
+            .req(
+                "LINK",
+                &format!("/{d}/h2"),
+                &[("X-Spock-target", &format!("/{d}/none"))],
+            )
+            .await,
+        404,
+        "ENOENT",
+    )?;
+    is_errno(
+        &t.client
+            .req(
+                "LINK",
+                &format!("/{d}/h3"),
+                &[("X-Spock-target", &format!("/{d}/x"))],
+            )
+            .await,
+        403,
+        "EPERM",
+    )?;
+    is_status(
+        &t.client
+            .req(
+                "LINK",
+                &format!("/{d}/h4"),
+                &[("X-Spock-target", &format!("/{d}/../x"))],
+            )
+            .await,
+        400,
+    )?;
+    is_status(
+        &t.client
+            .req(
+                "LINK",
+                &format!("/{d}/h4"),
+                &[("X-Spock-target", "relative")],
+            )
+            .await,
+        400,
+    )?;
+    ensure!(
+        s.stat(&format!("{d}/h4")).is_none(),
+        "created on bad target"
+    );
     Ok(())
 }
 
@@ -568,20 +1085,68 @@ async fn rename(t: &Target, d: &str) -> CheckResult {
     s.mkdir(&format!("{d}/foobar"));
     s.write(&format!("{d}/foobar/kratos"), b"k");
     // RENAME /foobar/deimos, X-Spock-target: /foobar/kratos renames kratos to deimos.
-    let r = t.client.req("RENAME", &format!("/{d}/foobar/deimos"), &[("X-Spock-target", &format!("/{d}/foobar/kratos"))]).await;
+    let r = t
+        .client
+        .req(
+            "RENAME",
+            &format!("/{d}/foobar/deimos"),
+            &[("X-Spock-target", &format!("/{d}/foobar/kratos"))],
+        )
+        .await;
     is_status(&r, 200)?;
-    ensure!(s.stat(&format!("{d}/foobar/kratos")).is_none(), "source still there");
+    ensure!(
+        s.stat(&format!("{d}/foobar/kratos")).is_none(),
+        "source still there"
+    );
     ensure_eq!(s.read(&format!("{d}/foobar/deimos")), Some(b"k".to_vec()));
     // Into a subdirectory, over an existing file.
     s.mkdir(&format!("{d}/sub"));
     s.write(&format!("{d}/sub/old"), b"old");
-    is_status(&t.client.req("RENAME", &format!("/{d}/sub/old"), &[("X-Spock-target", &format!("/{d}/foobar/deimos"))]).await, 200)?;
+    is_status(
+        &t.client
+            .req(
+                "RENAME",
+                &format!("/{d}/sub/old"),
+                &[("X-Spock-target", &format!("/{d}/foobar/deimos"))],
+            )
+            .await,
+        200,
+    )?;
     ensure_eq!(s.read(&format!("{d}/sub/old")), Some(b"k".to_vec()));
-    is_errno(&t.client.req("RENAME", &format!("/{d}/x"), &[("X-Spock-target", &format!("/{d}/none"))]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client
+            .req(
+                "RENAME",
+                &format!("/{d}/x"),
+                &[("X-Spock-target", &format!("/{d}/none"))],
+            )
+            .await,
+        404,
+        "ENOENT",
+    )?;
     s.mkdir(&format!("{d}/full/z"));
     s.mkdir(&format!("{d}/e"));
-    is_errno(&t.client.req("RENAME", &format!("/{d}/full"), &[("X-Spock-target", &format!("/{d}/e"))]).await, 412, "ENOTEMPTY")?;
-    is_status(&t.client.req("RENAME", &format!("/{d}/y"), &[("X-Spock-target", "/../etc")]).await, 400)?;
+    is_errno(
+        &t.client
+            .req(
+                "RENAME",
+                &format!("/{d}/full"),
+                &[("X-Spock-target", &format!("/{d}/e"))],
+            )
+            .await,
+        412,
+        "ENOTEMPTY",
+    )?;
+    is_status(
+        &t.client
+            .req(
+                "RENAME",
+                &format!("/{d}/y"),
+                &[("X-Spock-target", "/../etc")],
+            )
+            .await,
+        400,
+    )?;
     is_status(&t.client.req("RENAME", &format!("/{d}/y"), &[]).await, 400)?;
     Ok(())
 }
@@ -589,24 +1154,65 @@ async fn rename(t: &Target, d: &str) -> CheckResult {
 async fn fallocate(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     s.write(&format!("{d}/f"), b"");
-    let r = t.client.req("FALLOCATE", &format!("/{d}/f"), &[("X-Spock-mode", "0"), ("Range", "bytes=400-500")]).await;
+    let r = t
+        .client
+        .req(
+            "FALLOCATE",
+            &format!("/{d}/f"),
+            &[("X-Spock-mode", "0"), ("Range", "bytes=400-500")],
+        )
+        .await;
     is_status(&r, 200)?;
     ensure_eq!(s.stat(&format!("{d}/f")).map(|x| x.size), Some(501));
-    is_status(&t.client.req("FALLOCATE", &format!("/{d}/f"), &[("X-Spock-mode", "0")]).await, 400)?;
-    is_status(&t.client.req("FALLOCATE", &format!("/{d}/f"), &[("X-Spock-mode", "0"), ("Range", "bytes=5-")]).await, 400)?;
-    is_errno(&t.client.req("FALLOCATE", &format!("/{d}/none"), &[("X-Spock-mode", "0"), ("Range", "bytes=0-1")]).await, 404, "ENOENT")?;
+    is_status(
+        &t.client
+            .req("FALLOCATE", &format!("/{d}/f"), &[("X-Spock-mode", "0")])
+            .await,
+        400,
+    )?;
+    is_status(
+        &t.client
+            .req(
+                "FALLOCATE",
+                &format!("/{d}/f"),
+                &[("X-Spock-mode", "0"), ("Range", "bytes=5-")],
+            )
+            .await,
+        400,
+    )?;
+    is_errno(
+        &t.client
+            .req(
+                "FALLOCATE",
+                &format!("/{d}/none"),
+                &[("X-Spock-mode", "0"), ("Range", "bytes=0-1")],
+            )
+            .await,
+        404,
+        "ENOENT",
+    )?;
     Ok(())
 }
 
 async fn statfs(t: &Target, d: &str) -> CheckResult {
     let r = t.client.req("STATFS", &format!("/{d}"), &[]).await;
     is_status(&r, 200)?;
-    for h in ["bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree", "favail", "fsid", "flag", "namemax"] {
-        ensure!(r.num(&format!("x-spock-{h}")).is_some(), "missing X-Spock-{h}");
+    for h in [
+        "bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree", "favail", "fsid", "flag",
+        "namemax",
+    ] {
+        ensure!(
+            r.num(&format!("x-spock-{h}")).is_some(),
+            "missing X-Spock-{h}"
+        );
     }
     ensure!(r.num("x-spock-bsize").unwrap_or(0) > 0, "bsize 0");
     ensure!(r.num("x-spock-namemax").unwrap_or(0) >= 255, "namemax");
-    is_errno(&t.client.req("STATFS", &format!("/{d}/none"), &[]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client.req("STATFS", &format!("/{d}/none"), &[]).await,
+        404,
+        "ENOENT",
+    )?;
     Ok(())
 }
 
@@ -614,7 +1220,10 @@ async fn xattrs(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     if !s.xattrs_supported() {
         eprintln!("xattrs: store has no user xattrs; skipping (CI=true fails instead)");
-        ensure!(std::env::var("CI").as_deref() != Ok("true"), "no user xattr support in CI");
+        ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no user xattr support in CI"
+        );
         return Ok(());
     }
     let f = format!("/{d}/foobar");
@@ -622,7 +1231,17 @@ async fn xattrs(t: &Target, d: &str) -> CheckResult {
     let set = |name: &'static str, flag: &'static str, val: &'static str| {
         let f = f.clone();
         async move {
-            t.client.send("SETXATTR", &f, &[("X-Spock-target", name.as_bytes()), ("X-Spock-flag", flag.as_bytes())], val).await
+            t.client
+                .send(
+                    "SETXATTR",
+                    &f,
+                    &[
+                        ("X-Spock-target", name.as_bytes()),
+                        ("X-Spock-flag", flag.as_bytes()),
+                    ],
+                    val,
+                )
+                .await
         }
     };
     is_status(&set("user.foo", "0", "hello").await, 200)?;
@@ -632,45 +1251,158 @@ async fn xattrs(t: &Target, d: &str) -> CheckResult {
     is_errno(&set("user.nope", "2", "x").await, 415, "ENODATA")?;
     is_status(&set("user.foo", "2", "hello").await, 200)?;
     // Probe with size 0, then fetch.
-    let r = t.client.req("GETXATTR", &f, &[("X-Spock-target", "user.foo"), ("X-Spock-size", "0")]).await;
+    let r = t
+        .client
+        .req(
+            "GETXATTR",
+            &f,
+            &[("X-Spock-target", "user.foo"), ("X-Spock-size", "0")],
+        )
+        .await;
     is_status(&r, 200)?;
     ensure_eq!(r.num("x-spock-size"), Some(5));
     ensure!(r.body.is_empty(), "size probe with body");
-    let r = t.client.req("GETXATTR", &f, &[("X-Spock-target", "user.foo"), ("X-Spock-size", "5")]).await;
+    let r = t
+        .client
+        .req(
+            "GETXATTR",
+            &f,
+            &[("X-Spock-target", "user.foo"), ("X-Spock-size", "5")],
+        )
+        .await;
     ensure_eq!(&r.body[..], b"hello");
-    is_errno(&t.client.req("GETXATTR", &f, &[("X-Spock-target", "user.foo"), ("X-Spock-size", "4")]).await, 413, "ERANGE")?;
-    is_errno(&t.client.req("GETXATTR", &f, &[("X-Spock-target", "user.none"), ("X-Spock-size", "64")]).await, 415, "ENODATA")?;
-    let r = t.client.req("LISTXATTR", &f, &[("X-Spock-size", "0")]).await;
+    is_errno(
+        &t.client
+            .req(
+                "GETXATTR",
+                &f,
+                &[("X-Spock-target", "user.foo"), ("X-Spock-size", "4")],
+            )
+            .await,
+        413,
+        "ERANGE",
+    )?;
+    is_errno(
+        &t.client
+            .req(
+                "GETXATTR",
+                &f,
+                &[("X-Spock-target", "user.none"), ("X-Spock-size", "64")],
+            )
+            .await,
+        415,
+        "ENODATA",
+    )?;
+    let r = t
+        .client
+        .req("LISTXATTR", &f, &[("X-Spock-size", "0")])
+        .await;
     is_status(&r, 200)?;
-    let r2 = t.client.req("LISTXATTR", &f, &[("X-Spock-size", "4096")]).await;
+    let r2 = t
+        .client
+        .req("LISTXATTR", &f, &[("X-Spock-size", "4096")])
+        .await;
     is_status(&r2, 200)?;
     ensure_eq!(r.num("x-spock-size"), Some(r2.body.len() as i128));
-    let mut names: Vec<&[u8]> = r2.body.split(|&b| b == b'\n').filter(|n| !n.is_empty()).collect();
+    let mut names: Vec<&[u8]> = r2
+        .body
+        .split(|&b| b == b'\n')
+        .filter(|n| !n.is_empty())
+        .collect();
     names.sort();
-    ensure!(names.contains(&&b"user.bar"[..]) && names.contains(&&b"user.foo"[..]), "list {names:?}");
-    is_errno(&t.client.req("LISTXATTR", &f, &[("X-Spock-size", "3")]).await, 413, "ERANGE")?;
-    is_status(&t.client.req("REMOVEXATTR", &f, &[("X-Spock-target", "user.foo")]).await, 200)?;
+    ensure!(
+        names.contains(&&b"user.bar"[..]) && names.contains(&&b"user.foo"[..]),
+        "list {names:?}"
+    );
+    is_errno(
+        &t.client
+            .req("LISTXATTR", &f, &[("X-Spock-size", "3")])
+            .await,
+        413,
+        "ERANGE",
+    )?;
+    is_status(
+        &t.client
+            .req("REMOVEXATTR", &f, &[("X-Spock-target", "user.foo")])
+            .await,
+        200,
+    )?;
     ensure_eq!(s.getxattr(&f[1..], "user.foo"), None);
-    is_errno(&t.client.req("REMOVEXATTR", &f, &[("X-Spock-target", "user.foo")]).await, 415, "ENODATA")?;
+    is_errno(
+        &t.client
+            .req("REMOVEXATTR", &f, &[("X-Spock-target", "user.foo")])
+            .await,
+        415,
+        "ENODATA",
+    )?;
     // Over the server's 64 KiB limit: 413 and not stored.
     let big = vec![b'v'; 64 * 1024 + 1];
-    let r = t.client.send("SETXATTR", &f, &[("X-Spock-target", b"user.big"), ("X-Spock-flag", b"0")], big).await;
+    let r = t
+        .client
+        .send(
+            "SETXATTR",
+            &f,
+            &[("X-Spock-target", b"user.big"), ("X-Spock-flag", b"0")],
+            big,
+        )
+        .await;
     ensure_eq!(r.status.as_u16(), 413);
     ensure_eq!(s.getxattr(&f[1..], "user.big"), None);
-    is_status(&t.client.req("GETXATTR", &f, &[("X-Spock-size", "10")]).await, 400)?;
-    is_errno(&t.client.req("GETXATTR", &format!("/{d}/none"), &[("X-Spock-target", "user.foo"), ("X-Spock-size", "0")]).await, 404, "ENOENT")?;
+    is_status(
+        &t.client
+            .req("GETXATTR", &f, &[("X-Spock-size", "10")])
+            .await,
+        400,
+    )?;
+    is_errno(
+        &t.client
+            .req(
+                "GETXATTR",
+                &format!("/{d}/none"),
+                &[("X-Spock-target", "user.foo"), ("X-Spock-size", "0")],
+            )
+            .await,
+        404,
+        "ENOENT",
+    )?;
     Ok(())
 }
 
 async fn utimens(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     s.write(&format!("{d}/deimos"), b"");
-    let r = t.client.req("UTIMENS", &format!("/{d}/deimos"), &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1420481543")]).await;
+    let r = t
+        .client
+        .req(
+            "UTIMENS",
+            &format!("/{d}/deimos"),
+            &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1420481543")],
+        )
+        .await;
     is_status(&r, 200)?;
     let st = s.stat(&format!("{d}/deimos")).ok_or("stat")?;
     ensure_eq!((st.atime, st.mtime), (1, 1420481543));
-    is_status(&t.client.req("UTIMENS", &format!("/{d}/deimos"), &[("X-Spock-atime", "1")]).await, 400)?;
-    is_errno(&t.client.req("UTIMENS", &format!("/{d}/none"), &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1")]).await, 404, "ENOENT")?;
+    is_status(
+        &t.client
+            .req(
+                "UTIMENS",
+                &format!("/{d}/deimos"),
+                &[("X-Spock-atime", "1")],
+            )
+            .await,
+        400,
+    )?;
+    is_errno(
+        &t.client
+            .req(
+                "UTIMENS",
+                &format!("/{d}/none"),
+                &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1")],
+            )
+            .await,
+        404,
+        "ENOENT",
+    )?;
     Ok(())
 }
 
@@ -679,21 +1411,41 @@ async fn delete(t: &Target, d: &str) -> CheckResult {
     s.write(&format!("{d}/f"), b"x");
     is_status(&t.client.req("DELETE", &format!("/{d}/f"), &[]).await, 200)?;
     ensure!(s.stat(&format!("{d}/f")).is_none(), "not deleted");
-    is_errno(&t.client.req("DELETE", &format!("/{d}/f"), &[]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client.req("DELETE", &format!("/{d}/f"), &[]).await,
+        404,
+        "ENOENT",
+    )?;
     s.mkdir(&format!("{d}/dir"));
-    is_errno(&t.client.req("DELETE", &format!("/{d}/dir"), &[]).await, 403, "EISDIR")?;
+    is_errno(
+        &t.client.req("DELETE", &format!("/{d}/dir"), &[]).await,
+        403,
+        "EISDIR",
+    )?;
     s.symlink(b"dir", &format!("{d}/ln"));
     is_status(&t.client.req("DELETE", &format!("/{d}/ln"), &[]).await, 200)?;
-    ensure!(s.stat(&format!("{d}/dir")).is_some(), "DELETE followed a symlink");
+    ensure!(
+        s.stat(&format!("{d}/dir")).is_some(),
+        "DELETE followed a symlink"
+    );
     Ok(())
 }
 
 async fn fsync(t: &Target, d: &str) -> CheckResult {
     t.store.write(&format!("{d}/f"), b"x");
     is_status(&t.client.req("FSYNC", &format!("/{d}/f"), &[]).await, 200)?;
-    is_status(&t.client.req("FSYNC", &format!("/{d}/f"), &[("X-Spock-flag", "1")]).await, 200)?;
+    is_status(
+        &t.client
+            .req("FSYNC", &format!("/{d}/f"), &[("X-Spock-flag", "1")])
+            .await,
+        200,
+    )?;
     is_status(&t.client.req("FSYNC", &format!("/{d}"), &[]).await, 200)?;
-    is_errno(&t.client.req("FSYNC", &format!("/{d}/none"), &[]).await, 404, "ENOENT")?;
+    is_errno(
+        &t.client.req("FSYNC", &format!("/{d}/none"), &[]).await,
+        404,
+        "ENOENT",
+    )?;
     Ok(())
 }
 
@@ -720,11 +1472,21 @@ async fn bad_paths(t: &Target, d: &str) -> CheckResult {
         "/%2e%2e/%2e%2e/etc/passwd".to_string(),
     ];
     for p in &paths {
-        for (m, h) in [("GET", None), ("GETATTR", None), ("DELETE", None), ("MKDIR", Some(("X-Spock-mode", "448"))), ("RMDIR", None)] {
+        for (m, h) in [
+            ("GET", None),
+            ("GETATTR", None),
+            ("DELETE", None),
+            ("MKDIR", Some(("X-Spock-mode", "448"))),
+            ("RMDIR", None),
+        ] {
             let hs: Vec<(&str, &str)> = h.into_iter().collect();
             let r = t.client.req(m, p, &hs).await;
             ensure_eq!(r.status.as_u16(), 400, "{m} {p}");
-            ensure!(r.body.starts_with(b"400 Bad Request: EINVAL: invalid path"), "{m} {p}: {:?}", String::from_utf8_lossy(&r.body));
+            ensure!(
+                r.body.starts_with(b"400 Bad Request: EINVAL: invalid path"),
+                "{m} {p}: {:?}",
+                String::from_utf8_lossy(&r.body)
+            );
         }
     }
     ensure_eq!(s.list(d), before, "tree changed");
@@ -741,19 +1503,52 @@ async fn trailing_slash(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     s.write(&format!("{d}/f"), b"x");
     s.mkdir(&format!("{d}/dir"));
-    is_status(&t.client.req("GETATTR", &format!("/{d}/dir/"), &[]).await, 200)?;
-    is_status(&t.client.req("READDIR", &format!("/{d}/dir/"), &[]).await, 200)?;
-    is_errno(&t.client.req("GETATTR", &format!("/{d}/f/"), &[]).await, 500, "ENOTDIR")?;
-    is_errno(&t.client.req("GET", &format!("/{d}/f/"), &[]).await, 500, "ENOTDIR")?;
-    is_errno(&t.client.req("DELETE", &format!("/{d}/f/"), &[]).await, 500, "ENOTDIR")?;
+    is_status(
+        &t.client.req("GETATTR", &format!("/{d}/dir/"), &[]).await,
+        200,
+    )?;
+    is_status(
+        &t.client.req("READDIR", &format!("/{d}/dir/"), &[]).await,
+        200,
+    )?;
+    is_errno(
+        &t.client.req("GETATTR", &format!("/{d}/f/"), &[]).await,
+        500,
+        "ENOTDIR",
+    )?;
+    is_errno(
+        &t.client.req("GET", &format!("/{d}/f/"), &[]).await,
+        500,
+        "ENOTDIR",
+    )?;
+    is_errno(
+        &t.client.req("DELETE", &format!("/{d}/f/"), &[]).await,
+        500,
+        "ENOTDIR",
+    )?;
     ensure!(s.stat(&format!("{d}/f")).is_some(), "deleted through f/");
-    is_errno(&t.client.req("POST", &format!("/{d}/new/"), &[("X-Spock-mode", "420")]).await, 500, "ENOTDIR")?;
+    is_errno(
+        &t.client
+            .req("POST", &format!("/{d}/new/"), &[("X-Spock-mode", "420")])
+            .await,
+        500,
+        "ENOTDIR",
+    )?;
     ensure!(s.stat(&format!("{d}/new")).is_none(), "created new/");
-    is_status(&t.client.req("MKDIR", &format!("/{d}/nd/"), &[("X-Spock-mode", "448")]).await, 201)?;
+    is_status(
+        &t.client
+            .req("MKDIR", &format!("/{d}/nd/"), &[("X-Spock-mode", "448")])
+            .await,
+        201,
+    )?;
     is_status(&t.client.req("RMDIR", &format!("/{d}/nd/"), &[]).await, 200)?;
     // A symlink to a directory with a trailing slash is not a directory here.
     s.symlink(b"dir", &format!("{d}/ln"));
-    is_errno(&t.client.req("READDIR", &format!("/{d}/ln/"), &[]).await, 500, "ENOTDIR")?;
+    is_errno(
+        &t.client.req("READDIR", &format!("/{d}/ln/"), &[]).await,
+        500,
+        "ENOTDIR",
+    )?;
     Ok(())
 }
 
@@ -761,13 +1556,19 @@ async fn missing_and_malformed_headers(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     s.write(&format!("{d}/f"), b"0123");
     let before = (s.list(d), s.stat(&format!("{d}/f")));
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("MKDIR", "n1", &[], "X-Spock-mode"),
         ("MKDIR", "n1", &[("X-Spock-mode", "abc")], "X-Spock-mode"),
         ("MKDIR", "n1", &[("X-Spock-mode", "-1")], "X-Spock-mode"),
         ("MKDIR", "n1", &[("X-Spock-mode", "0x1ff")], "X-Spock-mode"),
         ("MKDIR", "n1", &[("X-Spock-mode", "1 2")], "X-Spock-mode"),
-        ("MKDIR", "n1", &[("X-Spock-mode", "99999999999")], "X-Spock-mode"),
+        (
+            "MKDIR",
+            "n1",
+            &[("X-Spock-mode", "99999999999")],
+            "X-Spock-mode",
+        ),
         ("POST", "n2", &[], "X-Spock-mode"),
         ("MKNOD", "n3", &[("X-Spock-dev", "0")], "X-Spock-mode"),
         ("CHMOD", "f", &[], "X-Spock-mode"),
@@ -783,25 +1584,47 @@ async fn missing_and_malformed_headers(t: &Target, d: &str) -> CheckResult {
         ("FALLOCATE", "f", &[("X-Spock-mode", "0")], "Range"),
         ("GETXATTR", "f", &[("X-Spock-size", "1")], "X-Spock-target"),
         ("SETXATTR", "f", &[("X-Spock-flag", "0")], "X-Spock-target"),
-        ("SETXATTR", "f", &[("X-Spock-target", "user.x"), ("X-Spock-flag", "7")], "X-Spock-flag"),
+        (
+            "SETXATTR",
+            "f",
+            &[("X-Spock-target", "user.x"), ("X-Spock-flag", "7")],
+            "X-Spock-flag",
+        ),
         ("REMOVEXATTR", "f", &[], "X-Spock-target"),
         ("LISTXATTR", "f", &[("X-Spock-size", "x")], "X-Spock-size"),
         ("UTIMENS", "f", &[("X-Spock-mtime", "1")], "X-Spock-atime"),
-        ("UTIMENS", "f", &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1e9")], "X-Spock-mtime"),
+        (
+            "UTIMENS",
+            "f",
+            &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1e9")],
+            "X-Spock-mtime",
+        ),
         ("OPEN", "f", &[("X-Spock-flag", "zz")], "X-Spock-flag"),
     ];
     for (m, name, hs, named) in cases {
         let r = t.client.req(m, &format!("/{d}/{name}"), hs).await;
         ensure_eq!(r.status.as_u16(), 400, "{m} {hs:?}");
         let body = String::from_utf8_lossy(&r.body);
-        ensure!(body.contains(named), "{m} {hs:?}: body {body:?} does not name {named}");
+        ensure!(
+            body.contains(named),
+            "{m} {hs:?}: body {body:?} does not name {named}"
+        );
         ensure_eq!(r.errno(), "EINVAL", "{m}");
     }
-    ensure_eq!((s.list(d), s.stat(&format!("{d}/f"))), before, "bad requests changed the tree");
+    ensure_eq!(
+        (s.list(d), s.stat(&format!("{d}/f"))),
+        before,
+        "bad requests changed the tree"
+    );
     // Duplicate headers are malformed too.
     let r = t
         .client
-        .send("CHMOD", &format!("/{d}/f"), &[("X-Spock-mode", b"448"), ("X-Spock-mode", b"511")], "")
+        .send(
+            "CHMOD",
+            &format!("/{d}/f"),
+            &[("X-Spock-mode", b"448"), ("X-Spock-mode", b"511")],
+            "",
+        )
         .await;
     is_status(&r, 400)?;
     Ok(())
@@ -811,15 +1634,24 @@ async fn errors_are_described(t: &Target, d: &str) -> CheckResult {
     let r = t.client.req("GETATTR", &format!("/{d}/none"), &[]).await;
     is_errno(&r, 404, "ENOENT")?;
     ensure_eq!(r.header("content-type"), "text/plain; charset=utf-8");
-    ensure!(r.body.ends_with(b"\n") && r.body.iter().filter(|&&b| b == b'\n').count() == 1, "not one line: {:?}", r.body);
+    ensure!(
+        r.body.ends_with(b"\n") && r.body.iter().filter(|&&b| b == b'\n').count() == 1,
+        "not one line: {:?}",
+        r.body
+    );
     ensure_eq!(r.header("content-length"), r.body.len().to_string());
     Ok(())
 }
 
 /// Minimal HTTP/1.1 exchange on one raw connection: sends each request,
 /// reads each response (by Content-Length), returns status and body.
-pub async fn raw_exchange(addr: std::net::SocketAddr, requests: &[Vec<u8>]) -> Result<Vec<(u16, Vec<u8>, String)>, String> {
-    let mut sock = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+pub async fn raw_exchange(
+    addr: std::net::SocketAddr,
+    requests: &[Vec<u8>],
+) -> Result<Vec<(u16, Vec<u8>, String)>, String> {
+    let mut sock = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut buf = Vec::new();
     for req in requests {
@@ -830,17 +1662,25 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, requests: &[Vec<u8>]) -> R
     Ok(out)
 }
 
-async fn read_response(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<(u16, Vec<u8>, String), String> {
+async fn read_response(
+    sock: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, Vec<u8>, String), String> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("bad status line")?;
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or("bad status line")?;
             let len: usize = head
                 .lines()
                 .find_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
                 })
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
@@ -854,7 +1694,11 @@ async fn read_response(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> R
     }
 }
 
-async fn read_more(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, deadline: tokio::time::Instant) -> Result<(), String> {
+async fn read_more(
+    sock: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
     let mut tmp = [0u8; 65536];
     let n = tokio::time::timeout_at(deadline, sock.read(&mut tmp))
         .await
@@ -887,10 +1731,18 @@ async fn keep_alive_after_errors(t: &Target, d: &str) -> CheckResult {
 
 async fn http11_without_host(t: &Target, d: &str) -> CheckResult {
     let p = &t.prefix;
-    let resps = raw_exchange(t.addr, &[format!("GETATTR {p}/{d} HTTP/1.1\r\n\r\n").into_bytes()]).await?;
+    let resps = raw_exchange(
+        t.addr,
+        &[format!("GETATTR {p}/{d} HTTP/1.1\r\n\r\n").into_bytes()],
+    )
+    .await?;
     ensure_eq!(resps[0].0, 400);
     // HTTP/1.0 without Host is fine (default root).
-    let resps = raw_exchange(t.addr, &[format!("GETATTR {p}/{d} HTTP/1.0\r\n\r\n").into_bytes()]).await?;
+    let resps = raw_exchange(
+        t.addr,
+        &[format!("GETATTR {p}/{d} HTTP/1.0\r\n\r\n").into_bytes()],
+    )
+    .await?;
     ensure_eq!(resps[0].0, 200);
     Ok(())
 }
@@ -898,7 +1750,14 @@ async fn http11_without_host(t: &Target, d: &str) -> CheckResult {
 async fn non_utf8_names(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     // Names are bytes: percent-encoded non-UTF-8 works end to end.
-    let r = t.client.req("POST", &format!("/{d}/caf%E9%20%FF"), &[("X-Spock-mode", "420")]).await;
+    let r = t
+        .client
+        .req(
+            "POST",
+            &format!("/{d}/caf%E9%20%FF"),
+            &[("X-Spock-mode", "420")],
+        )
+        .await;
     is_status(&r, 201)?;
     let names = s.list(d).unwrap_or_default();
     ensure_eq!(names, vec![b"caf\xe9 \xff".to_vec()]);
@@ -906,11 +1765,27 @@ async fn non_utf8_names(t: &Target, d: &str) -> CheckResult {
     ensure_eq!(&r.body[..], b".\n..\ncaf\xe9 \xff\n");
     let r = t.client.req("RENAME", &format!("/{d}/ok"), &[]).await;
     is_status(&r, 400)?;
-    let r = t.client.send("RENAME", &format!("/{d}/ok"), &[("X-Spock-target", format!("/{d}/caf\u{e9} ").as_bytes())], "").await;
+    let r = t
+        .client
+        .send(
+            "RENAME",
+            &format!("/{d}/ok"),
+            &[("X-Spock-target", format!("/{d}/caf\u{e9} ").as_bytes())],
+            "",
+        )
+        .await;
     is_errno(&r, 404, "ENOENT")?;
     let mut target = format!("/{d}/").into_bytes();
     target.extend_from_slice(b"caf\xe9 \xff");
-    let r = t.client.send("RENAME", &format!("/{d}/ok"), &[("X-Spock-target", &target)], "").await;
+    let r = t
+        .client
+        .send(
+            "RENAME",
+            &format!("/{d}/ok"),
+            &[("X-Spock-target", &target)],
+            "",
+        )
+        .await;
     is_status(&r, 200)?;
     ensure_eq!(s.list(d), Some(vec![b"ok".to_vec()]));
     Ok(())

@@ -53,17 +53,28 @@ fn snapshot(base: &Path) -> BTreeMap<Vec<u8>, Node> {
     let mut stack = vec![base.to_path_buf()];
     while let Some(p) = stack.pop() {
         let m = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let rel = p.strip_prefix(base).unwrap_or(&p).as_os_str().as_bytes().to_vec();
+        let rel = p
+            .strip_prefix(base)
+            .unwrap_or(&p)
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
         let ft = m.file_type();
         let node = Node {
             mode: m.mode(),
             nlink: if ft.is_dir() { 0 } else { m.nlink() },
             size: if ft.is_dir() { 0 } else { m.size() },
             content: ft.is_file().then(|| std::fs::read(&p).unwrap_or_default()),
-            link: ft
-                .is_symlink()
-                .then(|| std::fs::read_link(&p).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default()),
-            xattrs: if ft.is_symlink() { BTreeMap::new() } else { xattrs_of(&p) },
+            link: ft.is_symlink().then(|| {
+                std::fs::read_link(&p)
+                    .map(|t| t.as_os_str().as_bytes().to_vec())
+                    .unwrap_or_default()
+            }),
+            xattrs: if ft.is_symlink() {
+                BTreeMap::new()
+            } else {
+                xattrs_of(&p)
+            },
         };
         out.insert(rel, node);
         if ft.is_dir() {
@@ -104,7 +115,9 @@ fn layout(base: &Path) {
     std::fs::write(out.join("secret"), b"SECRET").unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(out.join("odir/deep"), b"DEEP SECRET").unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(root.join("dir/file"), b"inside").unwrap_or_else(|e| panic!("{e}"));
-    let sl = |t: &Path, l: &str| std::os::unix::fs::symlink(t, root.join(l)).unwrap_or_else(|e| panic!("{e}"));
+    let sl = |t: &Path, l: &str| {
+        std::os::unix::fs::symlink(t, root.join(l)).unwrap_or_else(|e| panic!("{e}"))
+    };
     sl(&out, "abs");
     sl(Path::new("../outside"), "rel");
     sl(&out.join("secret"), "fabs");
@@ -129,7 +142,10 @@ fn r(method: &'static str, path: &str, headers: &[(&'static str, &str)]) -> Req 
     Req {
         method,
         path: path.to_owned(),
-        headers: headers.iter().map(|(k, v)| (*k, v.as_bytes().to_vec())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_bytes().to_vec()))
+            .collect(),
         body: vec![],
     }
 }
@@ -141,7 +157,11 @@ fn every_method(path: &str, t: &str) -> Vec<Req> {
         r("READDIR", path, &[]),
         r("READDIR", path, &[("X-Spock-readdir", "attrs")]),
         r("GETATTR", path, &[]),
-        r("MKNOD", path, &[("X-Spock-mode", "4480"), ("X-Spock-dev", "0")]),
+        r(
+            "MKNOD",
+            path,
+            &[("X-Spock-mode", "4480"), ("X-Spock-dev", "0")],
+        ),
         r("OPEN", path, &[("X-Spock-flag", "0")]),
         r("OPEN", path, &[("X-Spock-flag", "2")]),
         r("CHMOD", path, &[("X-Spock-mode", "511")]),
@@ -156,13 +176,29 @@ fn every_method(path: &str, t: &str) -> Vec<Req> {
         r("LINK", t, &[("X-Spock-target", path)]),
         r("RENAME", path, &[("X-Spock-target", t)]),
         r("RENAME", t, &[("X-Spock-target", path)]),
-        r("FALLOCATE", path, &[("X-Spock-mode", "0"), ("Range", "bytes=0-99")]),
+        r(
+            "FALLOCATE",
+            path,
+            &[("X-Spock-mode", "0"), ("Range", "bytes=0-99")],
+        ),
         r("STATFS", path, &[]),
         r("LISTXATTR", path, &[("X-Spock-size", "0")]),
-        r("GETXATTR", path, &[("X-Spock-target", "user.x"), ("X-Spock-size", "100")]),
-        r("SETXATTR", path, &[("X-Spock-target", "user.pwned"), ("X-Spock-flag", "0")]),
+        r(
+            "GETXATTR",
+            path,
+            &[("X-Spock-target", "user.x"), ("X-Spock-size", "100")],
+        ),
+        r(
+            "SETXATTR",
+            path,
+            &[("X-Spock-target", "user.pwned"), ("X-Spock-flag", "0")],
+        ),
         r("REMOVEXATTR", path, &[("X-Spock-target", "user.x")]),
-        r("UTIMENS", path, &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1")]),
+        r(
+            "UTIMENS",
+            path,
+            &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1")],
+        ),
         r("GET", path, &[]),
         r("GET", path, &[("Range", "bytes=0-3")]),
         r("HEAD", path, &[]),
@@ -253,11 +289,19 @@ async fn parent_escapes_change_nothing() {
                 q.path
             );
             let after = snapshot(&f.base);
-            assert_eq!(after, before, "{} {} {:?} changed the tree", q.method, q.path, q.headers);
+            assert_eq!(
+                after, before,
+                "{} {} {:?} changed the tree",
+                q.method, q.path, q.headers
+            );
             checked += 1;
         }
     }
-    assert_eq!(ctimes(&f.base.join("outside")), ct, "metadata outside changed");
+    assert_eq!(
+        ctimes(&f.base.join("outside")),
+        ct,
+        "metadata outside changed"
+    );
     eprintln!("parent escapes: {checked} requests refused, tree unchanged");
 }
 
@@ -283,8 +327,16 @@ async fn two_path_escapes() {
     ];
     for (m, path, target) in cases {
         let resp = f.client.req(m, path, &[("X-Spock-target", target)]).await;
-        assert!(!resp.status.is_success(), "{m} {path} <- {target}: {}", resp.status);
-        assert_eq!(snapshot(&f.base), before, "{m} {path} <- {target} changed the tree");
+        assert!(
+            !resp.status.is_success(),
+            "{m} {path} <- {target}: {}",
+            resp.status
+        );
+        assert_eq!(
+            snapshot(&f.base),
+            before,
+            "{m} {path} <- {target} changed the tree"
+        );
     }
 }
 
@@ -296,7 +348,15 @@ async fn final_symlinks_are_not_followed() {
     let outside = f.base.join("outside");
     let out_before = snapshot(&outside);
     let ct = ctimes(&outside);
-    for link in ["/fabs", "/frel", "/abs", "/rel", "/slash", "/dangling", "/loop"] {
+    for link in [
+        "/fabs",
+        "/frel",
+        "/abs",
+        "/rel",
+        "/slash",
+        "/dangling",
+        "/loop",
+    ] {
         for q in every_method(link, "/dir/other") {
             let resp = send(&f.client, &q).await;
             assert!(
@@ -306,21 +366,52 @@ async fn final_symlinks_are_not_followed() {
             );
             if q.method == "GETATTR" && resp.status.is_success() {
                 let mode: u32 = resp.header("x-spock-mode").parse().unwrap_or(0);
-                assert_eq!(mode & 0o170000, 0o120000, "GETATTR {link} followed the link");
+                assert_eq!(
+                    mode & 0o170000,
+                    0o120000,
+                    "GETATTR {link} followed the link"
+                );
             }
-            if ["GET", "HEAD", "TRUNCATE", "FALLOCATE", "READDIR", "OPEN", "CHMOD", "SETXATTR"].contains(&q.method)
+            if [
+                "GET",
+                "HEAD",
+                "TRUNCATE",
+                "FALLOCATE",
+                "READDIR",
+                "OPEN",
+                "CHMOD",
+                "SETXATTR",
+            ]
+            .contains(&q.method)
                 || (q.method == "PUT" && !q.headers.is_empty())
             {
-                assert!(!resp.status.is_success(), "{} {link} succeeded through a symlink", q.method);
+                assert!(
+                    !resp.status.is_success(),
+                    "{} {link} succeeded through a symlink",
+                    q.method
+                );
             }
-            assert_eq!(snapshot(&outside), out_before, "{} {link} changed the outside", q.method);
-            assert_eq!(ctimes(&outside), ct, "{} {link} changed outside metadata", q.method);
+            assert_eq!(
+                snapshot(&outside),
+                out_before,
+                "{} {link} changed the outside",
+                q.method
+            );
+            assert_eq!(
+                ctimes(&outside),
+                ct,
+                "{} {link} changed outside metadata",
+                q.method
+            );
             // Put the link back if the request legitimately replaced or
             // removed it (DELETE, RENAME, whole-file PUT act on the link).
             let _ = std::fs::remove_file(f.base.join("root/dir/other"));
             let root = f.base.join("root");
             let lp = root.join(&link[1..]);
-            if std::fs::symlink_metadata(&lp).map(|m| !m.file_type().is_symlink()).unwrap_or(true) {
+            if std::fs::symlink_metadata(&lp)
+                .map(|m| !m.file_type().is_symlink())
+                .unwrap_or(true)
+            {
                 let _ = std::fs::remove_file(&lp);
                 let _ = std::fs::remove_dir(&lp);
                 let target: PathBuf = match link {
@@ -344,40 +435,144 @@ async fn final_symlinks_are_not_followed() {
 async fn differential_against_direct_syscalls() {
     type Direct = fn(&Path);
     let cases: Vec<(Req, Option<Direct>)> = vec![
-        (r("MKDIR", "/dir/new", &[("X-Spock-mode", "493")]), Some(|b| mkdir_exact(&b.join("root/dir/new"), 0o755))),
+        (
+            r("MKDIR", "/dir/new", &[("X-Spock-mode", "493")]),
+            Some(|b| mkdir_exact(&b.join("root/dir/new"), 0o755)),
+        ),
         (r("MKDIR", "/dir/sub", &[("X-Spock-mode", "493")]), None),
         (r("MKDIR", "/inner/new", &[("X-Spock-mode", "493")]), None),
-        (r("POST", "/dir/p", &[("X-Spock-mode", "256")]), Some(|b| create_exact(&b.join("root/dir/p"), 0o600))),
-        (r("POST", "/fabs", &[("X-Spock-mode", "256")]), None),
-        (r("TRUNCATE", "/dir/file", &[("X-Spock-size", "2")]), Some(|b| truncate(&b.join("root/dir/file"), 2))),
-        (r("TRUNCATE", "/frel", &[("X-Spock-size", "2")]), None),
-        (r("CHMOD", "/dir/file", &[("X-Spock-mode", "384")]), Some(|b| chmod(&b.join("root/dir/file"), 0o600))),
-        (r("CHMOD", "/dir", &[("X-Spock-mode", "448")]), Some(|b| chmod(&b.join("root/dir"), 0o700))),
-        (r("CHMOD", "/fabs", &[("X-Spock-mode", "511")]), None),
-        (r("SYMLINK", "/dir/l", &[("X-Spock-target", "/etc/shadow")]), Some(|b| symlink("/etc/shadow", &b.join("root/dir/l")))),
-        (r("SYMLINK", "/abs/l", &[("X-Spock-target", "x")]), None),
-        (r("LINK", "/dir/h", &[("X-Spock-target", "/dir/file")]), Some(|b| hardlink(&b.join("root/dir/file"), &b.join("root/dir/h")))),
-        (r("LINK", "/dir/h", &[("X-Spock-target", "/fabs")]), Some(|b| hardlink_nofollow(&b.join("root/fabs"), &b.join("root/dir/h")))),
-        (r("RENAME", "/dir/sub/moved", &[("X-Spock-target", "/dir/file")]), Some(|b| rename(&b.join("root/dir/file"), &b.join("root/dir/sub/moved")))),
-        (r("RENAME", "/dir/moved", &[("X-Spock-target", "/fabs")]), Some(|b| rename(&b.join("root/fabs"), &b.join("root/dir/moved")))),
-        (r("RENAME", "/dir/moved", &[("X-Spock-target", "/rel/secret")]), None),
-        (r("DELETE", "/dir/file", &[]), Some(|b| unlink(&b.join("root/dir/file")))),
-        (r("DELETE", "/fabs", &[]), Some(|b| unlink(&b.join("root/fabs")))),
-        (r("DELETE", "/abs/secret", &[]), None),
-        (r("RMDIR", "/dir/sub", &[]), Some(|b| rmdir(&b.join("root/dir/sub")))),
-        (r("RMDIR", "/abs/odir", &[]), None),
-        (r("MKNOD", "/dir/fifo", &[("X-Spock-mode", "4534"), ("X-Spock-dev", "0")]), Some(|b| mkfifo_exact(&b.join("root/dir/fifo"), 0o666))),
-        (r("MKNOD", "/dir/blk", &[("X-Spock-mode", "24960"), ("X-Spock-dev", "2049")]), None),
-        (r("SETXATTR", "/dir/file", &[("X-Spock-target", "user.k"), ("X-Spock-flag", "0")]), Some(|b| setxattr(&b.join("root/dir/file"), "user.k", b""))),
-        (r("SETXATTR", "/fabs", &[("X-Spock-target", "user.k"), ("X-Spock-flag", "0")]), None),
-        (r("FALLOCATE", "/dir/file", &[("X-Spock-mode", "0"), ("Range", "bytes=0-99")]), Some(|b| truncate(&b.join("root/dir/file"), 100))),
         (
-            Req { body: b"XY".to_vec(), ..r("PUT", "/dir/file", &[("Content-Range", "bytes=2-3")]) },
+            r("POST", "/dir/p", &[("X-Spock-mode", "256")]),
+            Some(|b| create_exact(&b.join("root/dir/p"), 0o600)),
+        ),
+        (r("POST", "/fabs", &[("X-Spock-mode", "256")]), None),
+        (
+            r("TRUNCATE", "/dir/file", &[("X-Spock-size", "2")]),
+            Some(|b| truncate(&b.join("root/dir/file"), 2)),
+        ),
+        (r("TRUNCATE", "/frel", &[("X-Spock-size", "2")]), None),
+        (
+            r("CHMOD", "/dir/file", &[("X-Spock-mode", "384")]),
+            Some(|b| chmod(&b.join("root/dir/file"), 0o600)),
+        ),
+        (
+            r("CHMOD", "/dir", &[("X-Spock-mode", "448")]),
+            Some(|b| chmod(&b.join("root/dir"), 0o700)),
+        ),
+        (r("CHMOD", "/fabs", &[("X-Spock-mode", "511")]), None),
+        (
+            r("SYMLINK", "/dir/l", &[("X-Spock-target", "/etc/shadow")]),
+            Some(|b| symlink("/etc/shadow", &b.join("root/dir/l"))),
+        ),
+        (r("SYMLINK", "/abs/l", &[("X-Spock-target", "x")]), None),
+        (
+            r("LINK", "/dir/h", &[("X-Spock-target", "/dir/file")]),
+            Some(|b| hardlink(&b.join("root/dir/file"), &b.join("root/dir/h"))),
+        ),
+        (
+            r("LINK", "/dir/h", &[("X-Spock-target", "/fabs")]),
+            Some(|b| hardlink_nofollow(&b.join("root/fabs"), &b.join("root/dir/h"))),
+        ),
+        (
+            r(
+                "RENAME",
+                "/dir/sub/moved",
+                &[("X-Spock-target", "/dir/file")],
+            ),
+            Some(|b| rename(&b.join("root/dir/file"), &b.join("root/dir/sub/moved"))),
+        ),
+        (
+            r("RENAME", "/dir/moved", &[("X-Spock-target", "/fabs")]),
+            Some(|b| rename(&b.join("root/fabs"), &b.join("root/dir/moved"))),
+        ),
+        (
+            r("RENAME", "/dir/moved", &[("X-Spock-target", "/rel/secret")]),
+            None,
+        ),
+        (
+            r("DELETE", "/dir/file", &[]),
+            Some(|b| unlink(&b.join("root/dir/file"))),
+        ),
+        (
+            r("DELETE", "/fabs", &[]),
+            Some(|b| unlink(&b.join("root/fabs"))),
+        ),
+        (r("DELETE", "/abs/secret", &[]), None),
+        (
+            r("RMDIR", "/dir/sub", &[]),
+            Some(|b| rmdir(&b.join("root/dir/sub"))),
+        ),
+        (r("RMDIR", "/abs/odir", &[]), None),
+        (
+            r(
+                "MKNOD",
+                "/dir/fifo",
+                &[("X-Spock-mode", "4534"), ("X-Spock-dev", "0")],
+            ),
+            Some(|b| mkfifo_exact(&b.join("root/dir/fifo"), 0o666)),
+        ),
+        (
+            r(
+                "MKNOD",
+                "/dir/blk",
+                &[("X-Spock-mode", "24960"), ("X-Spock-dev", "2049")],
+            ),
+            None,
+        ),
+        (
+            r(
+                "SETXATTR",
+                "/dir/file",
+                &[("X-Spock-target", "user.k"), ("X-Spock-flag", "0")],
+            ),
+            Some(|b| setxattr(&b.join("root/dir/file"), "user.k", b"")),
+        ),
+        (
+            r(
+                "SETXATTR",
+                "/fabs",
+                &[("X-Spock-target", "user.k"), ("X-Spock-flag", "0")],
+            ),
+            None,
+        ),
+        (
+            r(
+                "FALLOCATE",
+                "/dir/file",
+                &[("X-Spock-mode", "0"), ("Range", "bytes=0-99")],
+            ),
+            Some(|b| truncate(&b.join("root/dir/file"), 100)),
+        ),
+        (
+            Req {
+                body: b"XY".to_vec(),
+                ..r("PUT", "/dir/file", &[("Content-Range", "bytes=2-3")])
+            },
             Some(|b| pwrite(&b.join("root/dir/file"), 2, b"XY")),
         ),
-        (Req { body: b"XY".to_vec(), ..r("PUT", "/dir/whole", &[]) }, Some(|b| std::fs::write(b.join("root/dir/whole"), b"XY").unwrap_or_else(|e| panic!("{e}")))),
-        (Req { body: b"XY".to_vec(), ..r("PUT", "/rel/whole", &[]) }, None),
-        (Req { body: b"XY".to_vec(), ..r("PUT", "/frel", &[("Content-Range", "bytes=0-1")]) }, None),
+        (
+            Req {
+                body: b"XY".to_vec(),
+                ..r("PUT", "/dir/whole", &[])
+            },
+            Some(|b| {
+                std::fs::write(b.join("root/dir/whole"), b"XY").unwrap_or_else(|e| panic!("{e}"))
+            }),
+        ),
+        (
+            Req {
+                body: b"XY".to_vec(),
+                ..r("PUT", "/rel/whole", &[])
+            },
+            None,
+        ),
+        (
+            Req {
+                body: b"XY".to_vec(),
+                ..r("PUT", "/frel", &[("Content-Range", "bytes=0-1")])
+            },
+            None,
+        ),
     ];
     let mut compared = 0;
     for (q, direct) in cases {
@@ -389,14 +584,30 @@ async fn differential_against_direct_syscalls() {
         let resp = send(&f.client, &q).await;
         match direct {
             Some(op) => {
-                assert!(resp.status.is_success(), "{} {}: {} {:?}", q.method, q.path, resp.status, String::from_utf8_lossy(&resp.body));
+                assert!(
+                    resp.status.is_success(),
+                    "{} {}: {} {:?}",
+                    q.method,
+                    q.path,
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                );
                 op(twin.path());
             }
-            None => assert!(!resp.status.is_success(), "{} {} succeeded", q.method, q.path),
+            None => assert!(
+                !resp.status.is_success(),
+                "{} {} succeeded",
+                q.method,
+                q.path
+            ),
         }
         let a = normalize(snapshot(&f.base), &f.base);
         let b = normalize(snapshot(twin.path()), twin.path());
-        assert_eq!(a, b, "{} {} {:?}: server effect differs from the direct syscall", q.method, q.path, q.headers);
+        assert_eq!(
+            a, b,
+            "{} {} {:?}: server effect differs from the direct syscall",
+            q.method, q.path, q.headers
+        );
         compared += 1;
     }
     eprintln!("differential: {compared} cases identical");
@@ -428,12 +639,19 @@ fn create_exact(p: &Path, mode: u32) {
     chmod(p, mode);
 }
 fn mkfifo_exact(p: &Path, mode: u32) {
-    rustix::fs::mknodat(rustix::fs::CWD, p, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(mode), 0)
-        .unwrap_or_else(|e| panic!("{e}"));
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(mode),
+        0,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     chmod(p, mode);
 }
 fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 fn truncate(p: &Path, n: u64) {
     std::fs::OpenOptions::new()
@@ -457,8 +675,14 @@ fn hardlink(a: &Path, b: &Path) {
     std::fs::hard_link(a, b).unwrap_or_else(|e| panic!("{e}"));
 }
 fn hardlink_nofollow(a: &Path, b: &Path) {
-    rustix::fs::linkat(rustix::fs::CWD, a, rustix::fs::CWD, b, rustix::fs::AtFlags::empty())
-        .unwrap_or_else(|e| panic!("{e}"));
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        a,
+        rustix::fs::CWD,
+        b,
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 fn rename(a: &Path, b: &Path) {
     std::fs::rename(a, b).unwrap_or_else(|e| panic!("{e}"));
@@ -470,11 +694,13 @@ fn rmdir(p: &Path) {
     std::fs::remove_dir(p).unwrap_or_else(|e| panic!("{e}"));
 }
 fn setxattr(p: &Path, n: &str, v: &[u8]) {
-    rustix::fs::setxattr(p, n, v, rustix::fs::XattrFlags::empty()).unwrap_or_else(|e| panic!("{e}"));
+    rustix::fs::setxattr(p, n, v, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn creates(q: &Req) -> bool {
-    matches!(q.method, "MKNOD" | "SYMLINK" | "MKDIR" | "POST") || (q.method == "PUT" && q.headers.is_empty())
+    matches!(q.method, "MKNOD" | "SYMLINK" | "MKDIR" | "POST")
+        || (q.method == "PUT" && q.headers.is_empty())
 }
 
 /// Removes `made` from whichever of `swap`/`alt` is currently the real
@@ -483,7 +709,11 @@ fn creates(q: &Req) -> bool {
 fn remove_made(race: &Path) {
     use rustix::fs::{AtFlags, Mode, OFlags};
     for name in ["swap", "alt"] {
-        let Ok(dir) = rustix::fs::open(race.join(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty()) else {
+        let Ok(dir) = rustix::fs::open(
+            race.join(name),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) else {
             continue;
         };
         let _ = rustix::fs::unlinkat(&dir, "made", AtFlags::empty());
@@ -498,12 +728,16 @@ fn remove_made(race: &Path) {
 /// escape; the outside tree must be untouched at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_exchange_race_never_escapes() {
-    let secs: u64 = std::env::var("SPOCKFS_RACE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let secs: u64 = std::env::var("SPOCKFS_RACE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
     let f = fixture().await;
     let race = f.base.join("root/race");
     std::fs::create_dir_all(race.join("swap")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(race.join("swap/f"), b"inside").unwrap_or_else(|e| panic!("{e}"));
-    std::os::unix::fs::symlink(f.base.join("outside"), race.join("alt")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink(f.base.join("outside"), race.join("alt"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let outside = f.base.join("outside");
     let out_before = snapshot(&outside);
     let ct = ctimes(&outside);
@@ -513,11 +747,21 @@ async fn rename_exchange_race_never_escapes() {
     let swapper = {
         let (stop, swaps, race) = (stop.clone(), swaps.clone(), race.clone());
         std::thread::spawn(move || {
-            let dir = rustix::fs::open(&race, rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
-                .unwrap_or_else(|e| panic!("{e}"));
+            let dir = rustix::fs::open(
+                &race,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             while !stop.load(Ordering::Relaxed) {
-                rustix::fs::renameat_with(&dir, "swap", &dir, "alt", rustix::fs::RenameFlags::EXCHANGE)
-                    .unwrap_or_else(|e| panic!("exchange: {e}"));
+                rustix::fs::renameat_with(
+                    &dir,
+                    "swap",
+                    &dir,
+                    "alt",
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .unwrap_or_else(|e| panic!("exchange: {e}"));
                 swaps.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -529,7 +773,12 @@ async fn rename_exchange_race_never_escapes() {
     let total = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for worker in 0..8 {
-        let (c, escapes, inside_ok, total) = (f.client.clone(), escapes.clone(), inside_ok.clone(), total.clone());
+        let (c, escapes, inside_ok, total) = (
+            f.client.clone(),
+            escapes.clone(),
+            inside_ok.clone(),
+            total.clone(),
+        );
         let race = race.clone();
         tasks.push(tokio::spawn(async move {
             // Probes name `secret`, which exists only outside: any success
@@ -551,7 +800,10 @@ async fn rename_exchange_race_never_escapes() {
                 total.fetch_add(1, Ordering::Relaxed);
                 if resp.status.is_success() {
                     escapes.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("ESCAPE: {} {} {:?} -> {}", q.method, q.path, q.headers, resp.status);
+                    eprintln!(
+                        "ESCAPE: {} {} {:?} -> {}",
+                        q.method, q.path, q.headers, resp.status
+                    );
                 }
                 if resp.body.windows(6).any(|w| w == b"SECRET") {
                     escapes.fetch_add(1, Ordering::Relaxed);
@@ -575,7 +827,9 @@ async fn rename_exchange_race_never_escapes() {
         t.await.unwrap_or_else(|e| panic!("{e}"));
     }
     stop.store(true, Ordering::Relaxed);
-    swapper.join().unwrap_or_else(|_| panic!("swapper panicked"));
+    swapper
+        .join()
+        .unwrap_or_else(|_| panic!("swapper panicked"));
     let (escapes, inside_ok, total, swaps) = (
         escapes.load(Ordering::Relaxed),
         inside_ok.load(Ordering::Relaxed),
@@ -586,6 +840,14 @@ async fn rename_exchange_race_never_escapes() {
     assert_eq!(escapes, 0, "requests escaped the root");
     assert!(inside_ok > 0, "the race never exercised the inside path");
     assert!(swaps > 1000, "swapper too slow to test anything");
-    assert_eq!(snapshot(&outside), out_before, "outside changed during the race");
-    assert_eq!(ctimes(&outside), ct, "outside metadata changed during the race");
+    assert_eq!(
+        snapshot(&outside),
+        out_before,
+        "outside changed during the race"
+    );
+    assert_eq!(
+        ctimes(&outside),
+        ct,
+        "outside metadata changed during the race"
+    );
 }

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -31,13 +33,24 @@ async fn vhosts_default_and_missing() {
         .build();
     let (base, _t) = serve(Router::new().nest_service("/fs", fs)).await;
     let c = Client::new(&format!("{base}/fs"));
-    let r = c.with_host("a.test").req("MKDIR", "/only-in-a", &[("X-Spock-mode", "493")]).await;
+    let r = c
+        .with_host("a.test")
+        .req("MKDIR", "/only-in-a", &[("X-Spock-mode", "493")])
+        .await;
     assert_eq!(r.status, 201);
-    assert!(a.getattr(&FsPath::from_url_path("/only-in-a").unwrap_or_else(|e| panic!("{e}"))).is_ok());
+    assert!(a
+        .getattr(&FsPath::from_url_path("/only-in-a").unwrap_or_else(|e| panic!("{e}")))
+        .is_ok());
     let r = c.with_host("b.test:8080").req("GET", "/hello", &[]).await;
     assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"from b"[..]));
-    let r = c.with_host("A.TEST:9999").req("GETATTR", "/only-in-a", &[]).await;
-    assert_eq!(r.status, 200, "host match is case-insensitive and falls back from host:port to host");
+    let r = c
+        .with_host("A.TEST:9999")
+        .req("GETATTR", "/only-in-a", &[])
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "host match is case-insensitive and falls back from host:port to host"
+    );
     let r = c.with_host("b.test").req("GET", "/hello", &[]).await;
     assert_eq!(r.status, 404, "b.test:8080 is not b.test");
     let r = c.with_host("other.test").req("GETATTR", "/", &[]).await;
@@ -50,11 +63,18 @@ async fn read_only_mount_refuses_every_change() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir(dir.path().join("d")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("f"), b"data").unwrap_or_else(|e| panic!("{e}"));
-    let fs = SpockFs::builder().default_mount(Mount::local(dir.path()).read_only(true)).build();
+    let fs = SpockFs::builder()
+        .default_mount(Mount::local(dir.path()).read_only(true))
+        .build();
     let (base, _t) = serve(Router::new().nest_service("/fs", fs)).await;
     let c = Client::new(&format!("{base}/fs"));
-    let mutating: &[(&str, &str, &[(&str, &str)])] = &[
-        ("MKNOD", "/n", &[("X-Spock-mode", "4480"), ("X-Spock-dev", "0")]),
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let mutating: &[Case] = &[
+        (
+            "MKNOD",
+            "/n",
+            &[("X-Spock-mode", "4480"), ("X-Spock-dev", "0")],
+        ),
         ("OPEN", "/f", &[("X-Spock-flag", "1")]),
         ("OPEN", "/f", &[("X-Spock-flag", "2")]),
         ("OPEN", "/f", &[("X-Spock-flag", "512")]),
@@ -67,10 +87,22 @@ async fn read_only_mount_refuses_every_change() {
         ("MKDIR", "/m", &[("X-Spock-mode", "493")]),
         ("LINK", "/h", &[("X-Spock-target", "/f")]),
         ("RENAME", "/g", &[("X-Spock-target", "/f")]),
-        ("FALLOCATE", "/f", &[("X-Spock-mode", "0"), ("Range", "bytes=0-9999")]),
-        ("SETXATTR", "/f", &[("X-Spock-target", "user.a"), ("X-Spock-flag", "0")]),
+        (
+            "FALLOCATE",
+            "/f",
+            &[("X-Spock-mode", "0"), ("Range", "bytes=0-9999")],
+        ),
+        (
+            "SETXATTR",
+            "/f",
+            &[("X-Spock-target", "user.a"), ("X-Spock-flag", "0")],
+        ),
         ("REMOVEXATTR", "/f", &[("X-Spock-target", "user.a")]),
-        ("UTIMENS", "/f", &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1")]),
+        (
+            "UTIMENS",
+            "/f",
+            &[("X-Spock-atime", "1"), ("X-Spock-mtime", "1")],
+        ),
         ("PUT", "/f", &[("Content-Range", "bytes=0-0")]),
         ("PUT", "/new", &[]),
         ("POST", "/p", &[("X-Spock-mode", "420")]),
@@ -91,10 +123,18 @@ async fn read_only_mount_refuses_every_change() {
     };
     let before = snapshot();
     for (m, p, h) in mutating {
-        let body = if *m == "PUT" { Bytes::from_static(b"x") } else { Bytes::new() };
+        let body = if *m == "PUT" {
+            Bytes::from_static(b"x")
+        } else {
+            Bytes::new()
+        };
         let hs: Vec<(&str, &[u8])> = h.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         let r = c.send(m, p, &hs, body).await;
-        assert_eq!((r.status.as_u16(), r.errno()), (403, "EROFS"), "{m} {p} {h:?}");
+        assert_eq!(
+            (r.status.as_u16(), r.errno()),
+            (403, "EROFS"),
+            "{m} {p} {h:?}"
+        );
     }
     assert_eq!(snapshot(), before, "a read-only mount changed");
     for (m, p, h) in [
@@ -124,22 +164,37 @@ async fn per_request_mount_from_host_middleware() {
     let mounts: Arc<Vec<(String, Mount)>> = Arc::new(
         ["alice", "bob"]
             .iter()
-            .map(|u| (u.to_string(), Mount::new(LocalFs::open(homes.path().join(u)).unwrap_or_else(|e| panic!("{e}")))))
+            .map(|u| {
+                (
+                    u.to_string(),
+                    Mount::new(
+                        LocalFs::open(homes.path().join(u)).unwrap_or_else(|e| panic!("{e}")),
+                    ),
+                )
+            })
             .collect(),
     );
-    let fs = SpockFs::builder().vhost("x.test", Mount::new(MemFs::new())).build();
-    let app = Router::new().nest_service("/fs", fs).layer(axum::middleware::from_fn(
-        move |mut req: axum::extract::Request, next: axum::middleware::Next| {
-            let mounts = mounts.clone();
-            async move {
-                let user = req.headers().get("x-test-user").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                if let Some((_, m)) = mounts.iter().find(|(u, _)| Some(u) == user.as_ref()) {
-                    req.extensions_mut().insert(m.clone());
+    let fs = SpockFs::builder()
+        .vhost("x.test", Mount::new(MemFs::new()))
+        .build();
+    let app = Router::new()
+        .nest_service("/fs", fs)
+        .layer(axum::middleware::from_fn(
+            move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+                let mounts = mounts.clone();
+                async move {
+                    let user = req
+                        .headers()
+                        .get("x-test-user")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    if let Some((_, m)) = mounts.iter().find(|(u, _)| Some(u) == user.as_ref()) {
+                        req.extensions_mut().insert(m.clone());
+                    }
+                    next.run(req).await
                 }
-                next.run(req).await
-            }
-        },
-    ));
+            },
+        ));
     let (base, _t) = serve(app).await;
     let c = Client::new(&format!("{base}/fs")).with_host("x.test");
     for u in ["alice", "bob"] {
@@ -147,7 +202,10 @@ async fn per_request_mount_from_host_middleware() {
         assert_eq!((r.status.as_u16(), &r.body[..]), (200, u.as_bytes()));
     }
     let r = c.req("GET", "/who", &[]).await;
-    assert_eq!(r.status, 404, "without the extension the vhost (empty MemFs) serves");
+    assert_eq!(
+        r.status, 404,
+        "without the extension the vhost (empty MemFs) serves"
+    );
 }
 
 /// tower-http layers compose: trace, timeout, body limit, bearer auth; and
@@ -156,12 +214,16 @@ async fn per_request_mount_from_host_middleware() {
 async fn composes_with_tower_http_layers() {
     use tower_http::validate_request::ValidateRequestHeaderLayer;
     let mem = MemFs::new();
-    let fs = SpockFs::builder().default_mount(Mount::new(mem.clone())).build();
+    let fs = SpockFs::builder()
+        .default_mount(Mount::new(mem.clone()))
+        .build();
     #[allow(deprecated)]
     let app = Router::new()
         .nest_service("/fs", fs)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1024))
-        .layer(tower_http::timeout::TimeoutLayer::new(Duration::from_secs(5)))
+        .layer(tower_http::timeout::TimeoutLayer::new(Duration::from_secs(
+            5,
+        )))
         .layer(ValidateRequestHeaderLayer::bearer("t0ken"))
         .layer(tower_http::trace::TraceLayer::new_for_http());
     let (base, _t) = serve(app).await;
@@ -169,32 +231,56 @@ async fn composes_with_tower_http_layers() {
     let r = c.req("MKDIR", "/d", &[("X-Spock-mode", "493")]).await;
     assert_eq!(r.status, 401);
     let auth = [("Authorization", "Bearer t0ken")];
-    let r = c.req("MKDIR", "/d", &[auth[0], ("X-Spock-mode", "493")]).await;
+    let r = c
+        .req("MKDIR", "/d", &[auth[0], ("X-Spock-mode", "493")])
+        .await;
     assert_eq!(r.status, 201);
-    let r = c.send("PUT", "/d/f", &[("Authorization", b"Bearer t0ken")], vec![b'x'; 2000]).await;
+    let r = c
+        .send(
+            "PUT",
+            "/d/f",
+            &[("Authorization", b"Bearer t0ken")],
+            vec![b'x'; 2000],
+        )
+        .await;
     assert_eq!(r.status, 413, "body limit layer applies to SpockFS PUTs");
-    let r = c.send("PUT", "/d/f", &[("Authorization", b"Bearer t0ken")], vec![b'x'; 100]).await;
+    let r = c
+        .send(
+            "PUT",
+            "/d/f",
+            &[("Authorization", b"Bearer t0ken")],
+            vec![b'x'; 100],
+        )
+        .await;
     assert_eq!(r.status, 201);
 
     // Router-less: hyper + SpockFsLayer in front of an app service.
     let svc = tower::ServiceBuilder::new()
-        .layer(SpockFsLayer::new("/files/", SpockFs::builder().default_mount(Mount::new(mem)).build()))
+        .layer(SpockFsLayer::new(
+            "/files/",
+            SpockFs::builder().default_mount(Mount::new(mem)).build(),
+        ))
         .service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from(format!(
-                "app saw {}",
-                req.uri().path()
-            )))))
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                Bytes::from(format!("app saw {}", req.uri().path())),
+            )))
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else { return };
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
             let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
             tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
             });
         }
     });
@@ -270,7 +356,9 @@ fn no_syscall_on_async_workers() {
         .worker_threads(2)
         .enable_all()
         .on_thread_park(move || {
-            w2.lock().unwrap_or_else(|p| p.into_inner()).insert(std::thread::current().id());
+            w2.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(std::thread::current().id());
         })
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -286,13 +374,24 @@ fn no_syscall_on_async_workers() {
         let c = Client::new(&format!("{base}/fs"));
         tokio::time::sleep(Duration::from_millis(50)).await; // let workers park
         for _ in 0..20 {
-            assert_eq!(c.req("MKDIR", "/d", &[("X-Spock-mode", "493")]).await.status.is_client_error(), false);
+            assert!(!c
+                .req("MKDIR", "/d", &[("X-Spock-mode", "493")])
+                .await
+                .status
+                .is_client_error());
             c.send("PUT", "/d/f", &[], vec![7u8; 600_000]).await;
-            c.send("PUT", "/d/f", &[("Content-Range", b"bytes=0-2")], "abc").await;
+            c.send("PUT", "/d/f", &[("Content-Range", b"bytes=0-2")], "abc")
+                .await;
             assert_eq!(c.req("GET", "/d/f", &[]).await.body.len(), 600_000);
             c.req("GETATTR", "/d/f", &[]).await;
-            c.req("READDIR", "/d", &[("X-Spock-readdir", "attrs")]).await;
-            c.req("SETXATTR", "/d/f", &[("X-Spock-target", "user.a"), ("X-Spock-flag", "0")]).await;
+            c.req("READDIR", "/d", &[("X-Spock-readdir", "attrs")])
+                .await;
+            c.req(
+                "SETXATTR",
+                "/d/f",
+                &[("X-Spock-target", "user.a"), ("X-Spock-flag", "0")],
+            )
+            .await;
             c.req("DELETE", "/d/f", &[]).await;
             c.req("RMDIR", "/d", &[]).await;
         }
@@ -301,5 +400,8 @@ fn no_syscall_on_async_workers() {
     let used = used.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert!(!workers.is_empty() && !used.is_empty());
     let overlap: Vec<_> = used.intersection(&workers).collect();
-    assert!(overlap.is_empty(), "backend calls ran on async worker threads: {overlap:?}");
+    assert!(
+        overlap.is_empty(),
+        "backend calls ran on async worker threads: {overlap:?}"
+    );
 }

@@ -26,7 +26,8 @@ async fn main() -> std::process::ExitCode {
     let addr = listener.local_addr().unwrap_or(args.listen);
     let url = mount_url(&args, addr);
     let root = args.root.display().to_string();
-    let server = serve(args, listener, shutdown_signal());
+    let shutdown = shutdown_signal();
+    let server = serve(args, listener, shutdown);
     println!("SpockFS serving {root} at {url}");
     println!("mount it with:  spockfs {url} /mnt/spockfs");
     match server.await {

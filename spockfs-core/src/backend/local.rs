@@ -371,6 +371,15 @@ impl FileHandle for LocalFile {
     }
 }
 
+/// `(uid_t)-1` means "unchanged" to the kernel; rustix refuses to build it.
+fn uid(id: Option<u32>) -> Option<rustix::fs::Uid> {
+    id.filter(|&u| u != u32::MAX).map(rustix::fs::Uid::from_raw)
+}
+
+fn gid(id: Option<u32>) -> Option<rustix::fs::Gid> {
+    id.filter(|&g| g != u32::MAX).map(rustix::fs::Gid::from_raw)
+}
+
 fn write_all_at(fd: &OwnedFd, mut buf: &[u8], mut offset: u64) -> FsResult<()> {
     while !buf.is_empty() {
         match rustix::io::pwrite(fd, buf, offset) {
@@ -412,6 +421,7 @@ struct LocalReplacement {
     fd: OwnedFd,
     /// Named temporary that exists on disk and must be removed on abort.
     tmp: std::sync::Mutex<Option<Vec<u8>>>,
+    committed: std::sync::atomic::AtomicBool,
 }
 
 impl Replacement for LocalReplacement {
@@ -420,18 +430,18 @@ impl Replacement for LocalReplacement {
     }
 
     fn commit(&self) -> FsResult<bool> {
+        if self.committed.swap(true, Ordering::AcqRel) {
+            return Err(Errno::EINVAL);
+        }
         // Keep the permissions (and, when allowed, the owner) of the file
         // being replaced, like an editor's atomic save.
         match statat(&self.dir, &self.name) {
             Ok(st) if st.is_dir() => return Err(Errno::EISDIR),
             Ok(st) if st.is_file() => {
+                // chown first: it clears setuid/setgid, which chmod restores.
+                let _ = rustix::fs::fchown(&self.fd, uid(Some(st.uid)), gid(Some(st.gid)));
                 rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(st.mode & mode::PERMS))
                     .map_err(io_err)?;
-                let _ = rustix::fs::fchown(
-                    &self.fd,
-                    Some(rustix::fs::Uid::from_raw(st.uid)),
-                    Some(rustix::fs::Gid::from_raw(st.gid)),
-                );
             }
             _ => {}
         }
@@ -532,7 +542,9 @@ impl Backend for LocalFs {
 
     fn readdir(&self, path: &FsPath, attrs: bool, sink: &mut DirSink<'_>) -> FsResult<()> {
         let fd = self.open_rel(path.relative(), OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let mut dir = rustix::fs::Dir::read_from(&fd).map_err(io_err)?;
+        // Dir::new keeps this fd; Dir::read_from would reopen "." and need
+        // search permission that listing a directory does not need.
+        let mut dir = rustix::fs::Dir::new(fd).map_err(io_err)?;
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(io_err)?;
             let name = entry.file_name().to_bytes();
@@ -540,7 +552,7 @@ impl Backend for LocalFs {
                 continue;
             }
             if attrs {
-                match statat(&fd, name) {
+                match statat(&dir.fd().map_err(io_err)?, name) {
                     Ok(st) => sink(name, Some(&st))?,
                     Err(Errno::ENOENT) => continue,
                     Err(e) => return Err(e),
@@ -597,8 +609,8 @@ impl Backend for LocalFs {
         rustix::fs::chownat(
             &dir,
             name,
-            owner.uid.map(rustix::fs::Uid::from_raw),
-            owner.gid.map(rustix::fs::Gid::from_raw),
+            uid(owner.uid),
+            gid(owner.gid),
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(io_err)
@@ -866,6 +878,7 @@ impl Backend for LocalFs {
                         name: name.to_vec(),
                         fd,
                         tmp: std::sync::Mutex::new(None),
+                        committed: Default::default(),
                     }))
                 }
                 Err(e)
@@ -889,6 +902,7 @@ impl Backend for LocalFs {
                         name: name.to_vec(),
                         fd,
                         tmp: std::sync::Mutex::new(Some(n)),
+                        committed: Default::default(),
                     }))
                 }
                 Err(rustix::io::Errno::EXIST) => continue,

@@ -222,10 +222,11 @@ pub trait Backend: Send + Sync + 'static {
     fn fallocate(&self, path: &FsPath, mode: i32, offset: u64, len: u64) -> FsResult<()>;
     /// `statvfs`.
     fn statfs(&self, path: &FsPath) -> FsResult<StatFs>;
-    /// `llistxattr`: the names, each without terminator. `ERANGE` if the
-    /// NUL-separated list would exceed `limit` bytes.
+    /// `llistxattr`: the names, each without terminator. `E2BIG` if the
+    /// NUL-separated list would exceed `limit` bytes (the server's limit;
+    /// the engine turns a client buffer that is too small into `ERANGE`).
     fn listxattr(&self, path: &FsPath, limit: usize) -> FsResult<Vec<Vec<u8>>>;
-    /// `lgetxattr`. `ERANGE` if the value exceeds `limit` bytes.
+    /// `lgetxattr`. `E2BIG` if the value exceeds `limit` bytes.
     fn getxattr(&self, path: &FsPath, name: &[u8], limit: usize) -> FsResult<Vec<u8>>;
     /// `lsetxattr`.
     fn setxattr(&self, path: &FsPath, name: &[u8], value: &[u8], flag: XattrFlag) -> FsResult<()>;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The project's test command: everything, end to end over real HTTP.
+#
+#   ./scripts/test.sh            # all tests (release build)
+#   ./scripts/test.sh -p spockfs-tests --test confinement   # a subset
+#
+# Installs the system packages the tests need when they are missing (as
+# root, on Debian); tests that need them fail rather than skip under CI=true.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+if ((${#need_pkgs[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing: ${need_pkgs[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+    else
+        echo "missing system packages: ${need_pkgs[*]} (run as root on Debian to install them)" >&2
+        exit 1
+    fi
+fi
+
+if (($#)); then
+    exec cargo test --release --locked "$@"
+fi
+exec cargo test --release --locked --workspace
