@@ -3,13 +3,13 @@
 //! holds no thread and memory stays at about two chunks per response).
 
 use crate::backend::FileHandle;
+use crate::pool::{BlockingPool, JobHandle};
 use crate::Errno;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::task::JoinHandle;
 
 /// Body of every SpockFS response. Its size is always known, so responses
 /// carry an exact `Content-Length`.
@@ -62,7 +62,7 @@ impl SpockBody {
         offset: u64,
         len: u64,
         chunk: usize,
-        blocking: bool,
+        pool: Option<BlockingPool>,
     ) -> SpockBody {
         SpockBody {
             kind: Kind::File(FileStream {
@@ -71,7 +71,7 @@ impl SpockBody {
                 offset,
                 remaining: len,
                 chunk,
-                blocking,
+                pool,
                 pending: None,
             }),
         }
@@ -86,8 +86,9 @@ struct FileStream {
     /// Bytes still to send, `first` included.
     remaining: u64,
     chunk: usize,
-    blocking: bool,
-    pending: Option<JoinHandle<Result<Bytes, Errno>>>,
+    /// Where reads run; `None` for backends that never block.
+    pool: Option<BlockingPool>,
+    pending: Option<JobHandle<Result<Bytes, Errno>>>,
 }
 
 /// Reads up to `len` bytes at `offset` (fewer only at end of file).
@@ -128,12 +129,13 @@ impl FileStream {
         if len == 0 || self.pending.is_some() {
             return;
         }
+        let Some(pool) = &self.pool else {
+            return;
+        };
         let file = self.file.clone();
         let offset = self.offset;
         self.offset += len as u64;
-        self.pending = Some(tokio::task::spawn_blocking(move || {
-            read_exact_chunk(&*file, offset, len)
-        }));
+        self.pending = Some(pool.run(move || read_exact_chunk(&*file, offset, len)));
     }
 }
 
@@ -154,21 +156,21 @@ impl Body for SpockBody {
                 }
                 if let Some(first) = s.first.take() {
                     s.remaining -= first.len() as u64;
-                    if s.blocking {
+                    if s.pool.is_some() {
                         // Read ahead while this chunk is being written out.
                         s.start_read();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(first))));
                 }
-                let res = if s.blocking {
+                let res = if s.pool.is_some() {
                     s.start_read();
                     let Some(pending) = s.pending.as_mut() else {
                         return Poll::Ready(None);
                     };
                     let res = ready!(Pin::new(pending).poll(cx));
                     s.pending = None;
-                    res.unwrap_or_else(|join| {
-                        tracing::error!(error = %join, "read task failed");
+                    res.unwrap_or_else(|()| {
+                        tracing::error!("read task panicked");
                         Err(Errno::EIO)
                     })
                 } else {
@@ -180,7 +182,7 @@ impl Body for SpockBody {
                 match res {
                     Ok(bytes) => {
                         s.remaining -= bytes.len() as u64;
-                        if s.blocking {
+                        if s.pool.is_some() {
                             s.start_read();
                         }
                         Poll::Ready(Some(Ok(Frame::data(bytes))))
@@ -209,10 +211,27 @@ impl Body for SpockBody {
     }
 }
 
+/// Stands in for a file handed to a blocking thread to be closed.
+struct Closed;
+
+impl FileHandle for Closed {
+    fn size(&self) -> u64 {
+        0
+    }
+    fn read_at(&self, _: &mut [u8], _: u64) -> Result<usize, Errno> {
+        Err(Errno::EBADF)
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> Result<(), Errno> {
+        Err(Errno::EBADF)
+    }
+}
+
 impl Drop for FileStream {
     fn drop(&mut self) {
-        if let Some(p) = self.pending.take() {
-            p.abort();
+        // Close the file on a blocking thread too (closing can flush).
+        if let Some(pool) = &self.pool {
+            let file: Arc<dyn FileHandle> = std::mem::replace(&mut self.file, Arc::new(Closed));
+            pool.detach(move || drop(file));
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::headers::{
 };
 use crate::method::{Method, ALLOW, EXTENSIONS};
 use crate::mount::{Mount, MountTable, SelectError};
+use crate::pool::BlockingPool;
 use crate::{Errno, FsPath, FsResult};
 use bytes::{Buf, Bytes, BytesMut};
 use headers::HeaderMapExt;
@@ -41,6 +42,9 @@ pub struct Limits {
     /// Bytes per disk read/write when streaming GET and PUT bodies. Default
     /// 256 KiB.
     pub chunk_size: usize,
+    /// Most threads running filesystem calls at once (they are created on
+    /// demand and exit after 10 s idle). Default 128.
+    pub blocking_threads: usize,
     /// Largest ranged PUT accepted without a known body length (chunked
     /// transfer encoding): such bodies are buffered to check their length
     /// before anything is written; larger ones get 411. Default 1 MiB.
@@ -56,6 +60,7 @@ impl Default for Limits {
         Limits {
             xattr_size: 64 * 1024,
             chunk_size: 256 * 1024,
+            blocking_threads: 128,
             max_unsized_range_put: 1024 * 1024,
             drain: 1024 * 1024,
         }
@@ -85,6 +90,7 @@ impl Default for Limits {
 pub struct Engine {
     mounts: MountTable,
     limits: Limits,
+    pool: BlockingPool,
 }
 
 /// Builds an [`Engine`].
@@ -135,6 +141,7 @@ impl EngineBuilder {
     /// The engine.
     pub fn build(self) -> Engine {
         Engine {
+            pool: BlockingPool::new(self.limits.blocking_threads),
             mounts: self.mounts,
             limits: self.limits,
         }
@@ -677,7 +684,7 @@ impl Engine {
 
     async fn execute(&self, mount: &Mount, path: FsPath, op: Op) -> Result<Outcome, Fail> {
         let limits = self.limits.clone();
-        blocking(mount.backend(), move |b| {
+        blocking(&self.pool, mount.backend(), move |b| {
             execute_sync(b, &path, op, &limits)
         })
         .await
@@ -698,7 +705,7 @@ impl Engine {
         B::Error: Into<BoxError>,
     {
         let value = read_limited(body, self.limits.xattr_size).await?;
-        blocking(mount.backend(), move |b| {
+        blocking(&self.pool, mount.backend(), move |b| {
             precheck(b, &path, DirRule::Any)?;
             b.setxattr(&path, &name, &value, flag)
         })
@@ -752,41 +759,52 @@ impl Engine {
                     }
                 };
                 let p = path.clone();
-                let file: Arc<dyn FileHandle> = blocking(mount.backend(), move |b| {
+                let file: Arc<dyn FileHandle> = blocking(&self.pool, mount.backend(), move |b| {
                     precheck(b, &p, DirRule::NotDir)?;
                     b.open_write(&p).map(Arc::from)
                 })
                 .await??;
                 if let Some(data) = prebuffered {
                     let f = file.clone();
-                    blocking(mount.backend(), move |_| f.write_at(&data, offset)).await??;
-                } else {
-                    let written = stream_to(mount.backend(), body, chunk, len, |buf, off| {
-                        let f = file.clone();
-                        move || f.write_at(&buf, offset + off)
+                    blocking(&self.pool, mount.backend(), move |_| {
+                        f.write_at(&data, offset)
                     })
-                    .await?;
+                    .await??;
+                } else {
+                    let written =
+                        stream_to(&self.pool, mount.backend(), body, chunk, len, |buf, off| {
+                            let f = file.clone();
+                            move || f.write_at(&buf, offset + off)
+                        })
+                        .await?;
                     if written != len {
                         return Err(Fail::Reject(Reject::bad(format!(
                             "request body ended after {written} of {len} bytes"
                         ))));
                     }
                 }
-                drop_blocking(mount.backend(), file);
+                drop_blocking(&self.pool, mount.backend(), file);
                 Ok(Outcome::Status(StatusCode::OK))
             }
             None => {
                 let p = path.clone();
-                let rep: Arc<dyn Replacement> = blocking(mount.backend(), move |b| {
+                let rep: Arc<dyn Replacement> = blocking(&self.pool, mount.backend(), move |b| {
                     precheck(b, &p, DirRule::NotDir)?;
                     b.replace(&p).map(Arc::from)
                 })
                 .await??;
                 let expected = exact.unwrap_or(u64::MAX);
-                let r = stream_to(mount.backend(), body, chunk, expected, |buf, off| {
-                    let r = rep.clone();
-                    move || r.write_at(&buf, off)
-                })
+                let r = stream_to(
+                    &self.pool,
+                    mount.backend(),
+                    body,
+                    chunk,
+                    expected,
+                    |buf, off| {
+                        let r = rep.clone();
+                        move || r.write_at(&buf, off)
+                    },
+                )
                 .await;
                 let result = match r {
                     Ok(n) if exact.is_some_and(|e| e != n) => Err(Fail::Reject(Reject::bad(
@@ -794,7 +812,7 @@ impl Engine {
                     ))),
                     Ok(_) => {
                         let r2 = rep.clone();
-                        blocking(mount.backend(), move |_| r2.commit())
+                        blocking(&self.pool, mount.backend(), move |_| r2.commit())
                             .await
                             .and_then(|r| r)
                             .map(|created| {
@@ -808,7 +826,7 @@ impl Engine {
                     }
                     Err(e) => Err(e),
                 };
-                drop_blocking(mount.backend(), rep);
+                drop_blocking(&self.pool, mount.backend(), rep);
                 result
             }
         }
@@ -867,7 +885,7 @@ impl Engine {
                         offset + first.len() as u64,
                         len,
                         self.limits.chunk_size,
-                        true,
+                        Some(self.pool.clone()),
                     ),
                     _ if head => SpockBody::empty(),
                     _ => SpockBody::full(first),
@@ -928,7 +946,7 @@ fn close_after(ctx: &Ctx, resp: &mut Response<SpockBody>) {
 }
 
 /// Runs `f` on a blocking thread if the backend blocks, inline otherwise.
-async fn blocking<T, F>(backend: &Arc<dyn Backend>, f: F) -> FsResult<T>
+async fn blocking<T, F>(pool: &BlockingPool, backend: &Arc<dyn Backend>, f: F) -> FsResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&dyn Backend) -> T + Send + 'static,
@@ -937,20 +955,20 @@ where
         return Ok(f(&**backend));
     }
     let b = backend.clone();
-    tokio::task::spawn_blocking(move || f(&*b))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "blocking task failed");
-            Errno::EIO
-        })
+    pool.run(move || f(&*b)).await.map_err(|()| {
+        tracing::error!("a filesystem call panicked");
+        Errno::EIO
+    })
 }
 
 /// Drops a file handle on a blocking thread (closing a file can flush).
-fn drop_blocking<T: Send + Sync + 'static + ?Sized>(backend: &Arc<dyn Backend>, v: Arc<T>) {
+fn drop_blocking<T: Send + Sync + 'static + ?Sized>(
+    pool: &BlockingPool,
+    backend: &Arc<dyn Backend>,
+    v: Arc<T>,
+) {
     if backend.is_blocking() && Arc::strong_count(&v) == 1 {
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(move || drop(v));
-        }
+        pool.detach(move || drop(v));
     }
 }
 
@@ -985,6 +1003,7 @@ where
 /// Streams the request body to `write` in chunks of `chunk` bytes, at most
 /// `max` bytes, each write on a blocking thread. Returns the byte count.
 async fn stream_to<B, W, F>(
+    pool: &BlockingPool,
     backend: &Arc<dyn Backend>,
     mut body: Pin<&mut B>,
     chunk: usize,
@@ -1036,7 +1055,7 @@ where
         }
         let data = buf.split().freeze();
         let n = data.len() as u64;
-        blocking(backend, {
+        blocking(pool, backend, {
             let f = write(data, written);
             move |_| f()
         })

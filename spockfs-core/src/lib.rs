@@ -13,6 +13,7 @@ pub mod headers;
 pub mod method;
 pub mod mount;
 pub mod path;
+pub mod pool;
 
 pub use body::SpockBody;
 pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limits, Op};
