@@ -278,7 +278,21 @@ impl From<BadHeader> for Reject {
 
 fn target_path(headers: &HeaderMap) -> Result<FsPath, Reject> {
     let t = h::required_target(headers)?;
-    FsPath::from_bytes(&t).map_err(|e| Reject::bad(format!("invalid X-Spock-target path: {e}")))
+    FsPath::from_bytes(&t).map_err(|e| path_reject("invalid X-Spock-target path", e))
+}
+
+/// A rejected path: 400, with `ENAMETOOLONG` for over-long names (what a
+/// local filesystem would say) and `EINVAL` for everything else.
+fn path_reject(what: &str, e: crate::PathError) -> Reject {
+    Reject {
+        status: StatusCode::BAD_REQUEST,
+        errno: if e == crate::PathError::TooLong {
+            Errno::ENAMETOOLONG
+        } else {
+            Errno::EINVAL
+        },
+        message: format!("{what}: {e}"),
+    }
 }
 
 fn uid_opt(v: i64, name: &str) -> Result<Option<u32>, Reject> {
@@ -294,8 +308,7 @@ fn uid_opt(v: i64, name: &str) -> Result<Option<u32>, Reject> {
 /// Decides what a request means: its [`Op`] on a validated path, or why it
 /// is refused. Pure: no I/O.
 pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsPath), Reject> {
-    let path =
-        FsPath::from_url_path(path).map_err(|e| Reject::bad(format!("invalid path: {e}")))?;
+    let path = FsPath::from_url_path(path).map_err(|e| path_reject("invalid path", e))?;
     use h::{optional as opt, required as req};
     let op = match method {
         Method::Readdir => {

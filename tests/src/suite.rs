@@ -1491,6 +1491,18 @@ async fn bad_paths(t: &Target, d: &str) -> CheckResult {
     }
     ensure_eq!(s.list(d), before, "tree changed");
     ensure_eq!(s.read(&format!("{d}/a/f")), Some(b"x".to_vec()));
+    // NAME_MAX: 255 bytes is fine, 256 is ENAMETOOLONG.
+    let long = "n".repeat(255);
+    is_status(
+        &t.client
+            .req("POST", &format!("/{d}/{long}"), &[("X-Spock-mode", "420")])
+            .await,
+        201,
+    )?;
+    let r = t.client.req("GETATTR", &format!("/{d}/{long}n"), &[]).await;
+    is_errno(&r, 400, "ENAMETOOLONG")?;
+    s.write(&format!("{d}/a/f"), b"x");
+    let _ = t.client.req("DELETE", &format!("/{d}/{long}"), &[]).await;
     // Names that merely look like dots are fine; %2f is a separator.
     s.write(&format!("{d}/a/...x"), b"dots");
     let r = t.client.req("GET", &format!("/{d}/a%2f...x"), &[]).await;
