@@ -1,0 +1,457 @@
+//! # spockfs-pingora
+//!
+//! SpockFS inside a [Pingora](https://github.com/cloudflare/pingora) gateway.
+//!
+//! A Pingora `HttpModule` can only filter, and `ServeHttp` buffers whole
+//! bodies, so SpockFS plugs in where a gateway can answer by itself: first
+//! thing in [`ProxyHttp::request_filter`]. [`SpockFsModule::handle`] answers
+//! the SpockFS requests it is configured for — streaming both bodies through
+//! the same [`spockfs_core::Engine`] as the tower service, so behaviour is
+//! identical — and returns `Ok(false)` for everything else, which then
+//! proxies as usual.
+//!
+//! ```no_run
+//! use spockfs_core::{Engine, Mount};
+//! use spockfs_pingora::SpockFsModule;
+//!
+//! let module = SpockFsModule::builder()
+//!     // every request to files.example.com (any port) is SpockFS
+//!     .vhost("files.example.com", Engine::new("/srv/files"))
+//!     // on any host, /fs/... is SpockFS with /fs stripped
+//!     .prefix("/fs", Engine::builder().default_mount(Mount::local("/srv/www").read_only(true)).build())
+//!     .build();
+//! // In your ProxyHttp::request_filter:
+//! //     if module.handle(session).await? { return Ok(true); }
+//! ```
+//!
+//! Or wrap an existing `ProxyHttp` in one line with [`WithSpockFs`].
+#![warn(missing_docs)]
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, EXPECT, HOST};
+use http::{Request, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use spockfs_core::{Engine, SpockBody};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::{mpsc, oneshot};
+
+mod wrapper;
+pub use wrapper::WithSpockFs;
+
+/// Where a route applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostMatch {
+    /// One virtual host (`name` or `name:port`, lowercase).
+    Host(String),
+    /// Every host.
+    Any,
+}
+
+#[derive(Clone)]
+struct Route {
+    host: HostMatch,
+    /// `""` for the whole host, else `/x` (no trailing slash), stripped.
+    prefix: String,
+    engine: Arc<Engine>,
+}
+
+/// Which requests are SpockFS, and the engine that answers them.
+/// Cheap to clone.
+#[derive(Clone, Default)]
+pub struct SpockFsModule {
+    routes: Arc<Vec<Route>>,
+}
+
+impl std::fmt::Debug for SpockFsModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut l = f.debug_list();
+        for r in self.routes.iter() {
+            l.entry(&(&r.host, &r.prefix));
+        }
+        l.finish()
+    }
+}
+
+/// Builds a [`SpockFsModule`].
+#[derive(Default)]
+pub struct ModuleBuilder {
+    routes: Vec<Route>,
+}
+
+fn norm_prefix(prefix: &str) -> String {
+    let p = prefix.trim_end_matches('/');
+    if p.is_empty() || p.starts_with('/') {
+        p.to_owned()
+    } else {
+        format!("/{p}")
+    }
+}
+
+impl ModuleBuilder {
+    /// Every request to `host` (`name` or `name:port`, case-insensitive;
+    /// `name` matches any port) is SpockFS, answered by `engine`.
+    pub fn vhost(self, host: &str, engine: Engine) -> Self {
+        self.route(Some(host), "", engine)
+    }
+
+    /// On every host, requests under `prefix` are SpockFS, with the prefix
+    /// stripped like axum's `nest_service` (`/fs` and `/fs/` are the root).
+    pub fn prefix(self, prefix: &str, engine: Engine) -> Self {
+        self.route(None, prefix, engine)
+    }
+
+    /// The general form: `host` (`None` for every host) and `prefix` (`""`
+    /// or `"/"` for the whole host).
+    pub fn route(mut self, host: Option<&str>, prefix: &str, engine: Engine) -> Self {
+        self.routes.push(Route {
+            host: match host {
+                Some(h) => HostMatch::Host(h.to_ascii_lowercase()),
+                None => HostMatch::Any,
+            },
+            prefix: norm_prefix(prefix),
+            engine: Arc::new(engine),
+        });
+        self
+    }
+
+    /// The module.
+    pub fn build(mut self) -> SpockFsModule {
+        // Most specific first: a host before any host, longer prefixes first.
+        self.routes.sort_by(|a, b| {
+            let ha = matches!(a.host, HostMatch::Any);
+            let hb = matches!(b.host, HostMatch::Any);
+            ha.cmp(&hb).then(b.prefix.len().cmp(&a.prefix.len()))
+        });
+        SpockFsModule {
+            routes: Arc::new(self.routes),
+        }
+    }
+}
+
+/// The authority a request names: `:authority` for HTTP/2 (and absolute
+/// URIs), else the `Host` header.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+fn host_matches(route: &HostMatch, host: Option<&str>) -> bool {
+    match (route, host) {
+        (HostMatch::Any, _) => true,
+        (HostMatch::Host(_), None) => false,
+        (HostMatch::Host(want), Some(h)) => {
+            let h = h.rsplit('@').next().unwrap_or(h);
+            let h = h.to_ascii_lowercase();
+            *want == h || want == strip_port(&h)
+        }
+    }
+}
+
+/// Strips `prefix` from `path`: `Some(rest)` starting with `/`.
+fn strip(prefix: &str, path: &str) -> Option<String> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        Some("/".to_owned())
+    } else if rest.starts_with('/') {
+        Some(rest.to_owned())
+    } else {
+        None
+    }
+}
+
+impl SpockFsModule {
+    /// Configures routes.
+    pub fn builder() -> ModuleBuilder {
+        ModuleBuilder::default()
+    }
+
+    /// The engine and the stripped path for a request, if it is SpockFS.
+    pub fn route_for(&self, req: &RequestHeader) -> Option<(Arc<Engine>, String)> {
+        let host = request_host(req);
+        let path = req.uri.path();
+        self.routes
+            .iter()
+            .filter(|r| host_matches(&r.host, host))
+            .find_map(|r| strip(&r.prefix, path).map(|p| (r.engine.clone(), p)))
+    }
+
+    /// Answers `session` if it is a SpockFS request (`Ok(true)`: the
+    /// response has been written), or leaves it untouched (`Ok(false)`).
+    /// Call it first in `ProxyHttp::request_filter`.
+    pub async fn handle(&self, session: &mut Session) -> Result<bool> {
+        let Some((engine, path)) = self.route_for(session.req_header()) else {
+            return Ok(false);
+        };
+        serve(&engine, &path, session).await?;
+        Ok(true)
+    }
+}
+
+/// Builds the engine's request from Pingora's header: same method, version
+/// and headers; the URI keeps the authority (HTTP/2 vhost selection) with
+/// the stripped path.
+fn engine_request(rh: &RequestHeader, path: &str, body: PumpBody) -> Option<Request<PumpBody>> {
+    let pq = match rh.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let uri = match rh.uri.authority() {
+        Some(a) => Uri::builder()
+            .scheme(rh.uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP))
+            .authority(a.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()?,
+        None => pq.parse().ok()?,
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = rh.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = rh.version;
+    *req.headers_mut() = rh.headers.clone();
+    Some(req)
+}
+
+/// Serves one SpockFS request on `session` with `engine`.
+pub async fn serve(engine: &Engine, path: &str, session: &mut Session) -> Result<()> {
+    let no_body = session.as_downstream_mut().is_body_empty();
+    let content_length = session
+        .req_header()
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let expect_continue = session
+        .req_header()
+        .headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (tx, rx) = mpsc::channel(2);
+    let (demand_tx, demand_rx) = oneshot::channel();
+    let body = PumpBody {
+        rx,
+        demand: Some(demand_tx),
+        remaining: if no_body { Some(0) } else { content_length },
+        done: no_body,
+    };
+    let Some(req) = engine_request(session.req_header(), path, body) else {
+        session.respond_error(400).await?;
+        return Ok(());
+    };
+
+    // Run the engine and the request-body pump together: the engine pulls
+    // the body only when it needs it (PUT, SETXATTR, draining before an
+    // error), and only then is `100 Continue` sent and the body read.
+    let mut body_complete = no_body;
+    let resp = {
+        let handle = engine.handle(req);
+        tokio::pin!(handle);
+        let pump = pump(session, tx, demand_rx, expect_continue && !no_body);
+        tokio::pin!(pump);
+        let mut pump_done = no_body;
+        loop {
+            tokio::select! {
+                resp = &mut handle => break resp,
+                done = &mut pump, if !pump_done => {
+                    pump_done = true;
+                    body_complete = done;
+                }
+            }
+        }
+    };
+    if !body_complete {
+        // Part of the request body is still on the wire: the connection
+        // cannot be reused.
+        session.as_downstream_mut().set_keepalive(None);
+    }
+    write_response(session, resp).await
+}
+
+/// Reads the request body into the engine's channel once the engine first
+/// asks for it. Returns true if the body was read to its end.
+async fn pump(
+    session: &mut Session,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    demand: oneshot::Receiver<()>,
+    expect_continue: bool,
+) -> bool {
+    if demand.await.is_err() {
+        return false;
+    }
+    if expect_continue {
+        // Pingora disables keep-alive on an interim response unless told
+        // that answering before the body is fine.
+        session
+            .as_mut()
+            .set_close_on_response_before_downstream_finish(false);
+        if let Err(e) = session.as_downstream_mut().write_continue_response().await {
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+            return false;
+        }
+    }
+    loop {
+        match session.as_downstream_mut().read_request_body().await {
+            Ok(Some(b)) => {
+                if tx.send(Ok(b)).await.is_err() {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return false;
+            }
+        }
+    }
+}
+
+/// Writes the engine's response: header (with an exact Content-Length),
+/// then the body streamed frame by frame.
+async fn write_response(session: &mut Session, resp: http::Response<SpockBody>) -> Result<()> {
+    let (parts, mut body) = resp.into_parts();
+    let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
+    for (name, value) in parts.headers.iter() {
+        header.append_header(name.clone(), value.clone())?;
+    }
+    if !parts.headers.contains_key(CONTENT_LENGTH) && !no_body_status(parts.status) {
+        if let Some(n) = body.size_hint().exact() {
+            header.insert_header(CONTENT_LENGTH, n)?;
+        }
+    }
+    let mut end = body.is_end_stream();
+    session.write_response_header(Box::new(header), end).await?;
+    let mut body = Pin::new(&mut body);
+    while !end {
+        match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => {
+                session.write_response_body(None, true).await?;
+                end = true;
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    end = body.is_end_stream();
+                    session.write_response_body(Some(data), end).await?;
+                }
+            }
+            Some(Err(e)) => {
+                // Content-Length was promised; abort the connection.
+                return Err(Error::because(ErrorType::WriteError, "SpockFS response body", e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn no_body_status(s: StatusCode) -> bool {
+    s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED
+}
+
+/// The request body as the engine sees it: frames pushed by [`pump`],
+/// pulled on demand.
+struct PumpBody {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    demand: Option<oneshot::Sender<()>>,
+    remaining: Option<u64>,
+    done: bool,
+}
+
+impl Body for PumpBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::io::Result<Frame<Bytes>>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(d) = self.demand.take() {
+            let _ = d.send(());
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                if let Some(r) = self.remaining.as_mut() {
+                    *r = r.saturating_sub(b.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: Option<&str>, uri: &str) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(h) = host {
+            r.insert_header("host", h).unwrap_or_else(|e| panic!("{e}"));
+        }
+        r
+    }
+
+    #[test]
+    fn routing() {
+        let m = SpockFsModule::builder()
+            .prefix("/fs/", Engine::builder().build())
+            .vhost("Files.Test", Engine::builder().build())
+            .route(Some("a.test:8080"), "/data", Engine::builder().build())
+            .build();
+        let p = |h: Option<&str>, u: &str| m.route_for(&req(h, u)).map(|(_, p)| p);
+        assert_eq!(p(Some("x"), "/fs"), Some("/".into()));
+        assert_eq!(p(Some("x"), "/fs/"), Some("/".into()));
+        assert_eq!(p(Some("x"), "/fs/a/b"), Some("/a/b".into()));
+        assert_eq!(p(Some("x"), "/fsx"), None);
+        assert_eq!(p(Some("x"), "/other"), None);
+        assert_eq!(p(Some("files.test:443"), "/other"), Some("/other".into()));
+        assert_eq!(p(Some("a.test:8080"), "/data/x"), Some("/x".into()));
+        assert_eq!(p(Some("a.test:8081"), "/data/x"), None);
+        // HTTP/2: no Host header, the authority is in the URI.
+        let mut h2 = req(None, "/z");
+        h2.set_uri("https://files.test/z".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(m.route_for(&h2).map(|(_, p)| p), Some("/z".into()));
+        assert_eq!(p(None, "/fs/q"), Some("/q".into()));
+    }
+}
