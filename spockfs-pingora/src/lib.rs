@@ -355,7 +355,11 @@ async fn write_response(session: &mut Session, resp: http::Response<SpockBody>) 
             }
             Some(Err(e)) => {
                 // Content-Length was promised; abort the connection.
-                return Err(Error::because(ErrorType::WriteError, "SpockFS response body", e));
+                return Err(Error::because(
+                    ErrorType::WriteError,
+                    "SpockFS response body",
+                    e,
+                ));
             }
         }
     }
@@ -425,7 +429,8 @@ mod tests {
     use super::*;
 
     fn req(host: Option<&str>, uri: &str) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap_or_else(|e| panic!("{e}"));
+        let mut r =
+            RequestHeader::build("GET", uri.as_bytes(), None).unwrap_or_else(|e| panic!("{e}"));
         if let Some(h) = host {
             r.insert_header("host", h).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -450,7 +455,11 @@ mod tests {
         assert_eq!(p(Some("a.test:8081"), "/data/x"), None);
         // HTTP/2: no Host header, the authority is in the URI.
         let mut h2 = req(None, "/z");
-        h2.set_uri("https://files.test/z".parse().unwrap_or_else(|e| panic!("{e}")));
+        h2.set_uri(
+            "https://files.test/z"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
         assert_eq!(m.route_for(&h2).map(|(_, p)| p), Some("/z".into()));
         assert_eq!(p(None, "/fs/q"), Some("/q".into()));
     }

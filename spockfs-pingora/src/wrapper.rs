@@ -75,7 +75,11 @@ where
         self.inner.new_ctx()
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         self.inner.upstream_peer(session, ctx).await
     }
 
@@ -105,7 +109,9 @@ where
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        self.inner.request_body_filter(session, body, end_of_stream, ctx).await
+        self.inner
+            .request_body_filter(session, body, end_of_stream, ctx)
+            .await
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
@@ -128,10 +134,16 @@ where
         is_fresh: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<ForcedFreshness>> {
-        self.inner.cache_hit_filter(session, meta, hit_handler, is_fresh, ctx).await
+        self.inner
+            .cache_hit_filter(session, meta, hit_handler, is_fresh, ctx)
+            .await
     }
 
-    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
         self.inner.proxy_upstream_filter(session, ctx).await
     }
 
@@ -144,15 +156,30 @@ where
         self.inner.response_cache_filter(session, resp, ctx)
     }
 
-    fn cache_vary_filter(&self, meta: &CacheMeta, ctx: &mut Self::CTX, req: &RequestHeader) -> Option<HashBinary> {
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Self::CTX,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
         self.inner.cache_vary_filter(meta, ctx, req)
     }
 
-    fn cache_not_modified_filter(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Self::CTX) -> Result<bool> {
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
         self.inner.cache_not_modified_filter(session, resp, ctx)
     }
 
-    fn range_header_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Self::CTX) -> RangeType {
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> RangeType {
         self.inner.range_header_filter(session, resp, ctx)
     }
 
@@ -162,7 +189,9 @@ where
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        self.inner.upstream_request_filter(session, upstream_request, ctx).await
+        self.inner
+            .upstream_request_filter(session, upstream_request, ctx)
+            .await
     }
 
     async fn upstream_response_filter(
@@ -171,7 +200,9 @@ where
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        self.inner.upstream_response_filter(session, upstream_response, ctx).await
+        self.inner
+            .upstream_response_filter(session, upstream_response, ctx)
+            .await
     }
 
     async fn response_filter(
@@ -180,7 +211,9 @@ where
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        self.inner.response_filter(session, upstream_response, ctx).await
+        self.inner
+            .response_filter(session, upstream_response, ctx)
+            .await
     }
 
     async fn custom_forwarding(
@@ -190,7 +223,9 @@ where
         to_upstream: Option<mpsc::Sender<Bytes>>,
         to_downstream: mpsc::Sender<Bytes>,
     ) -> Result<()> {
-        self.inner.custom_forwarding(session, ctx, to_upstream, to_downstream).await
+        self.inner
+            .custom_forwarding(session, ctx, to_upstream, to_downstream)
+            .await
     }
 
     async fn downstream_custom_message_proxy_filter(
@@ -224,7 +259,8 @@ where
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
-        self.inner.upstream_response_body_filter(session, body, end_of_stream, ctx)
+        self.inner
+            .upstream_response_body_filter(session, body, end_of_stream, ctx)
     }
 
     fn upstream_response_trailer_filter(
@@ -233,7 +269,8 @@ where
         upstream_trailers: &mut http::HeaderMap,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        self.inner.upstream_response_trailer_filter(session, upstream_trailers, ctx)
+        self.inner
+            .upstream_response_trailer_filter(session, upstream_trailers, ctx)
     }
 
     fn response_body_filter(
@@ -243,7 +280,8 @@ where
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
-        self.inner.response_body_filter(session, body, end_of_stream, ctx)
+        self.inner
+            .response_body_filter(session, body, end_of_stream, ctx)
     }
 
     async fn response_trailer_filter(
@@ -252,18 +290,29 @@ where
         upstream_trailers: &mut http::HeaderMap,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Bytes>> {
-        self.inner.response_trailer_filter(session, upstream_trailers, ctx).await
+        self.inner
+            .response_trailer_filter(session, upstream_trailers, ctx)
+            .await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         self.inner.logging(session, e, ctx).await
     }
 
-    fn persist_connection_context(&self, session: &Session, ctx: &Self::CTX) -> Option<Box<dyn Any + Send + Sync>> {
+    fn persist_connection_context(
+        &self,
+        session: &Session,
+        ctx: &Self::CTX,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
         self.inner.persist_connection_context(session, ctx)
     }
 
-    fn on_connection_reuse(&self, session: &mut Session, ctx: &mut Self::CTX, prev_ctx: Box<dyn Any + Send + Sync>) {
+    fn on_connection_reuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+        prev_ctx: Box<dyn Any + Send + Sync>,
+    ) {
         self.inner.on_connection_reuse(session, ctx, prev_ctx)
     }
 
@@ -278,7 +327,8 @@ where
         error: &Error,
         context: ProxyWarnLogContext,
     ) -> bool {
-        self.inner.suppress_proxy_warn_log(session, ctx, error, context)
+        self.inner
+            .suppress_proxy_warn_log(session, ctx, error, context)
     }
 
     fn error_while_proxy(
@@ -289,18 +339,35 @@ where
         ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
-        self.inner.error_while_proxy(peer, session, e, ctx, client_reused)
+        self.inner
+            .error_while_proxy(peer, session, e, ctx, client_reused)
     }
 
-    fn fail_to_connect(&self, session: &mut Session, peer: &HttpPeer, ctx: &mut Self::CTX, e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        e: Box<Error>,
+    ) -> Box<Error> {
         self.inner.fail_to_connect(session, peer, ctx, e)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
         self.inner.fail_to_proxy(session, e, ctx).await
     }
 
-    fn should_serve_stale(&self, session: &mut Session, ctx: &mut Self::CTX, error: Option<&Error>) -> bool {
+    fn should_serve_stale(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+        error: Option<&Error>,
+    ) -> bool {
         self.inner.should_serve_stale(session, ctx, error)
     }
 
@@ -315,9 +382,15 @@ where
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         #[cfg(unix)]
-        return self.inner.connected_to_upstream(session, reused, peer, fd, digest, ctx).await;
+        return self
+            .inner
+            .connected_to_upstream(session, reused, peer, fd, digest, ctx)
+            .await;
         #[cfg(windows)]
-        return self.inner.connected_to_upstream(session, reused, peer, sock, digest, ctx).await;
+        return self
+            .inner
+            .connected_to_upstream(session, reused, peer, sock, digest, ctx)
+            .await;
     }
 
     fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
@@ -339,6 +412,7 @@ where
         purge_status: PurgeStatus,
         purge_response: &mut std::borrow::Cow<'static, ResponseHeader>,
     ) -> Result<()> {
-        self.inner.purge_response_filter(session, ctx, purge_status, purge_response)
+        self.inner
+            .purge_response_filter(session, ctx, purge_status, purge_response)
     }
 }

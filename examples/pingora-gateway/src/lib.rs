@@ -1,1 +1,588 @@
+//! A Pingora edge gateway with SpockFS built in.
+//!
+//! - **local vhosts** are answered in-process by [`spockfs_pingora::SpockFsModule`]
+//!   (LocalFs or MemFs, read-only or not, whole host or under a prefix);
+//! - **pool vhosts** are proxied to upstream SpockFS nodes, round robin,
+//!   with active health checks; a request is retried on another node only
+//!   if it never reached the first one (connect failure) or if it is a
+//!   read that changes nothing (GETATTR, READDIR, GET, …);
+//! - **everything else** goes to the default upstream, untouched.
+//!
+//! Configured by a TOML file ([`Config`]); see `gateway.example.toml`.
 
+use async_trait::async_trait;
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::upstreams::peer::HttpPeer;
+use serde::Deserialize;
+use spockfs_core::{Engine, Limits, LocalFs, MemFs, Method, Mount};
+use spockfs_pingora::SpockFsModule;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening sockets.
+    #[serde(default = "default_listeners")]
+    pub listen: Vec<Listener>,
+    /// Where non-SpockFS requests go (`host:port`). None: 502.
+    #[serde(default = "default_upstream")]
+    pub default_upstream: Option<String>,
+    /// Virtual hosts.
+    #[serde(default = "default_vhosts", rename = "vhost")]
+    pub vhosts: Vec<Vhost>,
+    /// Process settings.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Engine limits for local vhosts.
+    #[serde(default)]
+    pub limits: LimitSettings,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `ip:port`.
+    pub addr: String,
+    /// PEM certificate chain: makes this an HTTPS listener (rustls), with
+    /// HTTP/2 by ALPN.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Accept cleartext HTTP/2 (prior knowledge) on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+/// A virtual host: served locally (`root` or `memory`) or by a pool of
+/// upstream SpockFS nodes (`upstreams`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vhost {
+    /// `name`, `name:port` or `*` (every host).
+    pub host: String,
+    /// Requests under this path are SpockFS (`/` for the whole host). For
+    /// local vhosts the prefix is stripped; pools receive the path as is.
+    #[serde(default = "slash")]
+    pub prefix: String,
+    /// Local directory served in-process.
+    pub root: Option<PathBuf>,
+    /// Serve an in-memory filesystem instead of a directory.
+    #[serde(default)]
+    pub memory: bool,
+    /// Refuse every change (403, EROFS).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Upstream SpockFS nodes (`host:port`), load-balanced round robin.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// Health-check period for `upstreams`, milliseconds.
+    #[serde(default = "default_hc_ms")]
+    pub health_check_ms: u64,
+    /// Path the health check sends `OPTIONS` to on each node.
+    #[serde(default = "default_hc_path")]
+    pub health_check_path: String,
+}
+
+/// Process settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// After SIGTERM: seconds to keep accepting while a load balancer
+    /// notices (Pingora's default is 300).
+    #[serde(default = "one")]
+    pub grace_period_seconds: u64,
+    /// Then: seconds to let requests in flight finish.
+    #[serde(default = "two")]
+    pub graceful_shutdown_timeout_seconds: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            threads: default_threads(),
+            grace_period_seconds: 1,
+            graceful_shutdown_timeout_seconds: 2,
+        }
+    }
+}
+
+/// Engine limits (defaults as in `spockfs_core::Limits`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest xattr value or list, bytes.
+    pub xattr_size: Option<usize>,
+    /// Streaming chunk, bytes.
+    pub chunk_size: Option<usize>,
+    /// Most concurrent filesystem calls.
+    pub blocking_threads: Option<usize>,
+}
+
+fn default_listeners() -> Vec<Listener> {
+    vec![Listener {
+        addr: "127.0.0.1:8081".into(),
+        tls_cert: None,
+        tls_key: None,
+        h2c: false,
+    }]
+}
+fn default_upstream() -> Option<String> {
+    Some("127.0.0.1:8080".into())
+}
+fn default_vhosts() -> Vec<Vhost> {
+    vec![Vhost {
+        host: "*".into(),
+        prefix: "/fs".into(),
+        root: Some(PathBuf::from("./data")),
+        memory: false,
+        read_only: false,
+        upstreams: vec![],
+        health_check_ms: default_hc_ms(),
+        health_check_path: default_hc_path(),
+    }]
+}
+fn slash() -> String {
+    "/".into()
+}
+fn default_hc_ms() -> u64 {
+    1000
+}
+fn default_hc_path() -> String {
+    "/".into()
+}
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+fn one() -> u64 {
+    1
+}
+fn two() -> u64 {
+    2
+}
+
+impl Default for Config {
+    /// No file: serve `./data` at `/fs` on `127.0.0.1:8081`, proxy the rest
+    /// to `127.0.0.1:8080`.
+    fn default() -> Self {
+        Config {
+            listen: default_listeners(),
+            default_upstream: default_upstream(),
+            vhosts: default_vhosts(),
+            server: ServerSettings::default(),
+            limits: LimitSettings::default(),
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable or invalid TOML.
+    #[error("config: {0}")]
+    Parse(String),
+    /// A vhost is neither local nor a pool, or both.
+    #[error("vhost {0:?}: {1}")]
+    Vhost(String, String),
+    /// A root could not be opened.
+    #[error("vhost {0:?}: root {1}: {2}")]
+    Root(String, PathBuf, std::io::Error),
+    /// Listener or TLS problem.
+    #[error("listener {0}: {1}")]
+    Listener(String, String),
+}
+
+impl Config {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Reads a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
+        Config::from_toml(&text)
+    }
+
+    fn limits(&self) -> Limits {
+        let mut l = Limits::default();
+        if let Some(v) = self.limits.xattr_size {
+            l.xattr_size = v;
+        }
+        if let Some(v) = self.limits.chunk_size {
+            l.chunk_size = v.max(4096);
+        }
+        if let Some(v) = self.limits.blocking_threads {
+            l.blocking_threads = v;
+        }
+        l
+    }
+}
+
+/// A pool vhost: which requests, and the balancer.
+struct Pool {
+    host: Option<String>,
+    prefix: String,
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    size: usize,
+}
+
+/// The gateway's `ProxyHttp`.
+pub struct Gateway {
+    module: SpockFsModule,
+    pools: Vec<Pool>,
+    default_upstream: Option<String>,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    pool: Option<usize>,
+    tried: Vec<SocketAddr>,
+}
+
+fn host_of(session: &Session) -> Option<String> {
+    spockfs_pingora::request_host(session.req_header()).map(|h| h.to_ascii_lowercase())
+}
+
+fn host_matches(want: &Option<String>, host: Option<&str>) -> bool {
+    match (want, host) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(w), Some(h)) => {
+            w == h
+                || h.rsplit_once(':').is_some_and(|(name, port)| {
+                    port.bytes().all(|b| b.is_ascii_digit()) && name == w
+                })
+        }
+    }
+}
+
+fn under(prefix: &str, path: &str) -> bool {
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|r| r.starts_with('/'))
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
+        self.module.handle(session).await
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.pool.is_none() && ctx.tried.is_empty() {
+            let host = host_of(session);
+            let path = session.req_header().uri.path();
+            ctx.pool = self
+                .pools
+                .iter()
+                .position(|p| host_matches(&p.host, host.as_deref()) && under(&p.prefix, path));
+        }
+        if let Some(i) = ctx.pool {
+            let pool = &self.pools[i];
+            let tried = &ctx.tried;
+            let backend = pool
+                .lb
+                .select_with(b"", 256, |b, healthy| healthy && !tried.contains(&b.addr))
+                // Every healthy node failed already: try one not yet tried.
+                .or_else(|| {
+                    pool.lb
+                        .select_with(b"", 256, |b, _| !tried.contains(&b.addr))
+                })
+                .ok_or_else(|| {
+                    Error::explain(HTTPStatus(502), "no upstream SpockFS node available")
+                })?;
+            ctx.tried.push(backend.addr.clone());
+            return Ok(Box::new(HttpPeer::new(backend.addr, false, String::new())));
+        }
+        match &self.default_upstream {
+            Some(addr) => Ok(Box::new(HttpPeer::new(addr.as_str(), false, String::new()))),
+            None => Err(Error::explain(
+                HTTPStatus(502),
+                "no default upstream configured",
+            )),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the node: any method may go to another one.
+        if let Some(i) = ctx.pool {
+            if ctx.tried.len() < self.pools[i].size {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // The request may have reached the node: retry only what changes
+        // nothing (SpockFS reads), and only while untried nodes remain.
+        let method = Method::from_http(&session.req_header().method);
+        let safe = method.is_some_and(|m| m.is_idempotent_read())
+            && !session.as_downstream().retry_buffer_truncated();
+        match ctx.pool {
+            Some(i) if safe && ctx.tried.len() < self.pools[i].size => e.set_retry(true),
+            Some(_) => e.set_retry(false),
+            None if safe || session.req_header().method.is_idempotent() => {
+                e.retry.decide_reuse(client_reused)
+            }
+            None => e.set_retry(false),
+        }
+        e
+    }
+}
+
+/// What [`build`] produced: the Pingora server, ready to run.
+pub struct Built {
+    /// The server.
+    pub server: Server,
+    /// The URLs it serves SpockFS at (for the start-up banner).
+    pub urls: Vec<String>,
+}
+
+/// Builds the Pingora server for `config`: proxy service with listeners,
+/// and one health-check service per pool.
+pub fn build(config: &Config) -> Result<Built, ConfigError> {
+    build_with(config, |m| m)
+}
+
+/// Like [`build`], with extra SpockFS routes added by `routes` (e.g. an
+/// engine whose backend the caller keeps a handle on).
+pub fn build_with(
+    config: &Config,
+    routes: impl FnOnce(spockfs_pingora::ModuleBuilder) -> spockfs_pingora::ModuleBuilder,
+) -> Result<Built, ConfigError> {
+    let mut conf = ServerConf::default();
+    conf.threads = config.server.threads.max(1);
+    conf.grace_period_seconds = Some(config.server.grace_period_seconds);
+    conf.graceful_shutdown_timeout_seconds = Some(config.server.graceful_shutdown_timeout_seconds);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let limits = config.limits();
+    let mut module = SpockFsModule::builder();
+    let mut pools = Vec::new();
+    let mut urls = Vec::new();
+    let scheme = |l: &Listener| {
+        if l.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    };
+    for v in &config.vhosts {
+        let host = (v.host != "*").then(|| v.host.to_ascii_lowercase());
+        let prefix = v.prefix.trim_end_matches('/').to_owned();
+        let local = v.root.is_some() || v.memory;
+        match (local, v.upstreams.is_empty()) {
+            (true, true) => {
+                let mount = if v.memory {
+                    Mount::new(MemFs::new())
+                } else {
+                    let root = v.root.clone().unwrap_or_default();
+                    std::fs::create_dir_all(&root)
+                        .map_err(|e| ConfigError::Root(v.host.clone(), root.clone(), e))?;
+                    Mount::new(
+                        LocalFs::open(&root)
+                            .map_err(|e| ConfigError::Root(v.host.clone(), root.clone(), e))?,
+                    )
+                };
+                let engine = Engine::builder()
+                    .default_mount(mount.read_only(v.read_only))
+                    .limits(limits.clone())
+                    .build();
+                module = module.route(host.as_deref(), &prefix, engine);
+                for l in &config.listen {
+                    let h = host.clone().unwrap_or_else(|| l.addr.clone());
+                    urls.push(format!("{}://{h}{prefix}", scheme(l)));
+                }
+            }
+            (false, false) => {
+                let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(
+                    v.upstreams.iter().map(String::as_str),
+                )
+                .map_err(|e| ConfigError::Vhost(v.host.clone(), format!("upstreams: {e}")))?;
+                let mut hc = HttpHealthCheck::new(host.as_deref().unwrap_or("localhost"), false);
+                let mut req = RequestHeader::build("OPTIONS", v.health_check_path.as_bytes(), None)
+                    .map_err(|e| {
+                        ConfigError::Vhost(v.host.clone(), format!("health_check_path: {e}"))
+                    })?;
+                let _ = req.insert_header("Host", host.as_deref().unwrap_or("localhost"));
+                hc.req = req;
+                hc.peer_template.options.connection_timeout = Some(Duration::from_millis(500));
+                hc.peer_template.options.read_timeout = Some(Duration::from_millis(500));
+                lb.set_health_check(Box::new(hc));
+                lb.health_check_frequency = Some(Duration::from_millis(v.health_check_ms.max(50)));
+                let bg = background_service(&format!("health check {}", v.host), lb);
+                pools.push(Pool {
+                    host,
+                    prefix,
+                    lb: bg.task(),
+                    size: v.upstreams.len(),
+                });
+                server.add_service(bg);
+            }
+            (true, false) => {
+                return Err(ConfigError::Vhost(
+                    v.host.clone(),
+                    "both a local root and upstreams".into(),
+                ))
+            }
+            (false, true) => {
+                return Err(ConfigError::Vhost(
+                    v.host.clone(),
+                    "needs `root`, `memory = true` or `upstreams`".into(),
+                ))
+            }
+        }
+    }
+    let gateway = Gateway {
+        module: routes(module).build(),
+        pools,
+        default_upstream: config.default_upstream.clone(),
+    };
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = config.listen.iter().any(|l| l.h2c);
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    proxy.server_options = Some(options);
+    let mut service = pingora::services::listening::Service::new("spockfs gateway".into(), proxy);
+    for l in &config.listen {
+        match (&l.tls_cert, &l.tls_key) {
+            (Some(c), Some(k)) => {
+                let (c, k) = (c.to_string_lossy(), k.to_string_lossy());
+                let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&c, &k)
+                    .map_err(|e| ConfigError::Listener(l.addr.clone(), e.to_string()))?;
+                tls.enable_h2();
+                service.add_tls_with_settings(&l.addr, None, tls);
+            }
+            (None, None) => service.add_tcp(&l.addr),
+            _ => {
+                return Err(ConfigError::Listener(
+                    l.addr.clone(),
+                    "tls_cert and tls_key go together".into(),
+                ))
+            }
+        }
+    }
+    server.add_service(service);
+    Ok(Built { server, urls })
+}
+
+/// A shutdown trigger for [`run_in_background`].
+struct Trigger(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for Trigger {
+    async fn recv(&self) -> ShutdownSignal {
+        if let Some(rx) = self.0.lock().await.take() {
+            let _ = rx.await;
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A gateway running on its own threads; stops when dropped.
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the gateway and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Runs the gateway in this process on background threads (for tests and
+/// embedding); returns once the listeners accept connections.
+pub fn run_in_background(config: &Config) -> Result<Running, ConfigError> {
+    run_in_background_with(config, |m| m)
+}
+
+/// [`run_in_background`] with extra routes, as in [`build_with`].
+pub fn run_in_background_with(
+    config: &Config,
+    routes: impl FnOnce(spockfs_pingora::ModuleBuilder) -> spockfs_pingora::ModuleBuilder,
+) -> Result<Running, ConfigError> {
+    let built = build_with(config, routes)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("pingora-gateway".into())
+        .spawn(move || {
+            built.server.run(RunArgs {
+                shutdown_signal: Box::new(Trigger(tokio::sync::Mutex::new(Some(rx)))),
+            })
+        })
+        .map_err(|e| ConfigError::Listener("*".into(), e.to_string()))?;
+    for l in &config.listen {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&l.addr).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(ConfigError::Listener(
+                    l.addr.clone(),
+                    "did not start listening".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(Running {
+        stop: Some(tx),
+        thread: Some(thread),
+    })
+}
