@@ -73,3 +73,483 @@ async fn conformance_through_gateway_localfs_and_memfs() {
         );
     }
 }
+
+/// A plain upstream that echoes what it received, to prove non-SpockFS
+/// requests pass through untouched.
+async fn echo_upstream() -> (u16, tokio::task::JoinHandle<()>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let (p, b) = req.into_parts();
+                        let body = b.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        let mut out = format!("{} {}\n", p.method, p.uri);
+                        let mut names: Vec<_> = p
+                            .headers
+                            .iter()
+                            .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+                            .collect();
+                        names.sort();
+                        out.push_str(&names.join("\n"));
+                        out.push_str("\n\n");
+                        let mut bytes = out.into_bytes();
+                        bytes.extend_from_slice(&body);
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(bytes)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_and_vhosts() {
+    let (up, _echo) = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir(&a).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&b).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(a.join("who"), "a").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(b.join("who"), "b").unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port();
+    let cfg = config(&format!(
+        r#"
+        listen = [{{ addr = "127.0.0.1:{port}" }}]
+        default_upstream = "127.0.0.1:{up}"
+        [[vhost]]
+        host = "a.test"
+        root = "{}"
+        [[vhost]]
+        host = "b.test"
+        prefix = "/files"
+        root = "{}"
+        read_only = true
+        "#,
+        a.display(),
+        b.display()
+    ));
+    let _gw = run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    // Two vhosts, two roots; b is read-only and only under /files.
+    let r = c.with_host("a.test").req("GET", "/who", &[]).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"a"[..]));
+    let r = c
+        .with_host("b.test:8080")
+        .req("GET", "/files/who", &[])
+        .await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"b"[..]));
+    let r = c.with_host("b.test").req("DELETE", "/files/who", &[]).await;
+    assert_eq!((r.status.as_u16(), r.errno()), (403, "EROFS"));
+    // Everything else reaches the upstream untouched: method, path, query,
+    // headers, body — including SpockFS-looking requests outside routes.
+    for (host, method, path) in [
+        ("b.test", "POST", "/app/submit?x=1&y=%2F"),
+        ("other.test", "GETATTR", "/who"),
+        ("b.test", "PROPFIND", "/filesystem"),
+    ] {
+        let r = c
+            .with_host(host)
+            .send(
+                method,
+                path,
+                &[("X-Custom", b"v1"), ("X-Spock-mode", b"448")],
+                "payload",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{method} {path}");
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(text.starts_with(&format!("{method} {path}\n")), "{text}");
+        assert!(
+            text.contains("x-custom: v1") && text.contains("x-spock-mode: 448"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("host: {host}")), "{text}");
+        assert!(text.ends_with("\n\npayload"), "{text}");
+    }
+    assert!(a.join("who").exists() && b.join("who").exists());
+}
+
+/// `Expect: 100-continue` is answered at once (no 1 s client stall) and the
+/// connection stays usable; then a large body streams through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_and_keep_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port();
+    let cfg = config(&format!(
+        "listen = [{{ addr = \"127.0.0.1:{port}\" }}]\n[[vhost]]\nhost = \"*\"\nprefix = \"/fs\"\nroot = \"{}\"\n",
+        dir.path().display()
+    ));
+    let _gw = run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t0 = std::time::Instant::now();
+    s.write_all(
+        b"PUT /fs/f HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("no 100 Continue within 2 s"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    s.write_all(b"hello")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resps = read_n(&mut s, 1).await;
+    assert!(resps[0].starts_with("HTTP/1.1 201"), "{resps:?}");
+    // Same connection: an error with an unread Expect body, then a read.
+    s.write_all(b"PUT /fs/missing/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Range: bytes=0-4\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = read_n(&mut s, 1).await;
+    assert!(
+        r[0].starts_with("HTTP/1.1 100") || r[0].starts_with("HTTP/1.1 404"),
+        "{r:?}"
+    );
+    if r[0].starts_with("HTTP/1.1 100") {
+        s.write_all(b"hello")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = read_n(&mut s, 1).await;
+        assert!(r[0].starts_with("HTTP/1.1 404"), "{r:?}");
+    }
+    s.write_all(b"GET /fs/f HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = read_n(&mut s, 1).await;
+    assert!(
+        r[0].starts_with("HTTP/1.1 200") && r[0].ends_with("hello"),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("f")).unwrap_or_default(),
+        b"hello"
+    );
+
+    // 64 MiB PUT + GET stream through, on a keep-alive client.
+    let c = Client::new(&format!("http://127.0.0.1:{port}/fs"));
+    let big: Vec<u8> = (0..64u32 << 20).map(|i| (i % 241) as u8).collect();
+    let r = c.send("PUT", "/big", &[], big.clone()).await;
+    assert_eq!(r.status, 201);
+    let r = c.req("GET", "/big", &[]).await;
+    assert!(r.body[..] == big[..], "64 MiB GET differs");
+}
+
+/// Reads `n` responses (Content-Length framed) as text.
+async fn read_n(s: &mut tokio::net::TcpStream, n: usize) -> Vec<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while out.len() < n {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            let len = if head.starts_with("HTTP/1.1 100") {
+                0
+            } else {
+                len
+            };
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                buf.drain(..end + 4 + len);
+                out.push(format!("{head}\r\n\r\n{body}"));
+                continue;
+            }
+        }
+        let mut tmp = [0u8; 65536];
+        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp))
+            .await
+            .unwrap_or_else(|_| panic!("timed out; got {out:?}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(k > 0, "connection closed; got {out:?}");
+        buf.extend_from_slice(&tmp[..k]);
+    }
+    out
+}
+
+/// A node that passes health checks (answers OPTIONS) but drops every other
+/// request after reading it: the request *may* have been applied.
+async fn flaky_node() -> (
+    u16,
+    Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let d2 = dropped.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let dropped = d2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut tmp = [0u8; 4096];
+                    let n = match s.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&tmp[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        if head.starts_with("OPTIONS ") {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                                .await;
+                        } else {
+                            dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            return; // close without answering
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, dropped, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_pool_failover_and_no_retry_of_writes() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
+    let (addr_a, node_a) = spockfs_tests::start_axum(spockfs_tests::axum_args(&shared)).await;
+    let (addr_b, _node_b) = spockfs_tests::start_axum(spockfs_tests::axum_args(&shared)).await;
+    let (flaky, dropped, _f) = flaky_node().await;
+    let port = free_port();
+    let cfg = config(&format!(
+        r#"
+        listen = [{{ addr = "127.0.0.1:{port}" }}]
+        default_upstream = "127.0.0.1:1"
+        [[vhost]]
+        host = "pool.test"
+        prefix = "/fs"
+        upstreams = ["{addr_a}", "{addr_b}"]
+        health_check_ms = 100
+        health_check_path = "/fs/"
+        [[vhost]]
+        host = "flaky.test"
+        prefix = "/fs"
+        upstreams = ["127.0.0.1:{flaky}", "{addr_b}"]
+        health_check_ms = 100
+        health_check_path = "/fs/"
+        "#
+    ));
+    let _gw = run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let c = Client::new(&format!("http://127.0.0.1:{port}/fs"));
+    let pool = c.with_host("pool.test");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..10 {
+        let r = pool
+            .req("MKDIR", &format!("/d{i}"), &[("X-Spock-mode", "493")])
+            .await;
+        assert_eq!(r.status, 201, "both nodes up, request {i}");
+    }
+    // Kill node A: requests keep working, first by retrying connect
+    // failures on B, then because the health check took A out.
+    drop(node_a);
+    for i in 0..40 {
+        let r = pool.req("GETATTR", &format!("/d{}", i % 10), &[]).await;
+        assert_eq!(r.status, 200, "GETATTR {i} after node A died");
+        let r = pool
+            .req("POST", &format!("/f{i}"), &[("X-Spock-mode", "420")])
+            .await;
+        assert_eq!(
+            r.status, 201,
+            "POST {i} after node A died (connect failures are safe to retry)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A node that reads requests and drops them: reads are retried on B,
+    // writes are not (they may have been applied) and fail with 502.
+    let flaky_c = c.with_host("flaky.test");
+    let mut failed_writes = Vec::new();
+    for i in 0..10 {
+        let r = flaky_c.req("GETATTR", "/d0", &[]).await;
+        assert_eq!(
+            r.status, 200,
+            "read {i} must be retried on the healthy node"
+        );
+        let name = format!("w{i}");
+        let r = flaky_c
+            .req("MKDIR", &format!("/{name}"), &[("X-Spock-mode", "493")])
+            .await;
+        match r.status.as_u16() {
+            201 => assert!(shared.join(&name).is_dir()),
+            502 => failed_writes.push(name),
+            s => panic!("MKDIR {name}: {s}"),
+        }
+    }
+    assert!(
+        !failed_writes.is_empty(),
+        "round robin never sent a write to the flaky node"
+    );
+    for name in &failed_writes {
+        assert!(
+            !shared.join(name).exists(),
+            "{name} was retried on another node"
+        );
+    }
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst) >= failed_writes.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_and_h2c() {
+    use http_body_util::{BodyExt, Full};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    let root = dir.path().join("root");
+    let (tls_port, h2c_port) = (free_port(), free_port());
+    let cfg = config(&format!(
+        r#"
+        listen = [
+          {{ addr = "127.0.0.1:{tls_port}", tls_cert = "{}", tls_key = "{}" }},
+          {{ addr = "127.0.0.1:{h2c_port}", h2c = true }},
+        ]
+        [[vhost]]
+        host = "*"
+        prefix = "/fs"
+        root = "{}"
+        "#,
+        cert.display(),
+        key.display(),
+        root.display()
+    ));
+    let _gw = run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ck.cert.der().clone())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut tls_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap_or_else(|e| panic!("{e}"))
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls_cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let name =
+        rustls::pki_types::ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let h2c = tokio::net::TcpStream::connect(("127.0.0.1", h2c_port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    for (label, io, scheme, port) in [
+        (
+            "h2 over TLS",
+            Box::new(tls) as Box<dyn IoStream>,
+            "https",
+            tls_port,
+        ),
+        ("h2c", Box::new(h2c) as Box<dyn IoStream>, "http", h2c_port),
+    ] {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+        tokio::spawn(conn);
+        let base = format!("{scheme}://localhost:{port}/fs");
+        let mk = |m: &str, p: &str, hs: &[(&str, &str)], body: &'static [u8]| {
+            let mut b = http::Request::builder()
+                .method(m)
+                .uri(format!("{base}{p}"))
+                .version(http::Version::HTTP_2);
+            for (k, v) in hs {
+                b = b.header(*k, *v);
+            }
+            b.body(Full::new(bytes::Bytes::from_static(body)))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let f = format!("/{}", label.replace(' ', "_"));
+        let mut got = Vec::new();
+        for req in [
+            mk("PUT", &f, &[], b"over h2"),
+            mk("GET", &f, &[("Range", "bytes=5-6")], b""),
+            mk("GETATTR", &f, &[], b""),
+            mk("MKDIR", "/caf%C3%A9", &[("X-Spock-mode", "493")], b""),
+            mk("GETATTR", "/nope", &[], b""),
+        ] {
+            let r = send
+                .send_request(req)
+                .await
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let (p, b) = r.into_parts();
+            got.push((
+                p.status.as_u16(),
+                p.version,
+                b.collect()
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .to_bytes(),
+            ));
+            let _ = std::fs::remove_dir(root.join("café"));
+        }
+        let statuses: Vec<u16> = got.iter().map(|g| g.0).collect();
+        assert_eq!(statuses, vec![201, 206, 200, 201, 404], "{label}");
+        assert!(got.iter().all(|g| g.1 == http::Version::HTTP_2), "{label}");
+        assert_eq!(&got[1].2[..], b"h2", "{label}");
+    }
+}
+
+trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> IoStream for T {}
