@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# HTTP benchmark: SpockFS (axum-app) against nginx on the same files, with wrk.
+# HTTP benchmark: SpockFS served by axum-app and by pingora-gateway (the same
+# engine in-process behind Pingora's HTTP stack), against nginx on the same files,
+# with wrk.
 #
 #   DURATION=10s bench/http.sh
 #
 # Env: DURATION  measured time per cell (default 10s)
 #      WARMUP    warm-up time before each cell (default 2s)
 #      SPOCKFS_BIN  use this axum-app binary instead of `cargo build --release -p axum-app`
+#      GATEWAY_BIN  use this pingora-gateway binary instead of
+#                   `cargo build --release -p pingora-gateway`
+#      SERVERS   comma-separated subset of axum,gateway,nginx (default: all three);
+#                columns, ratios and targets of servers left out show "-"
 #
 # Everything runs on 127.0.0.1 on free high ports picked here. The script starts
-# axum-app and nginx itself and stops exactly those two processes (by PID) on exit.
+# axum-app, pingora-gateway and nginx itself and stops exactly those processes
+# (by PID) on exit.
 # Exit status: 0 when every response was as expected, 1 when a check failed
 # (wrong status or size, socket errors, server-closed connections), 2 on setup errors.
 # Targets not met are reported but do not change the exit status.
@@ -24,10 +31,23 @@ CONNS=(1 16 64)
 log() { printf '[http.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
+# Servers measured, in the order each cell runs them.
+declare -A ON=()
+IFS=', ' read -r -a _sel <<<"${SERVERS:-axum,gateway,nginx}"
+for s in "${_sel[@]}"; do
+  case $s in
+    axum | gateway | nginx) ON[$s]=1 ;;
+    "") ;;
+    *) die "SERVERS: unknown server '$s' (use axum, gateway, nginx)" ;;
+  esac
+done
+[ ${#ON[@]} -gt 0 ] || die "SERVERS selects no server"
+on() { [ -n "${ON[$1]:-}" ]; }
+
 # ---------------------------------------------------------------- tools
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+on nginx && ! command -v nginx >/dev/null && ! [ -x /usr/sbin/nginx ] && missing+=(nginx-light)
 command -v curl >/dev/null || missing+=(curl)
 command -v ss >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -38,15 +58,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-# ---------------------------------------------------------------- server binary
-if [ -n "${SPOCKFS_BIN:-}" ]; then
-  BIN=$SPOCKFS_BIN
-else
-  log "building axum-app (cargo build --release -p axum-app)"
-  (cd "$REPO" && cargo build --release -p axum-app >&2) || die "cargo build failed"
-  BIN="$REPO/target/release/axum-app"
+# ---------------------------------------------------------------- server binaries
+BIN=${SPOCKFS_BIN:-$REPO/target/release/axum-app}
+GW_BIN=${GATEWAY_BIN:-$REPO/target/release/pingora-gateway}
+build=()
+on axum && [ -z "${SPOCKFS_BIN:-}" ] && build+=(-p axum-app)
+on gateway && [ -z "${GATEWAY_BIN:-}" ] && build+=(-p pingora-gateway)
+if [ ${#build[@]} -gt 0 ]; then
+  log "building (cargo build --release ${build[*]})"
+  (cd "$REPO" && cargo build --release "${build[@]}" >&2) || die "cargo build failed"
 fi
-[ -x "$BIN" ] || die "no executable at $BIN"
+! on axum || [ -x "$BIN" ] || die "no executable at $BIN"
+! on gateway || [ -x "$GW_BIN" ] || die "no executable at $GW_BIN"
 
 # ---------------------------------------------------------------- temp dir, cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/spockfs-bench.XXXXXX")
@@ -60,8 +83,12 @@ cleanup() {
     kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
+    # pingora-gateway takes up to ~3 s after SIGTERM (grace period + drain).
+    for _ in $(seq 60); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
+      log "warning: PID $pid did not stop within 6 s of SIGTERM, sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
     wait "$pid" 2>/dev/null || true
   done
   rm -rf "$TMP"
@@ -81,12 +108,14 @@ chmod -R a+rX "$DATA"
 
 # ---------------------------------------------------------------- servers
 # A free port in 20000-32767 (below Linux's default ephemeral range, so wrk's own
-# client ports never collide with it).
+# client ports never collide with it), not one already handed out here.
+USED_PORTS=" "
 free_port() {
   local p
   for _ in $(seq 100); do
     p=$((20000 + RANDOM % 12768))
-    ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
+    case $USED_PORTS in *" $p "*) continue ;; esac
+    ss -Htln "sport = :$p" | grep -q . || { USED_PORTS+="$p "; echo "$p"; return; }
   done
   die "no free port found"
 }
@@ -99,20 +128,47 @@ wait_http() { # <pid> <logfile> <curl args...>: wait until the server answers
   done
   cat "$logf" >&2; die "server did not answer in 10s"
 }
+declare -A BASE=() # server -> base URL
 
-SP_PORT=$(free_port)
-RUST_LOG=warn "$BIN" --listen "127.0.0.1:$SP_PORT" --root "$DATA" --prefix /fs \
-  >"$TMP/axum-app.log" 2>&1 &
-PIDS+=($!)
-SP="http://127.0.0.1:$SP_PORT/fs"
-wait_http "${PIDS[-1]}" "$TMP/axum-app.log" -X GETATTR "$SP/file.bin"
+if on axum; then
+  SP_PORT=$(free_port)
+  RUST_LOG=warn "$BIN" --listen "127.0.0.1:$SP_PORT" --root "$DATA" --prefix /fs \
+    >"$TMP/axum-app.log" 2>&1 &
+  PIDS+=($!)
+  BASE[axum]="http://127.0.0.1:$SP_PORT/fs"
+  wait_http "${PIDS[-1]}" "$TMP/axum-app.log" -X GETATTR "${BASE[axum]}/file.bin"
+fi
 
-NG_PORT=$(free_port)
-while [ "$NG_PORT" = "$SP_PORT" ]; do NG_PORT=$(free_port); done
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx/nginx.conf" <<EOF
+if on gateway; then
+  GW_PORT=$(free_port)
+  GW_THREADS=2 # like axum-app's tokio runtime: one worker per core
+  mkdir -p "$TMP/gateway"
+  # default_upstream: nothing listens on port 1, and nothing outside /fs is requested.
+  cat >"$TMP/gateway/gateway.toml" <<TOML
+listen = [{ addr = "127.0.0.1:$GW_PORT" }]
+default_upstream = "127.0.0.1:1"
+[[vhost]]
+host = "*"
+prefix = "/fs"
+root = "$DATA"
+[server]
+threads = $GW_THREADS
+TOML
+  RUST_LOG=warn "$GW_BIN" --config "$TMP/gateway/gateway.toml" \
+    >"$TMP/gateway/stdout.log" 2>"$TMP/gateway/stderr.log" &
+  PIDS+=($!)
+  BASE[gateway]="http://127.0.0.1:$GW_PORT/fs"
+  wait_http "${PIDS[-1]}" "$TMP/gateway/stderr.log" -X GETATTR "${BASE[gateway]}/file.bin"
+  grep -qF "SpockFS at ${BASE[gateway]}" "$TMP/gateway/stdout.log" ||
+    die "pingora-gateway did not print 'SpockFS at ${BASE[gateway]}': $(cat "$TMP/gateway/stdout.log")"
+fi
+
+if on nginx; then
+  NG_PORT=$(free_port)
+  mkdir -p "$TMP/nginx"
+  cat >"$TMP/nginx/nginx.conf" <<CONF
 # worker_processes auto = one worker per core (2 here), sharing both cores with
-# wrk and axum-app, just as axum-app's tokio runtime does.
+# wrk and the SpockFS servers, just as axum-app's tokio runtime does.
 worker_processes auto;
 daemon off;
 pid $TMP/nginx/nginx.pid;
@@ -135,12 +191,13 @@ http {
     root $DATA;
   }
 }
-EOF
-"$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
-  >"$TMP/nginx/stdout.log" 2>&1 &
-PIDS+=($!)
-NG="http://127.0.0.1:$NG_PORT"
-wait_http "${PIDS[-1]}" "$TMP/nginx/error.log" "$NG/file.bin"
+CONF
+  "$NGINX" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
+    >"$TMP/nginx/stdout.log" 2>&1 &
+  PIDS+=($!)
+  BASE[nginx]="http://127.0.0.1:$NG_PORT"
+  wait_http "${PIDS[-1]}" "$TMP/nginx/error.log" "${BASE[nginx]}/file.bin"
+fi
 
 # ---------------------------------------------------------------- preflight
 # One request of each kind with curl, checking statuses and bytes, before any load.
@@ -148,44 +205,68 @@ PROBLEMS=()
 problem() { PROBLEMS+=("$*"); log "WARNING: $*"; }
 expect_eq() { [ "$2" = "$3" ] || problem "preflight $1: got '$2', expected '$3'"; }
 
-r=$(curl -s -o /dev/null -w '%{http_code}' -X GETATTR "$SP/file.bin")
-expect_eq "GETATTR status" "$r" 200
-size=$(curl -s -D - -o /dev/null -X GETATTR "$SP/file.bin" | tr -d '\r' |
-  awk -F': *' 'tolower($1)=="x-spock-size" {print $2}')
-expect_eq "GETATTR X-Spock-Size" "$size" 1048576
-r=$(curl -s -o "$TMP/readdir.out" -w '%{http_code}' -X READDIR "$SP/dir100")
-expect_eq "READDIR status" "$r" 200
-n=$(grep -c '^f[0-9]*\.txt$' "$TMP/readdir.out" || true)
-expect_eq "READDIR entries named f*.txt" "$n" 100
-READDIR_BYTES=$(wc -c <"$TMP/readdir.out")
-for base in "$SP" "$NG"; do
+preflight_get() { # <server>: range GET and whole GET
+  local s=$1 base=${BASE[$1]} r
   r=$(curl -s -o "$TMP/range.out" -w '%{http_code}' -H 'Range: bytes=0-4095' "$base/file.bin")
-  expect_eq "range GET status ($base)" "$r" 206
-  cmp -s "$TMP/range.out" <(head -c 4096 "$DATA/file.bin") || problem "range GET ($base): wrong bytes"
+  expect_eq "range GET status ($s)" "$r" 206
+  cmp -s "$TMP/range.out" <(head -c 4096 "$DATA/file.bin") || problem "preflight range GET ($s): wrong bytes"
   r=$(curl -s -o "$TMP/whole.out" -w '%{http_code}' "$base/file.bin")
-  expect_eq "GET status ($base)" "$r" 200
-  cmp -s "$TMP/whole.out" "$DATA/file.bin" || problem "GET ($base): wrong bytes"
-done
-r=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Range: bytes=131072-262143' \
-  --data-binary @"$TMP/body128k.bin" "$SP/put.bin")
-expect_eq "PUT status" "$r" 200
-cmp -s <(tail -c +131073 "$DATA/put.bin" | head -c 131072) "$TMP/body128k.bin" ||
-  problem "PUT: bytes 131072-262143 of put.bin differ from the body sent"
-expect_eq "PUT file size" "$(stat -c %s "$DATA/put.bin")" 1048576
+  expect_eq "GET status ($s)" "$r" 200
+  cmp -s "$TMP/whole.out" "$DATA/file.bin" || problem "preflight GET ($s): wrong bytes"
+}
 
-# wrk 4.1 cannot parse a HEAD response that carries Content-Length: it waits for a
-# body that never comes (wg/wrk#198). So the nginx "HEAD" anchor is a conditional
-# HEAD that nginx answers 304 without Content-Length, after the same open + fstat.
-LAST_MOD=$(curl -sI "$NG/file.bin" | tr -d '\r' | sed -n 's/^Last-Modified: //p')
-[ -n "$LAST_MOD" ] || die "nginx sent no Last-Modified"
-expect_eq "nginx conditional HEAD status" \
-  "$(curl -s -o /dev/null -w '%{http_code}' -I -H "If-Modified-Since: $LAST_MOD" "$NG/file.bin")" 304
+declare -A READDIR_BYTES=()
+preflight_spockfs() { # <server>: every SpockFS request of the rows
+  local s=$1 base=${BASE[$1]} r size n
+  r=$(curl -s -o /dev/null -w '%{http_code}' -X GETATTR "$base/file.bin")
+  expect_eq "GETATTR status ($s)" "$r" 200
+  size=$(curl -s -D - -o /dev/null -X GETATTR "$base/file.bin" | tr -d '\r' |
+    awk -F': *' 'tolower($1)=="x-spock-size" {print $2}')
+  expect_eq "GETATTR X-Spock-Size ($s)" "$size" 1048576
+  r=$(curl -s -o "$TMP/readdir-$s.out" -w '%{http_code}' -X READDIR "$base/dir100")
+  expect_eq "READDIR status ($s)" "$r" 200
+  n=$(grep -c '^f[0-9]*\.txt$' "$TMP/readdir-$s.out" || true)
+  expect_eq "READDIR entries named f*.txt ($s)" "$n" 100
+  READDIR_BYTES[$s]=$(wc -c <"$TMP/readdir-$s.out")
+  preflight_get "$s"
+  # Zero the target range first, so that the check below sees this server's write.
+  dd if=/dev/zero of="$DATA/put.bin" bs=131072 seek=1 count=1 conv=notrunc status=none
+  r=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Range: bytes=131072-262143' \
+    --data-binary @"$TMP/body128k.bin" "$base/put.bin")
+  expect_eq "PUT status ($s)" "$r" 200
+  cmp -s <(tail -c +131073 "$DATA/put.bin" | head -c 131072) "$TMP/body128k.bin" ||
+    problem "preflight PUT ($s): bytes 131072-262143 of put.bin differ from the body sent"
+  expect_eq "PUT file size ($s)" "$(stat -c %s "$DATA/put.bin")" 1048576
+  # Keep-alive: curl reuses the connection for the second request (0 new connects).
+  r=$(curl -s -o /dev/null -o /dev/null -w '%{num_connects} ' -X GETATTR "$base/file.bin" "$base/file.bin")
+  expect_eq "GETATTR x2 on one connection, new connects ($s)" "${r% }" "1 0"
+  r=$(curl -s -o /dev/null -o /dev/null -w '%{num_connects} ' "$base/file.bin" "$base/file.bin")
+  expect_eq "GET x2 on one connection, new connects ($s)" "${r% }" "1 0"
+}
+for s in axum gateway; do if on "$s"; then preflight_spockfs "$s"; fi; done
+if on axum && on gateway; then
+  cmp -s "$TMP/readdir-axum.out" "$TMP/readdir-gateway.out" ||
+    problem "preflight READDIR: gateway's listing differs from axum-app's"
+fi
+
+if on nginx; then
+  preflight_get nginx
+  # wrk 4.1 cannot parse a HEAD response that carries Content-Length: it waits for a
+  # body that never comes (wg/wrk#198). So the nginx "HEAD" anchor is a conditional
+  # HEAD that nginx answers 304 without Content-Length, after the same open + fstat.
+  LAST_MOD=$(curl -sI "${BASE[nginx]}/file.bin" | tr -d '\r' | sed -n 's/^Last-Modified: //p')
+  [ -n "$LAST_MOD" ] || die "nginx sent no Last-Modified"
+  expect_eq "nginx conditional HEAD status" \
+    "$(curl -s -o /dev/null -w '%{http_code}' -I -H "If-Modified-Since: $LAST_MOD" "${BASE[nginx]}/file.bin")" 304
+fi
 
 # ---------------------------------------------------------------- wrk cells
-# Rows: label | SpockFS request | nginx request ("-" = no anchor).
-# A request is: method|headers|body file|expected status|expected body bytes|hook
+# Rows: label | SpockFS request (axum-app and pingora-gateway) | nginx request
+# ("-" = no anchor).
+# A request is: method|headers|body file|expected status|expected body bytes|hook|URL
 # (hook 0 = no response() hook in the measured run, see lua/request.lua; the
 # warm-up always runs with the hook so that every cell gets its statuses checked).
+# {} in a URL stands for the server's base URL.
 ROW_LABELS=(
   "GETATTR file (nginx: HEAD)"
   "READDIR 100 entries"
@@ -194,19 +275,27 @@ ROW_LABELS=(
   "PUT 128 KiB at 128 KiB"
 )
 SP_REQ=(
-  "GETATTR|||200|0|1|$SP/file.bin"
-  "READDIR|||200|$READDIR_BYTES|1|$SP/dir100"
-  "GET|Range: bytes=0-4095||206|4096|1|$SP/file.bin"
-  "GET|||200|1048576|0|$SP/file.bin"
-  "PUT|Content-Range: bytes=131072-262143|$TMP/body128k.bin|200|0|1|$SP/put.bin"
+  "GETATTR|||200|0|1|{}/file.bin"
+  "READDIR|||200|@READDIR_BYTES@|1|{}/dir100"
+  "GET|Range: bytes=0-4095||206|4096|1|{}/file.bin"
+  "GET|||200|1048576|0|{}/file.bin"
+  "PUT|Content-Range: bytes=131072-262143|$TMP/body128k.bin|200|0|1|{}/put.bin"
 )
 NG_REQ=(
-  "HEAD|If-Modified-Since: $LAST_MOD||304|0|1|$NG/file.bin"
+  "HEAD|If-Modified-Since: ${LAST_MOD:-}||304|0|1|{}/file.bin"
   "-"
-  "GET|Range: bytes=0-4095||206|4096|1|$NG/file.bin"
-  "GET|||200|1048576|0|$NG/file.bin"
+  "GET|Range: bytes=0-4095||206|4096|1|{}/file.bin"
+  "GET|||200|1048576|0|{}/file.bin"
   "-"
 )
+# request_spec <server> <row>: the request of that row for that server ("-": none).
+request_spec() {
+  local s=$1 i=$2 spec
+  if [ "$s" = nginx ]; then spec=${NG_REQ[$i]}; else spec=${SP_REQ[$i]}; fi
+  [ "$spec" != "-" ] || { echo -; return; }
+  spec=${spec//@READDIR_BYTES@/${READDIR_BYTES[$s]:-0}}
+  echo "${spec//\{\}/${BASE[$s]}}"
+}
 
 # Server-side TIME-WAIT sockets on a port: they only appear when the server
 # closes connections itself (wrk closes first when it exits).
@@ -270,17 +359,19 @@ run_cell() {
 }
 
 # ---------------------------------------------------------------- run
-log "SpockFS at $SP, nginx at $NG, $DURATION per cell after a $WARMUP warm-up"
+SERVER_ORDER=(axum gateway nginx)
+log "$(for s in "${SERVER_ORDER[@]}"; do if on "$s"; then printf '%s at %s, ' "$s" "${BASE[$s]}"; fi; done)$DURATION per cell after a $WARMUP warm-up"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg) # other work on the machine skews everything
 declare -A RPS P99
 for i in "${!ROW_LABELS[@]}"; do
   for c in "${CONNS[@]}"; do
-    run_cell "${ROW_LABELS[$i]}@SpockFS" "${SP_REQ[$i]}" "$c"
-    RPS[$i,$c,sp]=$CELL_RPS; P99[$i,$c,sp]=$CELL_P99
-    if [ "${NG_REQ[$i]}" != "-" ]; then
-      run_cell "${ROW_LABELS[$i]}@nginx" "${NG_REQ[$i]}" "$c"
-      RPS[$i,$c,ng]=$CELL_RPS; P99[$i,$c,ng]=$CELL_P99
-    fi
+    for s in "${SERVER_ORDER[@]}"; do # the servers take turns on each cell
+      on "$s" || continue
+      spec=$(request_spec "$s" "$i")
+      [ "$spec" != "-" ] || continue
+      run_cell "${ROW_LABELS[$i]}@$s" "$spec" "$c"
+      RPS[$i,$c,$s]=$CELL_RPS; P99[$i,$c,$s]=$CELL_P99
+    done
   done
 done
 
@@ -288,62 +379,96 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
 fmt_rps() { awk -v r="$1" -v mb="$2" 'BEGIN {
-  if (mb) printf "%.0f (%.0f MB/s)", r, r * 1048576 / 1e6; else printf "%.0f", r }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+  if (r == "") print "-"; else if (mb) printf "%.0f (%.0f MB/s)", r, r * 1048576 / 1e6; else printf "%.0f", r }'; }
+fmt_p99() { if [ -n "$1" ]; then echo "$1 ms"; else echo -; fi; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 mkdir -p "$BENCH_DIR/results"
 OUT="$BENCH_DIR/results/http-$(date +%Y%m%d-%H%M%S).md"
-cmdline="DURATION=$DURATION WARMUP=$WARMUP${SPOCKFS_BIN:+ SPOCKFS_BIN=$SPOCKFS_BIN} bench/http.sh"
+cmdline="DURATION=$DURATION WARMUP=$WARMUP${SERVERS:+ SERVERS=$SERVERS}${SPOCKFS_BIN:+ SPOCKFS_BIN=$SPOCKFS_BIN}${GATEWAY_BIN:+ GATEWAY_BIN=$GATEWAY_BIN} bench/http.sh"
+pingora_ver=$(awk '$0 == "name = \"pingora\"" { getline; gsub(/[^0-9.]/, ""); print; exit }' "$REPO/Cargo.lock" 2>/dev/null)
+servers_desc=$(for s in "${SERVER_ORDER[@]}"; do
+  if on "$s"; then
+    case $s in axum) printf 'axum-app, ' ;; gateway) printf 'pingora-gateway, ' ;; *) printf '%s, ' "$s" ;; esac
+  fi
+done)
 {
   echo "# SpockFS HTTP benchmark"
   echo
   echo "Reproduce: \`$cmdline\`"
   echo
   echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(uname -r)"
-  echo "- source: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$( [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ' + uncommitted changes'), binary $BIN"
-  echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), threads = min(connections, 2); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') with worker_processes auto ($(nproc) workers), sendfile on, access_log off"
-  echo "- wrk, nginx and axum-app share the same $(nproc) cores on 127.0.0.1: numbers are relative, not absolute;"
+  echo "- source: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$( [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ' + uncommitted changes')"
+  echo "- servers: ${servers_desc%, }"
+  if on axum; then echo "- axum-app: $BIN (tokio multi-thread runtime, $(nproc) workers)"; fi
+  if on gateway; then echo "- pingora-gateway: $GW_BIN (Pingora ${pingora_ver:-?}, threads = $GW_THREADS, vhost \`*\` prefix /fs root = the same directory, served in-process by the same engine)"; fi
+  if on nginx; then echo "- $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') with worker_processes auto ($(nproc) workers), sendfile on, access_log off"; fi
+  echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), threads = min(connections, 2); each cell runs the servers in turn (axum-app, pingora-gateway, nginx)"
+  echo "- wrk and the servers share the same $(nproc) cores on 127.0.0.1 (only the one being measured is busy): numbers are relative, not absolute;"
   echo "  load average before the runs $LOAD_BEFORE, after $LOAD_AFTER (anything else running skews the cells)"
-  echo "- the nginx anchor of row 1 is HEAD with If-Modified-Since (304, no Content-Length): wrk 4.1 hangs on HEAD responses with Content-Length"
-  echo "- $DURATION per cell after a $WARMUP warm-up; p99 from wrk --latency; ratio = SpockFS req/s / nginx req/s"
+  if on nginx; then
+    echo "- the nginx anchor of row 1 is HEAD with If-Modified-Since (304, no Content-Length): wrk 4.1 hangs on HEAD responses with Content-Length"
+  fi
+  echo "- $DURATION per cell after a $WARMUP warm-up; p99 from wrk --latency; axum/nginx = axum-app req/s / nginx req/s; gateway/axum = pingora-gateway req/s / axum-app req/s"
   echo
-  echo "| row | connections | SpockFS req/s | SpockFS p99 | nginx req/s | nginx p99 | ratio |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "| row | connections | axum req/s | axum p99 | nginx req/s | nginx p99 | axum/nginx | gateway req/s | gateway p99 | gateway/axum |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for i in "${!ROW_LABELS[@]}"; do
     mb=0; [ "$i" = 3 ] && mb=1
     for c in "${CONNS[@]}"; do
-      sp_r=${RPS[$i,$c,sp]}; sp_p="${P99[$i,$c,sp]} ms"
-      if [ -n "${RPS[$i,$c,ng]:-}" ]; then
-        ng_r=$(fmt_rps "${RPS[$i,$c,ng]}" "$mb"); ng_p="${P99[$i,$c,ng]} ms"
-        rt=$(ratio "$sp_r" "${RPS[$i,$c,ng]}")
-      else
-        ng_r="-"; ng_p="-"; rt="-"
-      fi
-      echo "| $((i + 1)). ${ROW_LABELS[$i]} | $c | $(fmt_rps "$sp_r" "$mb") | $sp_p | $ng_r | $ng_p | $rt |"
+      row="| $((i + 1)). ${ROW_LABELS[$i]} | $c"
+      for s in axum nginx; do
+        row+=" | $(fmt_rps "${RPS[$i,$c,$s]:-}" "$mb") | $(fmt_p99 "${P99[$i,$c,$s]:-}")"
+      done
+      row+=" | $(ratio "${RPS[$i,$c,axum]:-}" "${RPS[$i,$c,nginx]:-}")"
+      row+=" | $(fmt_rps "${RPS[$i,$c,gateway]:-}" "$mb") | $(fmt_p99 "${P99[$i,$c,gateway]:-}")"
+      row+=" | $(ratio "${RPS[$i,$c,gateway]:-}" "${RPS[$i,$c,axum]:-}") |"
+      echo "$row"
     done
   done
   echo
   echo "## Targets (every cell at 16 and 64 connections must meet the ratio)"
   echo
-  for tgt in "0|0.6|GETATTR >= 0.6x nginx HEAD" "2|0.6|4 KiB range GET >= 0.6x nginx" \
-    "3|0.5|1 MiB GET >= 0.5x nginx throughput"; do
-    IFS='|' read -r i min text <<<"$tgt"
-    met=yes; got=()
-    for c in 16 64; do
-      rt=$(ratio "${RPS[$i,$c,sp]}" "${RPS[$i,$c,ng]}")
-      got+=("$rt at $c")
-      awk -v r="$rt" -v m="$min" 'BEGIN { exit !(r != "-" && r + 0 >= m + 0) }' || met=no
+  # <row>|<min>|<numerator server>|<denominator server>|<text>
+  for tgt in "0|0.6|axum|nginx|GETATTR >= 0.6x nginx HEAD" "2|0.6|axum|nginx|4 KiB range GET >= 0.6x nginx" \
+    "3|0.5|axum|nginx|1 MiB GET >= 0.5x nginx throughput" \
+    "all|0.85|gateway|axum|pingora-gateway ≥ 0.85× axum-app on every row"; do
+    IFS='|' read -r rows min num den text <<<"$tgt"
+    if ! on "$num" || ! on "$den"; then
+      echo "- $text: not evaluated ($num or $den not in SERVERS)"
+      continue
+    fi
+    [ "$rows" = all ] && rows=${!ROW_LABELS[*]}
+    met=yes; got=(); failed=()
+    for i in $rows; do
+      for c in 16 64; do
+        rt=$(ratio "${RPS[$i,$c,$num]:-}" "${RPS[$i,$c,$den]:-}")
+        got+=("$rt at $c")
+        if ! awk -v r="$rt" -v m="$min" 'BEGIN { exit !(r != "-" && r + 0 >= m + 0) }'; then
+          met=no; failed+=("row $((i + 1)) ${ROW_LABELS[$i]} at $c: $rt")
+        fi
+      done
     done
-    echo "- $text: **$( [ $met = yes ] && echo met || echo 'NOT met')** (ratio $(IFS=,; echo "${got[*]}" | sed 's/,/, /g'))"
+    if [ "$text" != "${text%every row}" ]; then # many cells: name the failing ones
+      if [ $met = yes ]; then
+        echo "- $text: **met** (lowest ratio $(printf '%s\n' "${got[@]}" | sort -n | head -1))"
+      else
+        echo "- $text: **NOT met** in ${#failed[@]} of ${#got[@]} cells ($(IFS=';'; echo "${failed[*]}" | sed 's/;/; /g'))"
+      fi
+    else
+      echo "- $text: **$( [ $met = yes ] && echo met || echo 'NOT met')** (ratio $(IFS=,; echo "${got[*]}" | sed 's/,/, /g'))"
+    fi
   done
   echo
   echo "## Checks"
   echo
-  echo "Every warm-up and measured run: expected status on each response (response() hook; the"
-  echo "1 MiB GET measured runs skip the hook, which halves wrk's throughput, and rely on the"
-  echo "warm-up, wrk's >=400 count and bytes per response), no 'Connection: close', no socket"
-  echo "errors, no server-side closes (TIME-WAIT on the server port), bytes read consistent"
-  echo "with the expected body size."
+  echo "Every warm-up and measured run, on every server: expected status on each response"
+  echo "(response() hook; the 1 MiB GET measured runs skip the hook, which halves wrk's"
+  echo "throughput, and rely on the warm-up, wrk's >=400 count and bytes per response), no"
+  echo "'Connection: close', no socket errors, no server-side closes (TIME-WAIT on the server"
+  echo "port), bytes read consistent with the expected body size. Before the load, curl checks"
+  echo "each server once: statuses, bytes (the PUT's on disk too), READDIR listings equal, and"
+  echo "two requests reusing one connection."
   echo
   if [ ${#PROBLEMS[@]} -eq 0 ]; then
     echo "All checks passed: every connection was kept alive and every response was as expected."

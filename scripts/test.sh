@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)   # pingora builds a C library
 if ((${#need_pkgs[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "installing: ${need_pkgs[*]}"

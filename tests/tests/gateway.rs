@@ -553,3 +553,66 @@ async fn http2_over_tls_and_h2c() {
 
 trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> IoStream for T {}
+
+/// The same requests to the axum app and to the gateway, on the same
+/// directory: identical status, headers (but `date`) and body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_for_byte_parity_with_the_tower_service() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("d")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(root.join("d/f"), b"0123456789").unwrap_or_else(|e| panic!("{e}"));
+    let (axum_addr, _axum) = spockfs_tests::start_axum(spockfs_tests::axum_args(&root)).await;
+    let port = free_port();
+    let cfg = config(&format!(
+        "listen = [{{ addr = \"127.0.0.1:{port}\" }}]\n[[vhost]]\nhost = \"*\"\nprefix = \"/fs\"\nroot = \"{}\"\n",
+        root.display()
+    ));
+    let _gw = run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let a = Client::new(&format!("http://{axum_addr}/fs"));
+    let g = Client::new(&format!("http://127.0.0.1:{port}/fs"));
+    type Req<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let reqs: &[Req] = &[
+        ("OPTIONS", "/", &[]),
+        ("GETATTR", "/d/f", &[]),
+        ("READDIR", "/d", &[]),
+        ("GET", "/d/f", &[]),
+        ("GET", "/d/f", &[("Range", "bytes=2-4")]),
+        ("GET", "/d/f", &[("Range", "bytes=20-30")]),
+        ("HEAD", "/d/f", &[]),
+        ("GET", "/d", &[]),
+        ("GETATTR", "/nope", &[]),
+        ("GETATTR", "/a/../b", &[]),
+        ("MKDIR", "/d/x", &[]),
+        ("FOO", "/d", &[]),
+        ("STATFS", "/", &[]),
+        ("LISTXATTR", "/d/f", &[("X-Spock-size", "0")]),
+        (
+            "GETXATTR",
+            "/d/f",
+            &[("X-Spock-target", "user.none"), ("X-Spock-size", "9")],
+        ),
+        ("READLINK", "/d/f", &[]),
+    ];
+    for (m, p, h) in reqs {
+        let (ra, rg) = (a.req(m, p, h).await, g.req(m, p, h).await);
+        let strip = |hm: &http::HeaderMap| {
+            let mut v: Vec<(String, Vec<u8>)> = hm
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "date" | "server" | "connection" | "keep-alive")
+                })
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ra.status, rg.status, "{m} {p}");
+        assert_eq!(
+            strip(&ra.headers),
+            strip(&rg.headers),
+            "{m} {p}: headers differ"
+        );
+        assert_eq!(ra.body, rg.body, "{m} {p}: bodies differ");
+    }
+}

@@ -391,10 +391,12 @@ pub fn build_with(
     config: &Config,
     routes: impl FnOnce(spockfs_pingora::ModuleBuilder) -> spockfs_pingora::ModuleBuilder,
 ) -> Result<Built, ConfigError> {
-    let mut conf = ServerConf::default();
-    conf.threads = config.server.threads.max(1);
-    conf.grace_period_seconds = Some(config.server.grace_period_seconds);
-    conf.graceful_shutdown_timeout_seconds = Some(config.server.graceful_shutdown_timeout_seconds);
+    let conf = ServerConf {
+        threads: config.server.threads.max(1),
+        grace_period_seconds: Some(config.server.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
