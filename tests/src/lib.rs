@@ -337,23 +337,58 @@ impl Resp {
     }
 }
 
-/// An HTTP client for the server under test (keep-alive pool).
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// An HTTP(S) client for the server under test (keep-alive pool).
 #[derive(Clone)]
 pub struct Client {
-    inner: HyperClient<HttpConnector, Full<Bytes>>,
-    /// `http://host:port/prefix` (no trailing slash).
+    inner: HyperClient<Https, Full<Bytes>>,
+    /// `http(s)://host:port/prefix` (no trailing slash).
     pub base: String,
     /// Host header to send (`None`: the URL's).
     pub host: Option<String>,
+    /// `Authorization` header sent with every request.
+    pub auth: Option<String>,
+}
+
+/// A rustls client config trusting `roots` (plus nothing else), ALPN
+/// http/1.1.
+pub fn tls_client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
 }
 
 impl Client {
-    /// A client for `base`.
+    /// A client for `base` (plain HTTP).
     pub fn new(base: &str) -> Client {
+        Client::with_tls(base, tls_client_config(rustls::RootCertStore::empty()))
+    }
+
+    /// A client for `base`, `https://` URLs verified against `tls`.
+    pub fn with_tls(base: &str, tls: Arc<rustls::ClientConfig>) -> Client {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .build();
         Client {
-            inner: HyperClient::builder(TokioExecutor::new()).build_http(),
+            inner: HyperClient::builder(TokioExecutor::new()).build(https),
             base: base.trim_end_matches('/').to_owned(),
             host: None,
+            auth: None,
+        }
+    }
+
+    /// Same client, sending `Authorization: value` on every request.
+    pub fn with_auth(&self, value: &str) -> Client {
+        Client {
+            auth: Some(value.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -381,6 +416,9 @@ impl Client {
             .uri(format!("{}{}", self.base, path));
         if let Some(h) = &self.host {
             b = b.header(http::header::HOST, h);
+        }
+        if let Some(a) = &self.auth {
+            b = b.header(http::header::AUTHORIZATION, a);
         }
         for (k, v) in headers {
             b = b.header(
@@ -426,6 +464,10 @@ pub struct Target {
     pub addr: SocketAddr,
     /// URL path prefix (`/fs`).
     pub prefix: String,
+    /// TLS for raw-socket checks (`None`: plain TCP).
+    pub tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    /// `Authorization` header for raw-socket checks.
+    pub auth: Option<String>,
     /// Keeps temporary directories alive.
     pub _guards: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -493,6 +535,8 @@ pub async fn axum_local() -> (Target, Running) {
         store: Arc::new(LocalStore { root }),
         addr,
         prefix: "/fs".into(),
+        tls: None,
+        auth: None,
         _guards: vec![Box::new(dir)],
     };
     (target, running)
@@ -525,6 +569,8 @@ pub async fn axum_mem() -> (Target, Running) {
         store: Arc::new(MemStore { fs }),
         addr,
         prefix: "/fs".into(),
+        tls: None,
+        auth: None,
         _guards: vec![],
     };
     (

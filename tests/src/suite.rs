@@ -1655,27 +1655,44 @@ async fn errors_are_described(t: &Target, d: &str) -> CheckResult {
     Ok(())
 }
 
-/// Minimal HTTP/1.1 exchange on one raw connection: sends each request,
-/// reads each response (by Content-Length), returns status and body.
-pub async fn raw_exchange(
-    addr: std::net::SocketAddr,
-    requests: &[Vec<u8>],
-) -> Result<Vec<(u16, Vec<u8>, String)>, String> {
-    let mut sock = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
+/// Minimal HTTP/1.1 exchange on one raw connection to the target (TLS and
+/// `Authorization` added when the target has them): sends each request,
+/// reads each response (by Content-Length), returns status, body and head.
+pub async fn raw_exchange(t: &Target, requests: &[Vec<u8>]) -> Result<Vec<(u16, Vec<u8>, String)>, String> {
+    let tcp = tokio::net::TcpStream::connect(t.addr).await.map_err(|e| e.to_string())?;
+    let mut sock: Box<dyn RawIo> = match &t.tls {
+        None => Box::new(tcp),
+        Some((cfg, name)) => {
+            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| e.to_string())?;
+            Box::new(
+                tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+    };
     let mut out = Vec::new();
     let mut buf = Vec::new();
     for req in requests {
-        sock.write_all(req).await.map_err(|e| e.to_string())?;
+        let mut req = req.clone();
+        if let (Some(a), Some(eol)) = (&t.auth, req.windows(2).position(|w| w == b"\r\n")) {
+            let line = format!("\r\nAuthorization: {a}");
+            req.splice(eol..eol, line.into_bytes());
+        }
+        sock.write_all(&req).await.map_err(|e| e.to_string())?;
         let resp = read_response(&mut sock, &mut buf).await?;
         out.push(resp);
     }
     Ok(out)
 }
 
+/// A raw connection: TCP or TLS.
+pub trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawIo for T {}
+
 async fn read_response(
-    sock: &mut tokio::net::TcpStream,
+    sock: &mut Box<dyn RawIo>,
     buf: &mut Vec<u8>,
 ) -> Result<(u16, Vec<u8>, String), String> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1707,7 +1724,7 @@ async fn read_response(
 }
 
 async fn read_more(
-    sock: &mut tokio::net::TcpStream,
+    sock: &mut Box<dyn RawIo>,
     buf: &mut Vec<u8>,
     deadline: tokio::time::Instant,
 ) -> Result<(), String> {
@@ -1734,7 +1751,7 @@ async fn keep_alive_after_errors(t: &Target, d: &str) -> CheckResult {
         format!("FOO {p}/{d} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
         format!("GET {p}/{d}/f HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
     ];
-    let resps = raw_exchange(t.addr, &reqs).await?;
+    let resps = raw_exchange(t, &reqs).await?;
     let statuses: Vec<u16> = resps.iter().map(|r| r.0).collect();
     ensure_eq!(statuses, vec![404, 400, 404, 400, 405, 200]);
     ensure_eq!(resps[5].1, b"abc".to_vec());
@@ -1744,14 +1761,14 @@ async fn keep_alive_after_errors(t: &Target, d: &str) -> CheckResult {
 async fn http11_without_host(t: &Target, d: &str) -> CheckResult {
     let p = &t.prefix;
     let resps = raw_exchange(
-        t.addr,
+        t,
         &[format!("GETATTR {p}/{d} HTTP/1.1\r\n\r\n").into_bytes()],
     )
     .await?;
     ensure_eq!(resps[0].0, 400);
     // HTTP/1.0 without Host is fine (default root).
     let resps = raw_exchange(
-        t.addr,
+        t,
         &[format!("GETATTR {p}/{d} HTTP/1.0\r\n\r\n").into_bytes()],
     )
     .await?;

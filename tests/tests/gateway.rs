@@ -62,6 +62,8 @@ async fn conformance_through_gateway_localfs_and_memfs() {
             store,
             addr,
             prefix: prefix.into(),
+            tls: None,
+            auth: None,
             _guards: vec![],
         };
         let failures = suite::run(&target, std::env::var("SPOCKFS_CHECK").ok().as_deref()).await;
