@@ -371,8 +371,10 @@ impl Client {
 
     /// A client for `base`, `https://` URLs verified against `tls`.
     pub fn with_tls(base: &str, tls: Arc<rustls::ClientConfig>) -> Client {
+        let mut cfg = (*tls).clone();
+        cfg.alpn_protocols.clear(); // the connector sets ALPN itself
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
+            .with_tls_config(cfg)
             .https_or_http()
             .enable_http1()
             .build();
