@@ -18,6 +18,7 @@ use tower_http::trace::TraceLayer;
 
 pub mod auth;
 pub mod tls;
+pub mod users;
 
 /// Command-line flags.
 #[derive(Parser, Debug, Clone)]
@@ -46,6 +47,15 @@ pub struct Args {
     /// as made by `htpasswd -B`).
     #[arg(long, value_name = "FILE")]
     pub htpasswd: Option<PathBuf>,
+    /// Give each authenticated user `DIR/<user>` as their root (created,
+    /// mode 0700, on first use). The user comes from `--htpasswd`, or from
+    /// a trusted proxy's `X-Remote-User` (`--trust-proxy-user`).
+    #[arg(long, value_name = "DIR")]
+    pub user_roots: Option<PathBuf>,
+    /// Trust the `X-Remote-User` header (set by nginx after its own basic
+    /// auth) on connections whose peer address is ADDR, and only those.
+    #[arg(long, value_name = "ADDR")]
+    pub trust_proxy_user: Option<std::net::IpAddr>,
     /// TLS certificate chain (PEM); enables HTTPS with HTTP/2.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -81,6 +91,9 @@ pub enum StartError {
     /// Bad `--prefix`.
     #[error("--prefix must start with '/': {0:?}")]
     Prefix(String),
+    /// `--user-roots` without a way to know the user.
+    #[error("--user-roots needs --htpasswd or --trust-proxy-user")]
+    UserRootsWithoutAuth,
 }
 
 /// Builds the SpockFS service from the flags, opening every root now so a
@@ -118,6 +131,25 @@ pub fn build_router(args: &Args) -> Result<Router, StartError> {
     } else {
         return Err(StartError::Prefix(args.prefix.clone()));
     };
+    if let Some(dir) = &args.user_roots {
+        if args.htpasswd.is_none() && args.trust_proxy_user.is_none() {
+            return Err(StartError::UserRootsWithoutAuth);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| StartError::Root {
+            path: dir.clone(),
+            source: e,
+        })?;
+        let roots = Arc::new(users::UserRoots::new(
+            dir.clone(),
+            args.read_only,
+            args.trust_proxy_user,
+            args.htpasswd.is_some(),
+        ));
+        router = router.layer(axum::middleware::from_fn_with_state(
+            roots,
+            users::choose_root,
+        ));
+    }
     if let Some(path) = &args.htpasswd {
         let users = auth::Htpasswd::load(path).map_err(StartError::Htpasswd)?;
         router = router.layer(tower_http::auth::AsyncRequireAuthorizationLayer::new(

@@ -1,0 +1,164 @@
+//! Per-user roots: the host decides who the user is (its own basic auth,
+//! or a trusted proxy's `X-Remote-User`), and hands SpockFS that user's
+//! directory as a per-request [`Mount`] — the engine's extension point for
+//! exactly this.
+
+use crate::auth::AuthenticatedUser;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use spockfs_tower::{LocalFs, Mount};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The header a trusted proxy (nginx: `proxy_set_header X-Remote-User
+/// $remote_user`) names the user in.
+pub const X_REMOTE_USER: &str = "x-remote-user";
+
+/// Users' roots under one directory.
+pub struct UserRoots {
+    dir: PathBuf,
+    read_only: bool,
+    trusted_proxy: Option<IpAddr>,
+    has_auth: bool,
+    mounts: Mutex<HashMap<String, Mount>>,
+}
+
+const MAX_CACHED: usize = 4096;
+
+impl UserRoots {
+    /// Roots under `dir`; `X-Remote-User` believed only from
+    /// `trusted_proxy`; `has_auth` if the host itself authenticates.
+    pub fn new(
+        dir: PathBuf,
+        read_only: bool,
+        trusted_proxy: Option<IpAddr>,
+        has_auth: bool,
+    ) -> UserRoots {
+        UserRoots {
+            dir,
+            read_only,
+            trusted_proxy,
+            has_auth,
+            mounts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The user a request is from: the host's own authentication first,
+    /// else `X-Remote-User` if and only if the peer is the trusted proxy.
+    pub fn user_of(&self, req: &Request) -> Option<String> {
+        if let Some(AuthenticatedUser(u)) = req.extensions().get::<AuthenticatedUser>() {
+            return Some(u.clone());
+        }
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())?;
+        if Some(peer) != self.trusted_proxy {
+            return None;
+        }
+        req.headers()
+            .get(X_REMOTE_USER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+    }
+
+    fn mount_for(&self, user: &str) -> std::io::Result<Mount> {
+        if let Some(m) = self
+            .mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+        {
+            return Ok(m.clone());
+        }
+        let dir = self.dir.join(user);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let mount = Mount::new(LocalFs::open(&dir)?).read_only(self.read_only);
+        let mut cache = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(user.to_owned(), mount.clone());
+        Ok(mount)
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// A user name usable as one directory name.
+pub fn valid_user(u: &str) -> bool {
+    !u.is_empty()
+        && u.len() <= 255
+        && u != "."
+        && u != ".."
+        && !u
+            .bytes()
+            .any(|b| b == b'/' || b == 0 || b.is_ascii_control())
+}
+
+fn deny(status: StatusCode, msg: &str) -> Response {
+    (status, format!("{} {}\n", status.as_u16(), msg)).into_response()
+}
+
+/// Middleware: puts the user's root into the request as a `Mount`.
+pub async fn choose_root(
+    State(roots): State<Arc<UserRoots>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(user) = roots.user_of(&req) else {
+        return if roots.has_auth {
+            deny(StatusCode::UNAUTHORIZED, "authentication required")
+        } else {
+            deny(
+                StatusCode::FORBIDDEN,
+                "no authenticated user (X-Remote-User only from the trusted proxy)",
+            )
+        };
+    };
+    if !valid_user(&user) {
+        return deny(StatusCode::FORBIDDEN, "user name cannot name a directory");
+    }
+    let r2 = roots.clone();
+    let u2 = user.clone();
+    let mount = match tokio::task::spawn_blocking(move || r2.mount_for(&u2)).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            tracing::error!(user, error = %e, "cannot open the user's root");
+            return deny(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot open the user's root",
+            );
+        }
+        Err(_) => {
+            return deny(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot open the user's root",
+            )
+        }
+    };
+    req.extensions_mut().insert(mount);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn user_names() {
+        for ok in ["alice", "bob.smith", "x@y", "ü"] {
+            assert!(super::valid_user(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "/", "a\0b", "a\nb"] {
+            assert!(!super::valid_user(bad), "{bad:?}");
+        }
+    }
+}
