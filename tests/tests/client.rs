@@ -1,0 +1,297 @@
+//! spockfs-client against the real server: every method, a plain 0.1
+//! server (no extensions), timeouts, restarts, auth and HTTPS.
+
+use bytes::Bytes;
+use spockfs_client::{Client, Errno, XattrFlag};
+use spockfs_tests::{axum_args, axum_local, start_axum};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_round_trips() {
+    let (t, _srv) = axum_local().await;
+    let c = Client::new(&format!("http://{}/fs", t.addr)).unwrap_or_else(|e| panic!("{e}"));
+    let ext = c.extensions().await;
+    assert!(ext.errno && ext.readdir_attrs && ext.fsync);
+    c.mkdir(b"/d", 0o750)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.store.stat("d").map(|s| s.perm), Some(0o750));
+    c.create(b"/d/f", 0o640)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.write(b"/d/f", 3, Bytes::from_static(b"hello"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        &c.read(b"/d/f", 0, 100).await.unwrap_or_default()[..],
+        b"\0\0\0hello"
+    );
+    assert_eq!(&c.read(b"/d/f", 4, 2).await.unwrap_or_default()[..], b"el");
+    assert!(
+        c.read(b"/d/f", 1000, 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty(),
+        "past EOF"
+    );
+    let st = c.getattr(b"/d/f").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((st.size, st.mode & 0o7777, st.nlink), (8, 0o640, 1));
+    c.symlink(b"/d/l", b"../elsewhere")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.readlink(b"/d/l").await.unwrap_or_default(),
+        b"../elsewhere"
+    );
+    c.link(b"/d/h", b"/d/f")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut names: Vec<_> = c.readdir(b"/d").await.unwrap_or_default();
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(
+        names.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+        vec![b"f".to_vec(), b"h".to_vec(), b"l".to_vec()]
+    );
+    assert_eq!(
+        names[0].stat.map(|s| (s.size, s.nlink)),
+        Some((8, 2)),
+        "readdir-attrs fills stat"
+    );
+    c.rename(b"/d/h", b"/d/h2")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.chmod(b"/d/f", 0o600)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.chown(b"/d/f", None, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.truncate(b"/d/f", 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.access(b"/d/f", 6).await.unwrap_or_else(|e| panic!("{e}"));
+    c.open(b"/d/f", 2).await.unwrap_or_else(|e| panic!("{e}"));
+    c.fallocate(b"/d/f", 0, 0, 4096)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.getattr(b"/d/f").await.map(|s| s.size), Ok(4096));
+    assert!(c.statfs(b"/").await.map(|s| s.bsize > 0).unwrap_or(false));
+    c.setxattr(
+        b"/d/f",
+        b"user.k",
+        Bytes::from_static(b"v"),
+        XattrFlag::Create,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.getxattr(b"/d/f", b"user.k").await.unwrap_or_default(),
+        b"v"
+    );
+    assert!(c
+        .listxattr(b"/d/f")
+        .await
+        .unwrap_or_default()
+        .contains(&b"user.k".to_vec()));
+    assert_eq!(
+        c.setxattr(b"/d/f", b"user.k", Bytes::new(), XattrFlag::Create)
+            .await,
+        Err(Errno::EEXIST)
+    );
+    c.removexattr(b"/d/f", b"user.k")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.getxattr(b"/d/f", b"user.k").await, Err(Errno::ENODATA));
+    c.utimens(b"/d/f", 10, 20)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.getattr(b"/d/f").await.map(|s| (s.atime, s.mtime)),
+        Ok((10, 20))
+    );
+    c.mknod(b"/d/fifo", 0o010644, 0)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.fsync(b"/d/f", true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.put(b"/d/whole", Bytes::from_static(b"all of it"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.store.read("d/whole"), Some(b"all of it".to_vec()));
+    // Exact errnos through the errno extension.
+    assert_eq!(c.getattr(b"/nope").await, Err(Errno::ENOENT));
+    assert_eq!(c.readdir(b"/d/f").await.map(|_| ()), Err(Errno::ENOTDIR));
+    assert_eq!(c.rmdir(b"/d").await, Err(Errno::ENOTEMPTY));
+    assert_eq!(c.mkdir(b"/d", 0o755).await, Err(Errno::EEXIST));
+    for n in [&b"/d/f"[..], b"/d/h2", b"/d/l", b"/d/fifo", b"/d/whole"] {
+        c.unlink(n).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    c.rmdir(b"/d").await.unwrap_or_else(|e| panic!("{e}"));
+    // Names are bytes.
+    c.create(b"/caf\xe9 %?#", 0o644)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.store.list(""), Some(vec![b"caf\xe9 %?#".to_vec()]));
+}
+
+/// A server that advertises nothing (plain SpockFS 0.1): the client must
+/// not use extensions, and maps errors by status alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_server_gets_only_the_spec() {
+    use axum::extract::Request;
+    use axum::middleware::Next;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let fs = spockfs_tower::SpockFs::new(dir.path());
+    let app = axum::Router::new()
+        .nest_service("/fs", fs)
+        .layer(axum::middleware::from_fn(
+            |req: Request, next: Next| async move {
+                let is_ext =
+                    req.method() == "FSYNC" || req.headers().contains_key("x-spock-readdir");
+                if is_ext {
+                    // A 0.1 server would not know these: fail loudly if used.
+                    return http::Response::builder()
+                        .status(599)
+                        .body(axum::body::Body::empty())
+                        .unwrap_or_default();
+                }
+                let mut resp = next.run(req).await;
+                resp.headers_mut().remove("x-spock-extensions");
+                resp.headers_mut().remove("x-spock-errno");
+                resp
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let c = Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.extensions().await, spockfs_client::Extensions::default());
+    c.create(b"/f", 0o644)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let entries = c.readdir(b"/").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(entries.len(), 1);
+    assert!(entries[0].stat.is_none());
+    c.fsync(b"/f", false)
+        .await
+        .unwrap_or_else(|e| panic!("no-op without the extension: {e}"));
+    assert_eq!(
+        c.readdir(b"/f").await.map(|_| ()),
+        Err(Errno::EIO),
+        "ENOTDIR is 500 → EIO in 0.1"
+    );
+    assert_eq!(c.getattr(b"/nope").await, Err(Errno::ENOENT));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_restarts() {
+    // A server that accepts and never answers: EIO after the timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let saddr = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let _hold = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            keep.push(s);
+        }
+    });
+    let c = Client::builder(&format!("http://{saddr}/fs"))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t0 = std::time::Instant::now();
+    assert_eq!(c.getattr(b"/").await, Err(Errno::EIO));
+    assert!(t0.elapsed() < Duration::from_secs(3));
+
+    // Server restarted on the same port: EIO while down, fine after,
+    // with the same client.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let run = |dir: std::path::PathBuf| async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut a = axum_args(&dir);
+        a.listen = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let task = tokio::spawn(async move {
+            let _ = axum_app::serve(a, listener, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        (tx, task)
+    };
+    let c = Client::builder(&format!("http://127.0.0.1:{port}/fs"))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (stop, task) = run(dir.path().to_path_buf()).await;
+    c.mkdir(b"/before", 0o755)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = stop.send(());
+    let _ = task.await;
+    assert_eq!(c.getattr(b"/before").await, Err(Errno::EIO), "server down");
+    let (_stop2, _task2) = run(dir.path().to_path_buf()).await;
+    assert!(
+        c.getattr(b"/before").await.is_ok(),
+        "works again without a new client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_from_url_and_https_with_ca_file() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (cert, key, pw) = (
+        dir.path().join("c.pem"),
+        dir.path().join("k.pem"),
+        dir.path().join("htpasswd"),
+    );
+    std::fs::write(&cert, ck.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &pw,
+        format!("al ice:{}\n", bcrypt::hash("p:w", 4).unwrap_or_default()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut a = axum_args(&dir.path().join("data"));
+    a.tls_cert = Some(cert.clone());
+    a.tls_key = Some(key);
+    a.htpasswd = Some(pw);
+    let (addr, _srv) = start_axum(a).await;
+    let url = |auth: &str| format!("https://{auth}localhost:{}/fs", addr.port());
+    let ok = Client::builder(&url("al%20ice:p%3Aw@"))
+        .ca_file(&cert)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    ok.mkdir(b"/x", 0o755)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let anon = Client::builder(&url(""))
+        .ca_file(&cert)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        anon.getattr(b"/x").await,
+        Err(Errno::EIO),
+        "401 is not in the spec's table"
+    );
+    let untrusted = Client::new(&url("al%20ice:p%3Aw@")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        untrusted.getattr(b"/x").await,
+        Err(Errno::EIO),
+        "self-signed cert not trusted without ca_file"
+    );
+}
