@@ -241,10 +241,7 @@ fn hv(n: impl std::fmt::Display) -> HeaderValue {
     HeaderValue::from_str(&n.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-fn num<T: std::str::FromStr>(r: &Response<Bytes>, name: &str) -> T
-where
-    T: Default,
-{
+fn num<T: std::str::FromStr + Default>(r: &Response<Bytes>, name: &str) -> T {
     r.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
