@@ -246,13 +246,23 @@ pub async fn serve(engine: &Engine, path: &str, session: &mut Session) -> Result
         .headers
         .get(EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if no_body {
+        // Most SpockFS requests (GETATTR, READDIR, GET…) carry no body:
+        // no pump, no channel.
+        let Some(req) = engine_request(session.req_header(), path, PumpBody::empty()) else {
+            session.respond_error(400).await?;
+            return Ok(());
+        };
+        let resp = engine.handle(req).await;
+        return write_response(session, resp).await;
+    }
     let (tx, rx) = mpsc::channel(2);
     let (demand_tx, demand_rx) = oneshot::channel();
     let body = PumpBody {
-        rx,
+        rx: Some(rx),
         demand: Some(demand_tx),
-        remaining: if no_body { Some(0) } else { content_length },
-        done: no_body,
+        remaining: content_length,
+        done: false,
     };
     let Some(req) = engine_request(session.req_header(), path, body) else {
         session.respond_error(400).await?;
@@ -262,13 +272,13 @@ pub async fn serve(engine: &Engine, path: &str, session: &mut Session) -> Result
     // Run the engine and the request-body pump together: the engine pulls
     // the body only when it needs it (PUT, SETXATTR, draining before an
     // error), and only then is `100 Continue` sent and the body read.
-    let mut body_complete = no_body;
+    let mut body_complete = false;
     let resp = {
         let handle = engine.handle(req);
         tokio::pin!(handle);
-        let pump = pump(session, tx, demand_rx, expect_continue && !no_body);
+        let pump = pump(session, tx, demand_rx, expect_continue);
         tokio::pin!(pump);
-        let mut pump_done = no_body;
+        let mut pump_done = false;
         loop {
             tokio::select! {
                 resp = &mut handle => break resp,
@@ -329,7 +339,8 @@ async fn pump(
 /// then the body streamed frame by frame.
 async fn write_response(session: &mut Session, resp: http::Response<SpockBody>) -> Result<()> {
     let (parts, mut body) = resp.into_parts();
-    let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
+    // No case map: names go out lowercase, exactly as hyper sends them.
+    let mut header = ResponseHeader::build_no_case(parts.status, Some(parts.headers.len() + 1))?;
     for (name, value) in parts.headers.iter() {
         header.append_header(name.clone(), value.clone())?;
     }
@@ -373,10 +384,21 @@ fn no_body_status(s: StatusCode) -> bool {
 /// The request body as the engine sees it: frames pushed by [`pump`],
 /// pulled on demand.
 struct PumpBody {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    rx: Option<mpsc::Receiver<std::io::Result<Bytes>>>,
     demand: Option<oneshot::Sender<()>>,
     remaining: Option<u64>,
     done: bool,
+}
+
+impl PumpBody {
+    fn empty() -> PumpBody {
+        PumpBody {
+            rx: None,
+            demand: None,
+            remaining: Some(0),
+            done: true,
+        }
+    }
 }
 
 impl Body for PumpBody {
@@ -393,7 +415,11 @@ impl Body for PumpBody {
         if let Some(d) = self.demand.take() {
             let _ = d.send(());
         }
-        match self.rx.poll_recv(cx) {
+        let Some(rx) = self.rx.as_mut() else {
+            self.done = true;
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(b))) => {
                 if let Some(r) = self.remaining.as_mut() {
                     *r = r.saturating_sub(b.len() as u64);
