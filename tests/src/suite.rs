@@ -1658,12 +1658,18 @@ async fn errors_are_described(t: &Target, d: &str) -> CheckResult {
 /// Minimal HTTP/1.1 exchange on one raw connection to the target (TLS and
 /// `Authorization` added when the target has them): sends each request,
 /// reads each response (by Content-Length), returns status, body and head.
-pub async fn raw_exchange(t: &Target, requests: &[Vec<u8>]) -> Result<Vec<(u16, Vec<u8>, String)>, String> {
-    let tcp = tokio::net::TcpStream::connect(t.addr).await.map_err(|e| e.to_string())?;
+pub async fn raw_exchange(
+    t: &Target,
+    requests: &[Vec<u8>],
+) -> Result<Vec<(u16, Vec<u8>, String)>, String> {
+    let tcp = tokio::net::TcpStream::connect(t.addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut sock: Box<dyn RawIo> = match &t.tls {
         None => Box::new(tcp),
         Some((cfg, name)) => {
-            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| e.to_string())?;
+            let name =
+                rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| e.to_string())?;
             Box::new(
                 tokio_rustls::TlsConnector::from(cfg.clone())
                     .connect(name, tcp)
