@@ -133,7 +133,7 @@ declare -A BASE=() # server -> base URL
 if on axum; then
   SP_PORT=$(free_port)
   RUST_LOG=warn "$BIN" --listen "127.0.0.1:$SP_PORT" --root "$DATA" --prefix /fs \
-    >"$TMP/axum-app.log" 2>&1 &
+    >"$TMP/axum-app.log" 2>&1 & # banner and tracing (stdout) + errors (stderr)
   PIDS+=($!)
   BASE[axum]="http://127.0.0.1:$SP_PORT/fs"
   wait_http "${PIDS[-1]}" "$TMP/axum-app.log" -X GETATTR "${BASE[axum]}/file.bin"
@@ -154,13 +154,13 @@ root = "$DATA"
 [server]
 threads = $GW_THREADS
 TOML
-  RUST_LOG=warn "$GW_BIN" --config "$TMP/gateway/gateway.toml" \
-    >"$TMP/gateway/stdout.log" 2>"$TMP/gateway/stderr.log" &
+  # Its tracing output goes to stdout (tracing_subscriber's default), with the banner.
+  RUST_LOG=warn "$GW_BIN" --config "$TMP/gateway/gateway.toml" >"$TMP/gateway/gateway.log" 2>&1 &
   PIDS+=($!)
   BASE[gateway]="http://127.0.0.1:$GW_PORT/fs"
-  wait_http "${PIDS[-1]}" "$TMP/gateway/stderr.log" -X GETATTR "${BASE[gateway]}/file.bin"
-  grep -qF "SpockFS at ${BASE[gateway]}" "$TMP/gateway/stdout.log" ||
-    die "pingora-gateway did not print 'SpockFS at ${BASE[gateway]}': $(cat "$TMP/gateway/stdout.log")"
+  wait_http "${PIDS[-1]}" "$TMP/gateway/gateway.log" -X GETATTR "${BASE[gateway]}/file.bin"
+  grep -qF "SpockFS at ${BASE[gateway]}" "$TMP/gateway/gateway.log" ||
+    die "pingora-gateway did not print 'SpockFS at ${BASE[gateway]}': $(cat "$TMP/gateway/gateway.log")"
 fi
 
 if on nginx; then
@@ -403,7 +403,7 @@ done)
   if on axum; then echo "- axum-app: $BIN (tokio multi-thread runtime, $(nproc) workers)"; fi
   if on gateway; then echo "- pingora-gateway: $GW_BIN (Pingora ${pingora_ver:-?}, threads = $GW_THREADS, vhost \`*\` prefix /fs root = the same directory, served in-process by the same engine)"; fi
   if on nginx; then echo "- $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') with worker_processes auto ($(nproc) workers), sendfile on, access_log off"; fi
-  echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), threads = min(connections, 2); each cell runs the servers in turn (axum-app, pingora-gateway, nginx)"
+  echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), threads = min(connections, 2); each cell runs the servers in turn (${servers_desc%, })"
   echo "- wrk and the servers share the same $(nproc) cores on 127.0.0.1 (only the one being measured is busy): numbers are relative, not absolute;"
   echo "  load average before the runs $LOAD_BEFORE, after $LOAD_AFTER (anything else running skews the cells)"
   if on nginx; then
@@ -445,7 +445,7 @@ done)
         rt=$(ratio "${RPS[$i,$c,$num]:-}" "${RPS[$i,$c,$den]:-}")
         got+=("$rt at $c")
         if ! awk -v r="$rt" -v m="$min" 'BEGIN { exit !(r != "-" && r + 0 >= m + 0) }'; then
-          met=no; failed+=("row $((i + 1)) ${ROW_LABELS[$i]} at $c: $rt")
+          met=no; failed+=("row $((i + 1)) (${ROW_LABELS[$i]%% (*}) at $c: $rt")
         fi
       done
     done
@@ -477,6 +477,32 @@ done)
     echo
     printf -- '- %s\n' "${PROBLEMS[@]}"
   fi
+  # The servers run with RUST_LOG=warn / error_log warn: anything they logged,
+  # start-up banners left out, same messages counted once (timestamps, colours
+  # and nginx's "*N" connection numbers stripped).
+  logs=()
+  if on axum; then logs+=("axum-app|$TMP/axum-app.log"); fi
+  if on gateway; then logs+=("pingora-gateway|$TMP/gateway/gateway.log"); fi
+  if on nginx; then logs+=("nginx|$TMP/nginx/error.log"); fi
+  echo
+  echo "## Server logs (warnings and errors)"
+  echo
+  for l in "${logs[@]}"; do
+    IFS='|' read -r who f <<<"$l"
+    sed -E 's/\x1b\[[0-9;]*m//g' "$f" 2>/dev/null |
+      grep -vE '^(SpockFS (at|serving) |mount it with: )' >"$f.filtered" || true
+    n=$(grep -c . "$f.filtered" || true)
+    if [ "${n:-0}" = 0 ]; then
+      echo "- $who: nothing logged"
+    else
+      echo "- $who: $n line(s); most frequent messages (count, message):"
+      echo
+      echo '```'
+      sed -E 's/^[0-9]{4}-[0-9-]+T[0-9:.]+Z +//; s/^[0-9\/]+ [0-9:]+ //; s/\*[0-9]+ //' "$f.filtered" |
+        sort | uniq -c | sort -rn | head -5 | cut -c1-300
+      echo '```'
+    fi
+  done
 } | tee "$OUT"
 log "saved $OUT"
 
