@@ -338,17 +338,18 @@ async fn pump(
 /// Writes the engine's response: header (with an exact Content-Length),
 /// then the body streamed frame by frame.
 async fn write_response(session: &mut Session, resp: http::Response<SpockBody>) -> Result<()> {
-    let (parts, mut body) = resp.into_parts();
-    // No case map: names go out lowercase, exactly as hyper sends them.
-    let mut header = ResponseHeader::build_no_case(parts.status, Some(parts.headers.len() + 1))?;
-    for (name, value) in parts.headers.iter() {
-        header.append_header(name.clone(), value.clone())?;
-    }
+    let (parts, body) = resp.into_parts();
+    let (mut parts, mut body) = (parts, body);
     if !parts.headers.contains_key(CONTENT_LENGTH) && !no_body_status(parts.status) {
         if let Some(n) = body.size_hint().exact() {
-            header.insert_header(CONTENT_LENGTH, n)?;
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, http::HeaderValue::from(n));
         }
     }
+    // The engine's response head moves in whole (no case map: names go out
+    // lowercase, exactly as hyper sends them).
+    let header = ResponseHeader::from(parts);
     let mut end = body.is_end_stream();
     session.write_response_header(Box::new(header), end).await?;
     let mut body = Pin::new(&mut body);

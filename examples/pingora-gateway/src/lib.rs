@@ -290,6 +290,12 @@ impl ProxyHttp for Gateway {
         Ctx::default()
     }
 
+    /// No downstream modules: Pingora's default adds a response-compression
+    /// module (at level 0, i.e. off) to every request; SpockFS bodies must
+    /// never be compressed (it would break Content-Length and ranges), and
+    /// proxied responses pass through as the upstream sent them.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
         self.module.handle(session).await
     }
@@ -487,16 +493,25 @@ pub fn build_with(
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     proxy.server_options = Some(options);
     let mut service = pingora::services::listening::Service::new("spockfs gateway".into(), proxy);
+    // Pingora's default L4 write buffer is one MSS (1460 bytes), so a
+    // response header and a small body (a 4 KiB read) leave in two
+    // syscalls; 16 KiB per connection sends them together. Bodies larger
+    // than the buffer still go straight to the socket.
+    let l4 = pingora::protocols::l4::stream::L4BufferSettings {
+        read: None,
+        write: Some(16 * 1024),
+    };
     for l in &config.listen {
+        let endpoint = pingora::listeners::ListenerConfig::tcp(l.addr.clone()).l4_buffer(l4);
         match (&l.tls_cert, &l.tls_key) {
             (Some(c), Some(k)) => {
                 let (c, k) = (c.to_string_lossy(), k.to_string_lossy());
                 let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&c, &k)
                     .map_err(|e| ConfigError::Listener(l.addr.clone(), e.to_string()))?;
                 tls.enable_h2();
-                service.add_tls_with_settings(&l.addr, None, tls);
+                service.add_listener(endpoint.tls(tls));
             }
-            (None, None) => service.add_tcp(&l.addr),
+            (None, None) => service.add_listener(endpoint),
             _ => {
                 return Err(ConfigError::Listener(
                     l.addr.clone(),

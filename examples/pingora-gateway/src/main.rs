@@ -8,6 +8,13 @@
 //! within a few seconds; SIGINT: immediate.
 
 use clap::Parser;
+
+/// mimalloc: Pingora allocates and frees per-request buffers across
+/// threads, where glibc's malloc spends ~13% of the CPU (perf); both
+/// example servers use the same allocator so benchmarks compare like with
+/// like.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pingora_gateway::{build, Config};
 use std::path::PathBuf;
 
