@@ -254,7 +254,8 @@ pub async fn serve(engine: &Engine, path: &str, session: &mut Session) -> Result
             return Ok(());
         };
         let resp = engine.handle(req).await;
-        return write_response(session, resp).await;
+        let r = write_response(session, resp).await;
+        return finish(session, r);
     }
     let (tx, rx) = mpsc::channel(2);
     let (demand_tx, demand_rx) = oneshot::channel();
@@ -294,7 +295,26 @@ pub async fn serve(engine: &Engine, path: &str, session: &mut Session) -> Result
         // cannot be reused.
         session.as_downstream_mut().set_keepalive(None);
     }
-    write_response(session, resp).await
+    let r = write_response(session, resp).await;
+    finish(session, r)
+}
+
+/// A client that went away mid-response is not a server error: close the
+/// connection quietly instead of letting Pingora log an ERROR for it.
+fn finish(session: &mut Session, r: Result<()>) -> Result<()> {
+    match r {
+        Err(e)
+            if matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ConnectionClosed
+            ) =>
+        {
+            tracing::debug!(error = %e, "client went away during a SpockFS response");
+            session.as_downstream_mut().set_keepalive(None);
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// Reads the request body into the engine's channel once the engine first
@@ -367,8 +387,10 @@ async fn write_response(session: &mut Session, resp: http::Response<SpockBody>) 
             }
             Some(Err(e)) => {
                 // Content-Length was promised; abort the connection.
+                // (InternalError, not WriteError: `finish` treats write
+                // errors as a client that went away.)
                 return Err(Error::because(
-                    ErrorType::WriteError,
+                    ErrorType::InternalError,
                     "SpockFS response body",
                     e,
                 ));
