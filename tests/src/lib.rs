@@ -15,6 +15,29 @@ use std::sync::Arc;
 
 pub mod suite;
 
+/// A free TCP port on 127.0.0.1 for a server that binds by number (nginx,
+/// Pingora). Ports come from below the kernel's ephemeral range, so no
+/// `bind(":0")` of another test can be handed the same port between our
+/// check and the server's bind, and none is handed out twice per process.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Start at a per-process offset so concurrent test binaries rarely meet.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = if p >= 32000 { 20000 + p % 12000 } else { p };
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 /// Result of a check: `Err` explains what differed.
 pub type CheckResult = Result<(), String>;
 

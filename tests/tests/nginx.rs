@@ -123,12 +123,7 @@ fn worker_user() -> String {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+use spockfs_tests::free_port;
 
 fn chmod(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;

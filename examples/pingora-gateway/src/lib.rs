@@ -589,6 +589,12 @@ pub fn run_in_background_with(
     for l in &config.listen {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(&l.addr).is_err() {
+            if thread.is_finished() {
+                return Err(ConfigError::Listener(
+                    l.addr.clone(),
+                    "the gateway exited (port in use?)".into(),
+                ));
+            }
             if std::time::Instant::now() > deadline {
                 return Err(ConfigError::Listener(
                     l.addr.clone(),
