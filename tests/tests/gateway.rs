@@ -625,3 +625,81 @@ async fn byte_for_byte_parity_with_the_tower_service() {
         assert_eq!(ra.body, rg.body, "{m} {p}: bodies differ");
     }
 }
+
+/// Someone's existing gateway, wrapped in one line with `WithSpockFs`:
+/// SpockFS requests are answered by the module, everything else still goes
+/// through the inner proxy's own hooks (here it tags requests upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_spockfs_wraps_an_existing_proxy() {
+    use pingora::proxy::{ProxyHttp, Session};
+    use pingora::upstreams::peer::HttpPeer;
+    struct Existing {
+        upstream: String,
+    }
+    #[async_trait::async_trait]
+    impl ProxyHttp for Existing {
+        type CTX = ();
+        fn new_ctx(&self) {}
+        async fn upstream_peer(
+            &self,
+            _s: &mut Session,
+            _c: &mut (),
+        ) -> pingora::Result<Box<HttpPeer>> {
+            Ok(Box::new(HttpPeer::new(
+                self.upstream.as_str(),
+                false,
+                String::new(),
+            )))
+        }
+        async fn upstream_request_filter(
+            &self,
+            _s: &mut Session,
+            req: &mut pingora::http::RequestHeader,
+            _c: &mut (),
+        ) -> pingora::Result<()> {
+            req.insert_header("x-existing-gateway", "saw it")
+        }
+    }
+    let (up, _echo) = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("f"), b"via module").unwrap_or_else(|e| panic!("{e}"));
+    let module = spockfs_pingora::SpockFsModule::builder()
+        .prefix("/fs", Engine::new(dir.path()))
+        .build();
+    let port = free_port();
+    let mut server = pingora::server::Server::new(None).unwrap_or_else(|e| panic!("{e}"));
+    server.bootstrap();
+    let mut svc = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        spockfs_pingora::WithSpockFs::new(
+            module,
+            Existing {
+                upstream: format!("127.0.0.1:{up}"),
+            },
+        ),
+    );
+    svc.add_tcp(&format!("127.0.0.1:{port}"));
+    server.add_service(svc);
+    std::thread::spawn(move || {
+        server.run(pingora::server::RunArgs::default());
+    });
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wrapped gateway did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = c.req("GET", "/fs/f", &[]).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"via module"[..]));
+    let r = c.req("READDIR", "/fs", &[]).await;
+    assert_eq!(&r.body[..], b".\n..\nf\n");
+    let r = c.send("POST", "/app", &[], "x").await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        text.starts_with("POST /app\n") && text.contains("x-existing-gateway: saw it"),
+        "{text}"
+    );
+}
