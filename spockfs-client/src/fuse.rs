@@ -64,7 +64,10 @@ impl Default for MountConfig {
 }
 
 struct Node {
-    path: Vec<u8>,
+    /// Every name the mount knows for this inode (hard links); the first
+    /// one is used for requests. The last name stays when it is unlinked,
+    /// so calls on an open unlinked file fail with the server's `ENOENT`.
+    paths: Vec<Vec<u8>>,
     lookups: u64,
 }
 
@@ -84,7 +87,7 @@ impl Inodes {
         t.nodes.insert(
             1,
             Node {
-                path: b"/".to_vec(),
+                paths: vec![b"/".to_vec()],
                 lookups: 1,
             },
         );
@@ -92,25 +95,47 @@ impl Inodes {
         t
     }
 
+    fn path(&self, ino: u64) -> Option<&[u8]> {
+        self.nodes
+            .get(&ino)
+            .and_then(|n| n.paths.first())
+            .map(Vec::as_slice)
+    }
+
     /// The inode of `path`, created if new; one more kernel reference.
     fn get_or_insert(&mut self, path: &[u8]) -> u64 {
         if let Some(&ino) = self.by_path.get(path) {
             if let Some(n) = self.nodes.get_mut(&ino) {
                 n.lookups += 1;
+                return ino;
             }
-            return ino;
         }
         let ino = self.next;
         self.next += 1;
         self.nodes.insert(
             ino,
             Node {
-                path: path.to_vec(),
+                paths: vec![path.to_vec()],
                 lookups: 1,
             },
         );
         self.by_path.insert(path.to_vec(), ino);
         ino
+    }
+
+    /// A new hard link `path` to `ino`; one more kernel reference. Falls
+    /// back to a fresh inode if `ino` is gone.
+    fn link(&mut self, ino: u64, path: &[u8]) -> u64 {
+        self.detach(path);
+        match self.nodes.get_mut(&ino) {
+            Some(n) => {
+                n.lookups += 1;
+                n.paths.push(path.to_vec());
+                self.by_path.insert(path.to_vec(), ino);
+                ino
+            }
+            None => self.get_or_insert(path),
+        }
     }
 
     fn forget(&mut self, ino: u64, n: u64) {
@@ -126,8 +151,10 @@ impl Inodes {
         };
         if gone {
             if let Some(node) = self.nodes.remove(&ino) {
-                if self.by_path.get(&node.path) == Some(&ino) {
-                    self.by_path.remove(&node.path);
+                for p in node.paths {
+                    if self.by_path.get(&p) == Some(&ino) {
+                        self.by_path.remove(&p);
+                    }
                 }
             }
         }
@@ -135,12 +162,20 @@ impl Inodes {
 
     /// `path` no longer names its inode (unlinked, or replaced by a rename).
     fn detach(&mut self, path: &[u8]) {
-        self.by_path.remove(path);
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                if n.paths.len() > 1 {
+                    n.paths.retain(|p| p != path);
+                }
+            }
+        }
     }
 
     /// Renames `from` (and everything below it) to `to`.
     fn rename(&mut self, from: &[u8], to: &[u8]) {
-        self.detach(to);
+        if from == to {
+            return;
+        }
         let mut prefix = from.to_vec();
         prefix.push(b'/');
         let moved: Vec<(Vec<u8>, u64)> = self
@@ -149,24 +184,28 @@ impl Inodes {
             .filter(|(p, _)| p.as_slice() == from || p.starts_with(&prefix))
             .map(|(p, &i)| (p.clone(), i))
             .collect();
-        // Paths below `to` that are not being moved there are stale now.
+        // Whatever `to` (and below it, an empty directory) named is gone.
         let mut to_prefix = to.to_vec();
         to_prefix.push(b'/');
         let stale: Vec<Vec<u8>> = self
             .by_path
             .keys()
-            .filter(|p| p.starts_with(&to_prefix))
+            .filter(|p| p.as_slice() == to || p.starts_with(&to_prefix))
             .cloned()
             .collect();
         for p in stale {
-            self.by_path.remove(&p);
+            self.detach(&p);
         }
         for (old, ino) in moved {
             self.by_path.remove(&old);
             let mut new = to.to_vec();
             new.extend_from_slice(&old[from.len()..]);
             if let Some(n) = self.nodes.get_mut(&ino) {
-                n.path = new.clone();
+                for p in n.paths.iter_mut() {
+                    if *p == old {
+                        *p = new.clone();
+                    }
+                }
             }
             self.by_path.insert(new, ino);
         }
@@ -296,9 +335,8 @@ impl SpockFuse {
 
     fn path(&self, ino: INodeNo) -> Result<Vec<u8>, fuser::Errno> {
         let t = self.s.inodes.lock().unwrap_or_else(|e| e.into_inner());
-        t.nodes
-            .get(&ino.0)
-            .map(|n| n.path.clone())
+        t.path(ino.0)
+            .map(<[u8]>::to_vec)
             .ok_or(fuser::Errno::ENOENT)
     }
 
@@ -665,7 +703,13 @@ impl Filesystem for SpockFuse {
         self.spawn(async move {
             let r = async {
                 s.client.link(&path, &existing).await?;
-                Self::entry(&s, &path).await
+                let st = s.client.getattr(&path).await?;
+                let i = s
+                    .inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .link(ino.0, &path);
+                Ok(attr_of(i, &st))
             }
             .await;
             match r {
@@ -835,6 +879,7 @@ impl Filesystem for SpockFuse {
         let Some(list) = self.listing(fh) else {
             return reply.error(fuser::Errno::EBADF);
         };
+        let dir = path_or!(self, self.path(ino), reply);
         // Offsets: 1 = ".", 2 = "..", 2 + i + 1 = list[i].
         let mut off = offset;
         while off < list.len() as u64 + 2 {
@@ -849,7 +894,16 @@ impl Filesystem for SpockFuse {
                         .map_or(FileType::RegularFile, |st| kind_of(st.mode));
                     // Plain readdir does not count as a lookup: report the
                     // known inode or a placeholder the kernel never keeps.
-                    reply.add(INodeNo(u64::MAX), off + 1, kind, OsStr::from_bytes(&e.name))
+                    let name = OsStr::from_bytes(&e.name);
+                    let known = self
+                        .s
+                        .inodes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .by_path
+                        .get(&join(&dir, name))
+                        .copied();
+                    reply.add(INodeNo(known.unwrap_or(u64::MAX)), off + 1, kind, name)
                 }
             };
             if full {
@@ -1217,10 +1271,10 @@ mod tests {
         let ax = t.get_or_insert(b"/ax");
         let old = t.get_or_insert(b"/z/b");
         t.rename(b"/a", b"/z");
-        assert_eq!(t.nodes[&a].path, b"/z");
-        assert_eq!(t.nodes[&ab].path, b"/z/b");
-        assert_eq!(t.nodes[&abc].path, b"/z/b/c");
-        assert_eq!(t.nodes[&ax].path, b"/ax");
+        assert_eq!(t.path(a), Some(&b"/z"[..]));
+        assert_eq!(t.path(ab), Some(&b"/z/b"[..]));
+        assert_eq!(t.path(abc), Some(&b"/z/b/c"[..]));
+        assert_eq!(t.path(ax), Some(&b"/ax"[..]));
         assert_eq!(t.by_path.get(b"/z/b/c".as_slice()), Some(&abc));
         assert_eq!(t.by_path.get(b"/z/b".as_slice()), Some(&ab));
         assert!(!t.by_path.contains_key(b"/a".as_slice()));
@@ -1243,5 +1297,20 @@ mod tests {
         assert!(!t.by_path.contains_key(b"/a".as_slice()));
         t.forget(1, 100);
         assert!(t.nodes.contains_key(&1));
+    }
+
+    #[test]
+    fn hard_links_share_an_inode() {
+        let mut t = Inodes::new();
+        let a = t.get_or_insert(b"/d/a");
+        assert_eq!(t.link(a, b"/e/b"), a);
+        t.detach(b"/d/a");
+        assert_eq!(t.path(a), Some(&b"/e/b"[..]));
+        t.detach(b"/e/b");
+        // The last name stays for calls on still-open files.
+        assert_eq!(t.path(a), Some(&b"/e/b"[..]));
+        assert!(!t.by_path.contains_key(b"/e/b".as_slice()));
+        t.forget(a, 2);
+        assert!(!t.nodes.contains_key(&a));
     }
 }

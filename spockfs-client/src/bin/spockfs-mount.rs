@@ -72,7 +72,13 @@ fn public_url(url: &str) -> String {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let level = if args.debug { "debug" } else { "warn" };
+    // fuser warns about unmounting an already unmounted filesystem after an
+    // external `fusermount3 -u`: not worth a line.
+    let level = if args.debug {
+        "debug"
+    } else {
+        "warn,fuser::session=error"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
