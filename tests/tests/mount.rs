@@ -114,18 +114,18 @@ impl Fixture {
         let root = self.root();
         let port = self.port;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = self.rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        let listener = self.rt.block_on(async move {
+            tokio::net::TcpListener::bind(("127.0.0.1", port))
                 .await
-                .unwrap_or_else(|e| panic!("bind {port}: {e}"));
-            let mut a = spockfs_tests::axum_args(&root);
-            a.listen = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-            tokio::spawn(async move {
-                let _ = axum_app::serve(a, listener, async {
-                    let _ = rx.await;
-                })
-                .await;
+                .unwrap_or_else(|e| panic!("bind {port}: {e}"))
+        });
+        let mut a = spockfs_tests::axum_args(&root);
+        a.listen = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let task = self.rt.spawn(async move {
+            let _ = axum_app::serve(a, listener, async {
+                let _ = rx.await;
             })
+            .await;
         });
         self.server = Some((tx, task));
     }
@@ -188,7 +188,7 @@ fn posix_calls_through_the_mount() {
     assert_eq!(errno(fs::metadata(f.p("empty"))), libc::ENOENT);
 
     // chmod 0, then stat
-    fs::set_permissions(f.p("d/f"), fs::Permissions::from_mode(0))
+    fs::set_permissions(f.p("d/f"), fs::Permissions::from_mode(0o0))
         .unwrap_or_else(|e| panic!("chmod: {e}"));
     assert_eq!(
         fs::metadata(f.p("d/f")).map(|m| m.mode() & 0o7777).ok(),
