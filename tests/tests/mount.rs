@@ -683,3 +683,111 @@ fn the_binary_mounts_and_unmounts() {
     assert!(!out.status.success());
     assert!(!is_mounted(&mnt));
 }
+
+/// The axum router with `SpockFs` behind a layer that records every
+/// request's method, and a mount of it.
+fn counted_mount(
+    root: &Path,
+    mnt: &Path,
+    rt: &tokio::runtime::Runtime,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::sync::oneshot::Sender<()>,
+    Mounted,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let svc = tower::ServiceBuilder::new()
+        .map_request(move |r: http::Request<axum::body::Body>| {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(r.method().to_string());
+            r
+        })
+        .service(spockfs_tower::SpockFs::new(root));
+    let app = axum::Router::new().nest_service("/fs", svc);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    let client = {
+        let _g = rt.enter();
+        Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let m = spawn_mount(client, rt.handle().clone(), mnt, MountConfig::default())
+        .unwrap_or_else(|e| panic!("mount: {e}"));
+    (seen, tx, m)
+}
+
+fn take(seen: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
+    std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn count(v: &[String], m: &str) -> usize {
+    v.iter().filter(|x| x.as_str() == m).count()
+}
+
+#[test]
+fn request_counts_readdirplus_and_xattr_negative_cache() {
+    if fuse_missing().is_some() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
+    fs::create_dir_all(root.join("many")).unwrap_or_else(|e| panic!("{e}"));
+    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..50 {
+        fs::write(root.join(format!("many/f{i}")), format!("{i}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (seen, stop, m) = counted_mount(&root, &mnt, &rt);
+
+    // `ls -l` of 50 files: one READDIR (with attributes) fills every
+    // entry; no GETATTR per file.
+    let _ = fs::metadata(mnt.join("many"));
+    take(&seen);
+    sh(&mnt, "ls -l many > /dev/null");
+    let first = take(&seen);
+    assert_eq!(count(&first, "READDIR"), 1, "{first:?}");
+    assert!(count(&first, "GETATTR") <= 2, "{first:?}");
+    // Again: the kernel's xattr probes (security.selinux, ACLs) are
+    // answered from the negative cache.
+    sh(&mnt, "ls -l many > /dev/null");
+    let again = take(&seen);
+    eprintln!("ls -l of 50 files: {first:?}; again: {again:?}");
+    assert_eq!(count(&again, "GETXATTR"), 0, "{again:?}");
+
+    // Many writes to one file: the kernel asks for security.capability
+    // before each; at most one reaches the server.
+    let mut file = fs::File::create(mnt.join("w")).unwrap_or_else(|e| panic!("{e}"));
+    take(&seen);
+    for _ in 0..100 {
+        file.write_all(b"0123456789")
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    drop(file);
+    let writes = take(&seen);
+    eprintln!(
+        "100 writes: {} PUT, {} GETXATTR, {} requests in all",
+        count(&writes, "PUT"),
+        count(&writes, "GETXATTR"),
+        writes.len()
+    );
+    assert_eq!(count(&writes, "PUT"), 100, "{writes:?}");
+    assert!(count(&writes, "GETXATTR") <= 1, "{writes:?}");
+    assert_eq!(
+        fs::metadata(root.join("w")).map(|m| m.len()).ok(),
+        Some(1000)
+    );
+    m.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
+    let _ = stop.send(());
+}
