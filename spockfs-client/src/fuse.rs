@@ -219,6 +219,10 @@ struct Shared {
     inodes: Mutex<Inodes>,
     /// Per-inode xattr names known to be absent, and since when.
     xattr_absent: Mutex<HashMap<u64, HashMap<Vec<u8>, Instant>>>,
+    /// Files created without `S_IWUSR`: the server creates them writable
+    /// (so the creating descriptor can write) and the requested mode is
+    /// applied on release, by handle.
+    pending_mode: Mutex<HashMap<u64, (u64, u32)>>,
     /// Open directory listings, by handle.
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: Mutex<u64>,
@@ -310,6 +314,7 @@ impl SpockFuse {
                 cfg,
                 inodes: Mutex::new(Inodes::new()),
                 xattr_absent: Mutex::new(HashMap::new()),
+                pending_mode: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: Mutex::new(1),
             }),
@@ -389,6 +394,12 @@ impl SpockFuse {
             None => false,
         }
     }
+}
+
+fn next_fh(s: &Shared) -> u64 {
+    let mut n = s.next_fh.lock().unwrap_or_else(|e| e.into_inner());
+    *n += 1;
+    *n
 }
 
 fn mark_absent(s: &Shared, ino: u64, name: &[u8], absent: bool) {
@@ -750,19 +761,60 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
         self.spawn(async move {
+            let perm = mode & 0o7777;
             let r = async {
-                s.client.create(&path, mode & 0o7777).await?;
+                s.client.create(&path, perm).await?;
                 Self::entry(&s, &path).await
             }
             .await;
             match r {
-                Ok(a) => reply.created(
-                    &s.cfg.entry_timeout,
-                    &a,
-                    Generation(0),
-                    FileHandle(0),
-                    FopenFlags::empty(),
-                ),
+                Ok(mut a) => {
+                    let mut fh = 0;
+                    if perm & 0o200 == 0 {
+                        fh = next_fh(&s);
+                        s.pending_mode
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(fh, (a.ino.0, perm));
+                        a.perm = perm as u16;
+                    }
+                    reply.created(
+                        &s.cfg.entry_timeout,
+                        &a,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let pending = self
+            .s
+            .pending_mode
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        let Some((ino, perm)) = pending else {
+            return reply.ok();
+        };
+        let path = path_or!(self, self.path(INodeNo(ino)), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.chmod(&path, perm).await {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(fe(e)),
             }
         });
@@ -852,11 +904,7 @@ impl Filesystem for SpockFuse {
         self.spawn(async move {
             match s.client.readdir(&path).await {
                 Ok(list) => {
-                    let fh = {
-                        let mut n = s.next_fh.lock().unwrap_or_else(|e| e.into_inner());
-                        *n += 1;
-                        *n
-                    };
+                    let fh = next_fh(&s);
                     s.dirs
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -203,6 +203,26 @@ fn posix_calls_through_the_mount() {
         Some(0o640)
     );
 
+    // open(O_CREAT, 0444) still writes through the new descriptor, and
+    // the file ends up 0444
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut ro = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(f.p("readonly"))
+            .unwrap_or_else(|e| panic!("create 0444: {e}"));
+        ro.write_all(b"written")
+            .unwrap_or_else(|e| panic!("write to 0444: {e}"));
+    }
+    wait_for("mode 0444 applied on release", || {
+        fs::metadata(f.root().join("readonly"))
+            .map(|m| m.mode() & 0o7777 == 0o444)
+            .unwrap_or(false)
+    });
+    assert_eq!(fs::read(f.p("readonly")).ok(), Some(b"written".to_vec()));
+
     // unlink
     fs::write(f.p("gone"), b"bye").unwrap_or_else(|e| panic!("{e}"));
     fs::remove_file(f.p("gone")).unwrap_or_else(|e| panic!("unlink: {e}"));
@@ -763,7 +783,18 @@ fn request_counts_readdirplus_and_xattr_negative_cache() {
     // answered from the negative cache.
     sh(&mnt, "ls -l many > /dev/null");
     let again = take(&seen);
-    eprintln!("ls -l of 50 files: {first:?}; again: {again:?}");
+    let summary = |v: &[String]| {
+        let mut m = std::collections::BTreeMap::<&str, usize>::new();
+        for x in v {
+            *m.entry(x.as_str()).or_default() += 1;
+        }
+        format!("{m:?}")
+    };
+    eprintln!(
+        "ls -l of 50 files: {}; again: {}",
+        summary(&first),
+        summary(&again)
+    );
     assert_eq!(count(&again, "GETXATTR"), 0, "{again:?}");
 
     // Many writes to one file: the kernel asks for security.capability
