@@ -1270,22 +1270,83 @@ impl SpockFuse {
 #[derive(Debug)]
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
+    mountpoint: std::path::PathBuf,
+}
+
+/// Unmounts `mountpoint`: `umount(2)` as root, `fusermount3 -u` otherwise;
+/// retried for up to 5 s while busy (a `close` just before may still be
+/// releasing), then detached lazily. `Ok(true)` if it was detached lazily.
+pub fn unmount(mountpoint: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fusermount = |lazy: bool| {
+        let mut cmd = std::process::Command::new("fusermount3");
+        cmd.arg("-u");
+        if lazy {
+            cmd.arg("-z");
+        }
+        cmd.arg("--")
+            .arg(mountpoint)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let t = Instant::now();
+    loop {
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let r = unsafe { libc::umount2(c.as_ptr(), 0) };
+        let err = std::io::Error::last_os_error();
+        match (r, err.raw_os_error()) {
+            (0, _) => return Ok(false),
+            // Not (or no longer) a mount point.
+            (_, Some(libc::EINVAL)) | (_, Some(libc::ENOENT)) => return Ok(false),
+            (_, Some(libc::EPERM)) if fusermount(false) => return Ok(false),
+            (_, Some(libc::EBUSY)) | (_, Some(libc::EPERM))
+                if t.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => break,
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 || fusermount(true) {
+        return Ok(true);
+    }
+    Err(std::io::Error::last_os_error())
 }
 
 impl Mounted {
-    /// Unmounts and waits for the session to end.
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts (see [`unmount`]) and waits for the session to end.
     pub fn unmount(mut self) -> std::io::Result<()> {
-        match self.session.take() {
-            Some(s) => s.umount_and_join(),
-            None => Ok(()),
+        self.finish()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        if unmount(&self.mountpoint)? {
+            // Detached lazily: the session ends when the last user lets
+            // go; don't wait for it.
+            return Ok(());
         }
+        session.join()
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+        if let Err(e) = self.finish() {
+            tracing::warn!("unmount {}: {e}", self.mountpoint.display());
         }
     }
 }
@@ -1298,11 +1359,13 @@ pub fn spawn_mount(
     mountpoint: &Path,
     cfg: MountConfig,
 ) -> std::io::Result<Mounted> {
+    let mountpoint = mountpoint.canonicalize()?;
     let fs = SpockFuse::new(client, rt, cfg);
     let config = fs.fuser_config();
-    let session = fuser::Session::new(fs, mountpoint, &config)?.spawn()?;
+    let session = fuser::Session::new(fs, &mountpoint, &config)?.spawn()?;
     Ok(Mounted {
         session: Some(session),
+        mountpoint,
     })
 }
 

@@ -114,10 +114,12 @@ fn run(args: Args) -> Result<(), String> {
     };
     let fs = SpockFuse::new(client, rt.handle().clone(), cfg);
     let config = fs.fuser_config();
-    let mut session = fuser::Session::new(fs, &args.mountpoint, &config)
-        .map_err(|e| format!("mount {}: {e}", args.mountpoint.display()))?;
-    let mut unmounter = session.unmount_callable();
-    let mp = args.mountpoint.clone();
+    let mp = args
+        .mountpoint
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
+    let session = fuser::Session::new(fs, &mp, &config)
+        .map_err(|e| format!("mount {}: {e}", mp.display()))?;
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
@@ -131,8 +133,12 @@ fn run(args: Args) -> Result<(), String> {
             _ = term.recv() => {}
         }
         tracing::info!("signal: unmounting {}", mp.display());
-        if let Err(e) = tokio::task::spawn_blocking(move || unmounter.unmount()).await {
-            eprintln!("spockfs-mount: unmount: {e}");
+        let shown = mp.display().to_string();
+        match tokio::task::spawn_blocking(move || spockfs_client::fuse::unmount(&mp)).await {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => eprintln!("spockfs-mount: {shown} busy: detached lazily"),
+            Ok(Err(e)) => eprintln!("spockfs-mount: unmount {shown}: {e}"),
+            Err(e) => eprintln!("spockfs-mount: unmount {shown}: {e}"),
         }
     });
     let r = session.run();
