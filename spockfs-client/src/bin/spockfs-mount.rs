@@ -142,7 +142,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     });
     let r = session.run();
-    rt.shutdown_timeout(Duration::from_secs(1));
+    rt.shutdown_timeout(Duration::from_millis(200));
     r.map_err(|e| format!("session: {e}"))
 }
 
