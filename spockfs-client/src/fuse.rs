@@ -1273,6 +1273,25 @@ pub struct Mounted {
     mountpoint: std::path::PathBuf,
 }
 
+/// Raises the kernel's readahead for the mount at `mountpoint` to 1 MiB
+/// (the FUSE connection is capped at the block layer's default of 128 KiB
+/// otherwise), through `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`. Needs
+/// root; best effort: `false` if it could not be set. Stats the mount
+/// point, so the session must already be serving.
+pub fn raise_readahead(mountpoint: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(m) = std::fs::metadata(mountpoint) else {
+        return false;
+    };
+    let dev = m.dev();
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    std::fs::write(bdi, b"1024").is_ok()
+}
+
 /// Unmounts `mountpoint`: `umount(2)` as root, `fusermount3 -u` otherwise;
 /// retried for up to 5 s while busy (a `close` just before may still be
 /// releasing), then detached lazily. `Ok(true)` if it was detached lazily.
@@ -1363,6 +1382,7 @@ pub fn spawn_mount(
     let fs = SpockFuse::new(client, rt, cfg);
     let config = fs.fuser_config();
     let session = fuser::Session::new(fs, &mountpoint, &config)?.spawn()?;
+    raise_readahead(&mountpoint);
     Ok(Mounted {
         session: Some(session),
         mountpoint,

@@ -819,6 +819,36 @@ fn request_counts_readdirplus_and_xattr_negative_cache() {
         fs::metadata(root.join("w")).map(|m| m.len()).ok(),
         Some(1000)
     );
+
+    // Big I/O: 1 MiB writes reach the server as 1 MiB PUTs; reads come in
+    // large GETs (readahead).
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    take(&seen);
+    let mut file = fs::File::create(mnt.join("big")).unwrap_or_else(|e| panic!("{e}"));
+    for chunk in big.chunks(1 << 20) {
+        file.write_all(chunk).unwrap_or_else(|e| panic!("{e}"));
+    }
+    drop(file);
+    let w = take(&seen);
+    fs::copy(root.join("big"), root.join("big2")).unwrap_or_else(|e| panic!("{e}"));
+    take(&seen);
+    let back = fs::read(mnt.join("big2")).unwrap_or_else(|e| panic!("{e}"));
+    let r = take(&seen);
+    assert!(back == big);
+    eprintln!(
+        "8 MiB: written in {} PUT, read in {} GET",
+        count(&w, "PUT"),
+        count(&r, "GET")
+    );
+    assert_eq!(count(&w, "PUT"), 8, "{w:?}");
+    // 1 MiB readahead as root (raise_readahead), the kernel's 128 KiB
+    // otherwise.
+    let most = if rustix::process::geteuid().is_root() {
+        16
+    } else {
+        64
+    };
+    assert!(count(&r, "GET") <= most, "{r:?}");
     m.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
     let _ = stop.send(());
 }

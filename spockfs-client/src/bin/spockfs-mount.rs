@@ -114,12 +114,20 @@ fn run(args: Args) -> Result<(), String> {
     };
     let fs = SpockFuse::new(client, rt.handle().clone(), cfg);
     let config = fs.fuser_config();
-    let mp = args
+    let mp: PathBuf = args
         .mountpoint
         .canonicalize()
         .map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
     let session = fuser::Session::new(fs, &mp, &config)
         .map_err(|e| format!("mount {}: {e}", mp.display()))?;
+    // Once the session serves (stat of the mount point), lift the kernel's
+    // 128 KiB readahead cap (root only; best effort).
+    let ra = mp.clone();
+    std::thread::spawn(move || {
+        if !spockfs_client::fuse::raise_readahead(&ra) {
+            tracing::debug!("readahead left at the kernel default");
+        }
+    });
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
