@@ -453,6 +453,13 @@ impl Filesystem for SpockFuse {
         self.spawn(async move {
             match Self::entry(&s, &path).await {
                 Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
+                // A negative entry (ino 0): the kernel remembers the name
+                // is absent for the entry timeout; creating it through the
+                // mount replaces it at once.
+                Err(e) if e == Errno::ENOENT && !s.cfg.entry_timeout.is_zero() => {
+                    let none = Stat::default();
+                    reply.entry(&s.cfg.entry_timeout, &attr_of(0, &none), Generation(0))
+                }
                 Err(e) => reply.error(fe(e)),
             }
         });

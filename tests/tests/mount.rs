@@ -797,6 +797,19 @@ fn request_counts_readdirplus_and_xattr_negative_cache() {
     );
     assert_eq!(count(&again, "GETXATTR"), 0, "{again:?}");
 
+    // A missing name is asked for once per entry timeout; creating it
+    // through the mount is seen at once.
+    for _ in 0..5 {
+        assert_eq!(errno(fs::metadata(mnt.join("absent"))), libc::ENOENT);
+    }
+    let neg = take(&seen);
+    assert_eq!(count(&neg, "GETATTR"), 1, "{neg:?}");
+    fs::write(mnt.join("absent"), b"now here").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        fs::metadata(mnt.join("absent")).map(|m| m.len()).ok(),
+        Some(8)
+    );
+
     // Many writes to one file: the kernel asks for security.capability
     // before each; at most one reaches the server.
     let mut file = fs::File::create(mnt.join("w")).unwrap_or_else(|e| panic!("{e}"));
