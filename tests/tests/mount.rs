@@ -865,3 +865,76 @@ fn request_counts_readdirplus_and_xattr_negative_cache() {
     m.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
     let _ = stop.send(());
 }
+
+#[test]
+fn a_slow_request_does_not_hold_up_others() {
+    use axum::extract::Request;
+    use axum::middleware::Next;
+    if fuse_missing().is_some() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
+    fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
+    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    fs::write(root.join("slow"), b"slow body").unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..20 {
+        fs::write(root.join(format!("fast{i}")), b"fast").unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Every GET of /slow takes 2 s.
+    let app = axum::Router::new()
+        .nest_service("/fs", spockfs_tower::SpockFs::new(&root))
+        .layer(axum::middleware::from_fn(
+            |req: Request, next: Next| async move {
+                if req.method() == http::Method::GET && req.uri().path().ends_with("/slow") {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                next.run(req).await
+            },
+        ));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    let client = {
+        let _g = rt.enter();
+        Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let m = spawn_mount(client, rt.handle().clone(), &mnt, MountConfig::default())
+        .unwrap_or_else(|e| panic!("mount: {e}"));
+
+    let slow_path = mnt.join("slow");
+    let t0 = Instant::now();
+    let slow = std::thread::spawn(move || {
+        let r = fs::read(&slow_path);
+        (r.ok(), t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let t1 = Instant::now();
+    for i in 0..20 {
+        assert_eq!(
+            fs::read(mnt.join(format!("fast{i}"))).ok(),
+            Some(b"fast".to_vec())
+        );
+    }
+    assert_eq!(fs::read_dir(&mnt).map(|d| d.count()).ok(), Some(21));
+    let fast = t1.elapsed();
+    let (body, took) = slow
+        .join()
+        .unwrap_or_else(|_| panic!("slow reader panicked"));
+    eprintln!("20 reads + readdir during a 2 s read: {fast:?} (slow read: {took:?})");
+    assert_eq!(body, Some(b"slow body".to_vec()));
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(fast < Duration::from_millis(1500), "held up: {fast:?}");
+    m.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
+    let _ = tx.send(());
+}
