@@ -47,6 +47,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
+#[cfg(feature = "mount")]
+pub mod fuse;
+
 /// Result of a filesystem call.
 pub type FsResult<T> = Result<T, Errno>;
 
@@ -353,13 +356,15 @@ impl Client {
         }
     }
 
-    /// The extensions the server advertises (asked once, with `OPTIONS`;
-    /// none if it answers anything but 200).
+    /// The extensions the server advertises (asked with `OPTIONS` until the
+    /// server answers, then remembered; none if it answers anything but
+    /// 200). A server that cannot be reached is asked again on the next call
+    /// rather than remembered as speaking no extension.
     pub async fn extensions(&self) -> Extensions {
-        *self
+        let r = self
             .inner
             .extensions
-            .get_or_init(|| async {
+            .get_or_try_init(|| async {
                 match self.raw("OPTIONS", b"/", &[], Bytes::new()).await {
                     Ok(r) if r.status() == StatusCode::OK => {
                         let list = r
@@ -368,16 +373,18 @@ impl Client {
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("");
                         let has = |x: &str| list.split(',').any(|e| e.trim() == x);
-                        Extensions {
+                        Ok(Extensions {
                             errno: has("errno"),
                             readdir_attrs: has("readdir-attrs"),
                             fsync: has("fsync"),
-                        }
+                        })
                     }
-                    _ => Extensions::default(),
+                    Ok(_) => Ok(Extensions::default()),
+                    Err(e) => Err(e),
                 }
             })
-            .await
+            .await;
+        r.copied().unwrap_or_default()
     }
 
     /// `lstat`.

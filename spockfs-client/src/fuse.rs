@@ -1,0 +1,1454 @@
+//! A FUSE filesystem over a [`Client`](crate::Client): what `spockfs-mount`
+//! runs (feature `mount`).
+//!
+//! SpockFS is path-based, FUSE's low-level API is inode-based: the
+//! filesystem keeps an inode table (ino ↔ path, with the kernel's lookup
+//! counts, entries dropped on `forget`). Root is ino 1; inode numbers are
+//! handed out by the mount and never reused, so a hard link's two names are
+//! two inodes here (`st_ino` differs, `st_nlink` is the server's). Paths are
+//! updated on rename (descendants of a renamed directory included) and
+//! unlink.
+//!
+//! Every request is spawned on a tokio runtime and answered from its task,
+//! so slow calls never hold up others. Writes go straight to the server
+//! (no writeback cache: a SpockFS `PUT` is the only copy, and the kernel's
+//! writeback would delay errors past `close`), reads use the page cache
+//! with large readahead; `flush` has nothing to do.
+//!
+//! The kernel asks for `security.capability` before every write and for
+//! other `security.*` names on lookups: a per-inode negative cache answers
+//! `ENODATA` for names the server said are absent, for the attribute
+//! timeout; `setxattr`/`removexattr` through the mount update it at once.
+
+use crate::{Client, DirEntry, Errno, Stat, XattrFlag};
+use bytes::Bytes;
+use fuser::{
+    AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How a mount behaves.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Refuse every change with `EROFS` (and mount `ro`).
+    pub read_only: bool,
+    /// How long the kernel may cache attributes (and the xattr negative
+    /// cache lives).
+    pub attr_timeout: Duration,
+    /// How long the kernel may cache names.
+    pub entry_timeout: Duration,
+    /// Let other users than the mounting one in (`allow_other`).
+    pub allow_other: bool,
+    /// Name shown in `/proc/mounts` (the URL without credentials).
+    pub fsname: String,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            read_only: false,
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            allow_other: false,
+            fsname: "spockfs".into(),
+        }
+    }
+}
+
+struct Node {
+    /// Every name the mount knows for this inode (hard links); the first
+    /// one is used for requests. The last name stays when it is unlinked,
+    /// so calls on an open unlinked file fail with the server's `ENOENT`.
+    paths: Vec<Vec<u8>>,
+    lookups: u64,
+}
+
+#[derive(Default)]
+struct Inodes {
+    nodes: HashMap<u64, Node>,
+    by_path: HashMap<Vec<u8>, u64>,
+    next: u64,
+}
+
+impl Inodes {
+    fn new() -> Self {
+        let mut t = Inodes {
+            next: 2,
+            ..Default::default()
+        };
+        t.nodes.insert(
+            1,
+            Node {
+                paths: vec![b"/".to_vec()],
+                lookups: 1,
+            },
+        );
+        t.by_path.insert(b"/".to_vec(), 1);
+        t
+    }
+
+    fn path(&self, ino: u64) -> Option<&[u8]> {
+        self.nodes
+            .get(&ino)
+            .and_then(|n| n.paths.first())
+            .map(Vec::as_slice)
+    }
+
+    /// The inode of `path`, created if new; one more kernel reference.
+    fn get_or_insert(&mut self, path: &[u8]) -> u64 {
+        if let Some(&ino) = self.by_path.get(path) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.lookups += 1;
+                return ino;
+            }
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                paths: vec![path.to_vec()],
+                lookups: 1,
+            },
+        );
+        self.by_path.insert(path.to_vec(), ino);
+        ino
+    }
+
+    /// A new hard link `path` to `ino`; one more kernel reference. Falls
+    /// back to a fresh inode if `ino` is gone.
+    fn link(&mut self, ino: u64, path: &[u8]) -> u64 {
+        self.detach(path);
+        match self.nodes.get_mut(&ino) {
+            Some(n) => {
+                n.lookups += 1;
+                n.paths.push(path.to_vec());
+                self.by_path.insert(path.to_vec(), ino);
+                ino
+            }
+            None => self.get_or_insert(path),
+        }
+    }
+
+    fn forget(&mut self, ino: u64, n: u64) {
+        if ino == 1 {
+            return;
+        }
+        let gone = match self.nodes.get_mut(&ino) {
+            Some(node) => {
+                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups == 0
+            }
+            None => false,
+        };
+        if gone {
+            if let Some(node) = self.nodes.remove(&ino) {
+                for p in node.paths {
+                    if self.by_path.get(&p) == Some(&ino) {
+                        self.by_path.remove(&p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `path` no longer names its inode (unlinked, or replaced by a rename).
+    fn detach(&mut self, path: &[u8]) {
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                if n.paths.len() > 1 {
+                    n.paths.retain(|p| p != path);
+                }
+            }
+        }
+    }
+
+    /// Renames `from` (and everything below it) to `to`.
+    fn rename(&mut self, from: &[u8], to: &[u8]) {
+        if from == to {
+            return;
+        }
+        let mut prefix = from.to_vec();
+        prefix.push(b'/');
+        let moved: Vec<(Vec<u8>, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.as_slice() == from || p.starts_with(&prefix))
+            .map(|(p, &i)| (p.clone(), i))
+            .collect();
+        // Whatever `to` (and below it, an empty directory) named is gone.
+        let mut to_prefix = to.to_vec();
+        to_prefix.push(b'/');
+        let stale: Vec<Vec<u8>> = self
+            .by_path
+            .keys()
+            .filter(|p| p.as_slice() == to || p.starts_with(&to_prefix))
+            .cloned()
+            .collect();
+        for p in stale {
+            self.detach(&p);
+        }
+        for (old, ino) in moved {
+            self.by_path.remove(&old);
+            let mut new = to.to_vec();
+            new.extend_from_slice(&old[from.len()..]);
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                for p in n.paths.iter_mut() {
+                    if *p == old {
+                        *p = new.clone();
+                    }
+                }
+            }
+            self.by_path.insert(new, ino);
+        }
+    }
+}
+
+struct Shared {
+    client: Client,
+    rt: tokio::runtime::Handle,
+    cfg: MountConfig,
+    inodes: Mutex<Inodes>,
+    /// Per-inode xattr names known to be absent, and since when.
+    xattr_absent: Mutex<HashMap<u64, HashMap<Vec<u8>, Instant>>>,
+    /// Files created without `S_IWUSR`: the server creates them writable
+    /// (so the creating descriptor can write) and the requested mode is
+    /// applied on release, by handle.
+    pending_mode: Mutex<HashMap<u64, (u64, u32)>>,
+    /// Open directory listings, by handle.
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: Mutex<u64>,
+}
+
+/// The FUSE filesystem; see the module documentation.
+#[derive(Clone)]
+pub struct SpockFuse {
+    s: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SpockFuse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpockFuse").finish_non_exhaustive()
+    }
+}
+
+fn join(parent: &[u8], name: &OsStr) -> Vec<u8> {
+    let mut p = parent.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name.as_bytes());
+    p
+}
+
+fn to_time(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+fn kind_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn attr_of(ino: u64, st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: st.size,
+        blocks: st.blocks,
+        atime: to_time(st.atime),
+        mtime: to_time(st.mtime),
+        ctime: to_time(st.ctime),
+        crtime: to_time(st.ctime),
+        kind: kind_of(st.mode),
+        perm: (st.mode & 0o7777) as u16,
+        nlink: st.nlink as u32,
+        uid: st.uid,
+        gid: st.gid,
+        rdev: st.rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn fe(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.raw())
+}
+
+fn secs(t: TimeOrNow) -> i64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+impl SpockFuse {
+    /// A filesystem over `client`, running its requests on `rt`.
+    pub fn new(client: Client, rt: tokio::runtime::Handle, cfg: MountConfig) -> Self {
+        SpockFuse {
+            s: Arc::new(Shared {
+                client,
+                rt,
+                cfg,
+                inodes: Mutex::new(Inodes::new()),
+                xattr_absent: Mutex::new(HashMap::new()),
+                pending_mode: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashMap::new()),
+                next_fh: Mutex::new(1),
+            }),
+        }
+    }
+
+    /// The fuser session options for this filesystem.
+    pub fn fuser_config(&self) -> fuser::Config {
+        use fuser::MountOption as O;
+        let mut c = fuser::Config::default();
+        c.mount_options = vec![
+            O::FSName(self.s.cfg.fsname.clone()),
+            O::Subtype("spockfs".into()),
+            if self.s.cfg.read_only { O::RO } else { O::RW },
+            O::NoDev,
+            O::NoSuid,
+        ];
+        if self.s.cfg.allow_other {
+            c.acl = fuser::SessionACL::All;
+        }
+        c
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<Vec<u8>, fuser::Errno> {
+        let t = self.s.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        t.path(ino.0)
+            .map(<[u8]>::to_vec)
+            .ok_or(fuser::Errno::ENOENT)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<Vec<u8>, fuser::Errno> {
+        if name.as_bytes().contains(&b'/') {
+            return Err(fuser::Errno::EINVAL);
+        }
+        Ok(join(&self.path(parent)?, name))
+    }
+
+    fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.s.rt.spawn(f);
+    }
+
+    fn ro(&self) -> bool {
+        self.s.cfg.read_only
+    }
+
+    /// After a successful create-like call: stat `path`, register it and
+    /// answer the entry.
+    async fn entry(s: &Shared, path: &[u8]) -> Result<FileAttr, Errno> {
+        let st = s.client.getattr(path).await?;
+        let ino = s
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(path);
+        Ok(attr_of(ino, &st))
+    }
+
+    fn xattr_known_absent(&self, ino: u64, name: &[u8]) -> bool {
+        let ttl = self.s.cfg.attr_timeout;
+        let mut c = self
+            .s
+            .xattr_absent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match c.get_mut(&ino) {
+            Some(m) => match m.get(name) {
+                Some(t) if t.elapsed() < ttl => true,
+                Some(_) => {
+                    m.remove(name);
+                    false
+                }
+                None => false,
+            },
+            None => false,
+        }
+    }
+}
+
+fn next_fh(s: &Shared) -> u64 {
+    let mut n = s.next_fh.lock().unwrap_or_else(|e| e.into_inner());
+    *n += 1;
+    *n
+}
+
+fn mark_absent(s: &Shared, ino: u64, name: &[u8], absent: bool) {
+    let mut c = s.xattr_absent.lock().unwrap_or_else(|e| e.into_inner());
+    if absent {
+        c.entry(ino)
+            .or_default()
+            .insert(name.to_vec(), Instant::now());
+    } else if let Some(m) = c.get_mut(&ino) {
+        m.remove(name);
+    }
+}
+
+macro_rules! path_or {
+    ($self:ident, $e:expr, $reply:ident) => {
+        match $e {
+            Ok(p) => p,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+impl Filesystem for SpockFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let mb = 1 << 20;
+        let _ = config
+            .set_max_write(mb)
+            .or_else(|m| config.set_max_write(m));
+        let _ = config
+            .set_max_readahead(mb)
+            .or_else(|m| config.set_max_readahead(m));
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        for f in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_BIG_WRITES,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            let _ = config.add_capabilities(f);
+        }
+        // SpockFS times are whole seconds.
+        let _ = config.set_time_granularity(Duration::from_secs(1));
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let path = path_or!(self, self.child(parent, name), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match Self::entry(&s, &path).await {
+                Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
+                // A negative entry (ino 0): the kernel remembers the name
+                // is absent for the entry timeout; creating it through the
+                // mount replaces it at once.
+                Err(e) if e == Errno::ENOENT && !s.cfg.entry_timeout.is_zero() => {
+                    let none = Stat::default();
+                    reply.entry(&s.cfg.entry_timeout, &attr_of(0, &none), Generation(0))
+                }
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.s
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(ino.0, nlookup);
+        if !self
+            .s
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .nodes
+            .contains_key(&ino.0)
+        {
+            self.s
+                .xattr_absent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino.0);
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.getattr(&path).await {
+                Ok(st) => reply.attr(&s.cfg.attr_timeout, &attr_of(ino.0, &st)),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let r = async {
+                if let Some(m) = mode {
+                    s.client.chmod(&path, m & 0o7777).await?;
+                }
+                if uid.is_some() || gid.is_some() {
+                    s.client.chown(&path, uid, gid).await?;
+                }
+                if let Some(sz) = size {
+                    s.client.truncate(&path, sz).await?;
+                }
+                if atime.is_some() || mtime.is_some() {
+                    let (a, m) = match (atime, mtime) {
+                        (Some(a), Some(m)) => (secs(a), secs(m)),
+                        _ => {
+                            let st = s.client.getattr(&path).await?;
+                            (atime.map_or(st.atime, secs), mtime.map_or(st.mtime, secs))
+                        }
+                    };
+                    s.client.utimens(&path, a, m).await?;
+                }
+                s.client.getattr(&path).await
+            }
+            .await;
+            match r {
+                Ok(st) => reply.attr(&s.cfg.attr_timeout, &attr_of(ino.0, &st)),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.readlink(&path).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.child(parent, name), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let r = async {
+                if mode & libc::S_IFMT == libc::S_IFREG {
+                    s.client.create(&path, mode & 0o7777).await?;
+                } else {
+                    s.client.mknod(&path, mode, u64::from(rdev)).await?;
+                }
+                Self::entry(&s, &path).await
+            }
+            .await;
+            match r {
+                Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.child(parent, name), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let r = async {
+                s.client.mkdir(&path, mode & 0o7777).await?;
+                Self::entry(&s, &path).await
+            }
+            .await;
+            match r {
+                Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, false, reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, true, reply);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.child(parent, link_name), reply);
+        let target = target.as_os_str().as_bytes().to_vec();
+        let s = self.s.clone();
+        self.spawn(async move {
+            let r = async {
+                s.client.symlink(&path, &target).await?;
+                Self::entry(&s, &path).await
+            }
+            .await;
+            match r {
+                Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+            // RENAME_EXCHANGE / WHITEOUT have no SpockFS equivalent.
+            return reply.error(fuser::Errno::EINVAL);
+        }
+        let from = path_or!(self, self.child(parent, name), reply);
+        let to = path_or!(self, self.child(newparent, newname), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let r = async {
+                if noreplace {
+                    // Best effort: SpockFS has no atomic no-replace rename.
+                    match s.client.getattr(&to).await {
+                        Ok(_) => return Err(Errno::EEXIST),
+                        Err(e) if e == Errno::ENOENT => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                s.client.rename(&from, &to).await
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    s.inodes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .rename(&from, &to);
+                    reply.ok()
+                }
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let existing = path_or!(self, self.path(ino), reply);
+        let path = path_or!(self, self.child(newparent, newname), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let r = async {
+                s.client.link(&path, &existing).await?;
+                let st = s.client.getattr(&path).await?;
+                let i = s
+                    .inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .link(ino.0, &path);
+                Ok(attr_of(i, &st))
+            }
+            .await;
+            match r {
+                Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let acc = flags.0 & libc::O_ACCMODE;
+        if self.ro() && acc != libc::O_RDONLY {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.open(&path, flags.0).await {
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.child(parent, name), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let perm = mode & 0o7777;
+            let r = async {
+                s.client.create(&path, perm).await?;
+                Self::entry(&s, &path).await
+            }
+            .await;
+            match r {
+                Ok(mut a) => {
+                    let mut fh = 0;
+                    if perm & 0o200 == 0 {
+                        fh = next_fh(&s);
+                        s.pending_mode
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(fh, (a.ino.0, perm));
+                        a.perm = perm as u16;
+                    }
+                    reply.created(
+                        &s.cfg.entry_timeout,
+                        &a,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let pending = self
+            .s
+            .pending_mode
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        let Some((ino, perm)) = pending else {
+            return reply.ok();
+        };
+        let path = path_or!(self, self.path(INodeNo(ino)), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.chmod(&path, perm).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.read(&path, offset, u64::from(size)).await {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.path(ino), reply);
+        let data = Bytes::copy_from_slice(data);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let n = data.len() as u32;
+            match s.client.write(&path, offset, data).await {
+                Ok(()) => reply.written(n),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes are synchronous: nothing is buffered here.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.fsync(&path, datasync).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.readdir(&path).await {
+                Ok(list) => {
+                    let fh = next_fh(&s);
+                    s.dirs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(fh, Arc::new(list));
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(list) = self.listing(fh) else {
+            return reply.error(fuser::Errno::EBADF);
+        };
+        let dir = path_or!(self, self.path(ino), reply);
+        // Offsets: 1 = ".", 2 = "..", 2 + i + 1 = list[i].
+        let mut off = offset;
+        while off < list.len() as u64 + 2 {
+            let full = match off {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(1), 2, FileType::Directory, ".."),
+                _ => {
+                    let e = &list[(off - 2) as usize];
+                    let kind = e
+                        .stat
+                        .as_ref()
+                        .map_or(FileType::RegularFile, |st| kind_of(st.mode));
+                    // Plain readdir does not count as a lookup: report the
+                    // known inode or a placeholder the kernel never keeps.
+                    let name = OsStr::from_bytes(&e.name);
+                    let known = self
+                        .s
+                        .inodes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .by_path
+                        .get(&join(&dir, name))
+                        .copied();
+                    reply.add(INodeNo(known.unwrap_or(u64::MAX)), off + 1, kind, name)
+                }
+            };
+            if full {
+                break;
+            }
+            off += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(list) = self.listing(fh) else {
+            return reply.error(fuser::Errno::EBADF);
+        };
+        let dir = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let ttl = s.cfg.attr_timeout;
+            let mut off = offset;
+            while off < list.len() as u64 + 2 {
+                if off < 2 {
+                    // "." and "..": the kernel ignores their attributes and
+                    // takes no reference.
+                    let st = Stat {
+                        mode: libc::S_IFDIR | 0o755,
+                        ..Stat::default()
+                    };
+                    let (i, name) = if off == 0 {
+                        (ino, ".")
+                    } else {
+                        (INodeNo(1), "..")
+                    };
+                    if reply.add(i, off + 1, name, &ttl, &attr_of(i.0, &st), Generation(0)) {
+                        break;
+                    }
+                    off += 1;
+                    continue;
+                }
+                let e = &list[(off - 2) as usize];
+                let path = join(&dir, OsStr::from_bytes(&e.name));
+                let st = match &e.stat {
+                    Some(st) => *st,
+                    // A server without readdir-attrs: one GETATTR per name.
+                    None => match s.client.getattr(&path).await {
+                        Ok(st) => st,
+                        Err(_) => {
+                            off += 1;
+                            continue;
+                        }
+                    },
+                };
+                // Take the reference first; give it back if the entry did
+                // not fit.
+                let i = s
+                    .inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(&path);
+                if reply.add(
+                    INodeNo(i),
+                    off + 1,
+                    OsStr::from_bytes(&e.name),
+                    &ttl,
+                    &attr_of(i, &st),
+                    Generation(0),
+                ) {
+                    s.inodes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .forget(i, 1);
+                    break;
+                }
+                off += 1;
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.s
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let path = self.path(ino).unwrap_or_else(|_| b"/".to_vec());
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.statfs(&path).await {
+                Ok(f) => reply.statfs(
+                    f.blocks,
+                    f.bfree,
+                    f.bavail,
+                    f.files,
+                    f.ffree,
+                    f.bsize as u32,
+                    f.namemax as u32,
+                    f.frsize as u32,
+                ),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.path(ino), reply);
+        let flag = match flags {
+            0 => XattrFlag::Any,
+            libc::XATTR_CREATE => XattrFlag::Create,
+            libc::XATTR_REPLACE => XattrFlag::Replace,
+            _ => return reply.error(fuser::Errno::EINVAL),
+        };
+        let name = name.as_bytes().to_vec();
+        let value = Bytes::copy_from_slice(value);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let r = s.client.setxattr(&path, &name, value, flag).await;
+            // Whatever happened, the name may exist now.
+            mark_absent(&s, ino.0, &name, false);
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.xattr_known_absent(ino.0, name.as_bytes()) {
+            return reply.error(fuser::Errno::NO_XATTR);
+        }
+        let path = path_or!(self, self.path(ino), reply);
+        let name = name.as_bytes().to_vec();
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.getxattr(&path, &name).await {
+                Ok(v) => {
+                    if size == 0 {
+                        reply.size(v.len() as u32)
+                    } else if v.len() > size as usize {
+                        reply.error(fuser::Errno::ERANGE)
+                    } else {
+                        reply.data(&v)
+                    }
+                }
+                Err(e) => {
+                    if e.raw() == libc::ENODATA {
+                        mark_absent(&s, ino.0, &name, true);
+                    }
+                    reply.error(fe(e))
+                }
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.listxattr(&path).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    if size == 0 {
+                        reply.size(buf.len() as u32)
+                    } else if buf.len() > size as usize {
+                        reply.error(fuser::Errno::ERANGE)
+                    } else {
+                        reply.data(&buf)
+                    }
+                }
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.path(ino), reply);
+        let name = name.as_bytes().to_vec();
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.removexattr(&path, &name).await {
+                Ok(()) => {
+                    mark_absent(&s, ino.0, &name, true);
+                    reply.ok()
+                }
+                Err(e) => {
+                    mark_absent(&s, ino.0, &name, false);
+                    reply.error(fe(e))
+                }
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if self.ro() && mask.contains(AccessFlags::W_OK) {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.access(&path, mask.bits() as u32).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.path(ino), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            match s.client.fallocate(&path, mode, offset, length).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+}
+
+impl SpockFuse {
+    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
+        self.s
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+    }
+
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        if self.ro() {
+            return reply.error(fuser::Errno::EROFS);
+        }
+        let path = path_or!(self, self.child(parent, name), reply);
+        let s = self.s.clone();
+        self.spawn(async move {
+            let r = if dir {
+                s.client.rmdir(&path).await
+            } else {
+                s.client.unlink(&path).await
+            };
+            match r {
+                Ok(()) => {
+                    s.inodes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .detach(&path);
+                    reply.ok()
+                }
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+}
+
+/// A mounted filesystem running in the background; unmounted on drop (or
+/// with [`Mounted::unmount`]).
+#[derive(Debug)]
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: std::path::PathBuf,
+}
+
+/// Raises the kernel's readahead for the mount at `mountpoint` to 1 MiB
+/// (the FUSE connection is capped at the block layer's default of 128 KiB
+/// otherwise), through `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`. Needs
+/// root; best effort: `false` if it could not be set. Stats the mount
+/// point, so the session must already be serving.
+pub fn raise_readahead(mountpoint: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(m) = std::fs::metadata(mountpoint) else {
+        return false;
+    };
+    let dev = m.dev();
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    std::fs::write(bdi, b"1024").is_ok()
+}
+
+/// Unmounts `mountpoint`: `umount(2)` as root, `fusermount3 -u` otherwise;
+/// retried for up to 5 s while busy (a `close` just before may still be
+/// releasing), then detached lazily. `Ok(true)` if it was detached lazily.
+pub fn unmount(mountpoint: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fusermount = |lazy: bool| {
+        let mut cmd = std::process::Command::new("fusermount3");
+        cmd.arg("-u");
+        if lazy {
+            cmd.arg("-z");
+        }
+        cmd.arg("--")
+            .arg(mountpoint)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let t = Instant::now();
+    loop {
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let r = unsafe { libc::umount2(c.as_ptr(), 0) };
+        let err = std::io::Error::last_os_error();
+        match (r, err.raw_os_error()) {
+            (0, _) => return Ok(false),
+            // Not (or no longer) a mount point.
+            (_, Some(libc::EINVAL)) | (_, Some(libc::ENOENT)) => return Ok(false),
+            (_, Some(libc::EPERM)) if fusermount(false) => return Ok(false),
+            (_, Some(libc::EBUSY)) | (_, Some(libc::EPERM))
+                if t.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => break,
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 || fusermount(true) {
+        return Ok(true);
+    }
+    Err(std::io::Error::last_os_error())
+}
+
+impl Mounted {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts (see [`unmount`]) and waits for the session to end.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        if unmount(&self.mountpoint)? {
+            // Detached lazily: the session ends when the last user lets
+            // go; don't wait for it.
+            return Ok(());
+        }
+        session.join()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::warn!("unmount {}: {e}", self.mountpoint.display());
+        }
+    }
+}
+
+/// Mounts `client`'s filesystem at `mountpoint` and serves it from a
+/// background thread, running requests on `rt`.
+pub fn spawn_mount(
+    client: Client,
+    rt: tokio::runtime::Handle,
+    mountpoint: &Path,
+    cfg: MountConfig,
+) -> std::io::Result<Mounted> {
+    let mountpoint = mountpoint.canonicalize()?;
+    let fs = SpockFuse::new(client, rt, cfg);
+    let config = fs.fuser_config();
+    let session = fuser::Session::new(fs, &mountpoint, &config)?.spawn()?;
+    raise_readahead(&mountpoint);
+    Ok(Mounted {
+        session: Some(session),
+        mountpoint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_moves_descendants() {
+        let mut t = Inodes::new();
+        let a = t.get_or_insert(b"/a");
+        let ab = t.get_or_insert(b"/a/b");
+        let abc = t.get_or_insert(b"/a/b/c");
+        let ax = t.get_or_insert(b"/ax");
+        let old = t.get_or_insert(b"/z/b");
+        t.rename(b"/a", b"/z");
+        assert_eq!(t.path(a), Some(&b"/z"[..]));
+        assert_eq!(t.path(ab), Some(&b"/z/b"[..]));
+        assert_eq!(t.path(abc), Some(&b"/z/b/c"[..]));
+        assert_eq!(t.path(ax), Some(&b"/ax"[..]));
+        assert_eq!(t.by_path.get(b"/z/b/c".as_slice()), Some(&abc));
+        assert_eq!(t.by_path.get(b"/z/b".as_slice()), Some(&ab));
+        assert!(!t.by_path.contains_key(b"/a".as_slice()));
+        // The replaced node keeps its (stale) path but is unreachable.
+        assert!(t.nodes.contains_key(&old));
+        t.forget(old, 1);
+        assert!(!t.nodes.contains_key(&old));
+        assert_eq!(t.by_path.get(b"/z/b".as_slice()), Some(&ab));
+    }
+
+    #[test]
+    fn forget_drops_after_all_lookups() {
+        let mut t = Inodes::new();
+        let a = t.get_or_insert(b"/a");
+        assert_eq!(t.get_or_insert(b"/a"), a);
+        t.forget(a, 1);
+        assert!(t.nodes.contains_key(&a));
+        t.forget(a, 1);
+        assert!(!t.nodes.contains_key(&a));
+        assert!(!t.by_path.contains_key(b"/a".as_slice()));
+        t.forget(1, 100);
+        assert!(t.nodes.contains_key(&1));
+    }
+
+    #[test]
+    fn hard_links_share_an_inode() {
+        let mut t = Inodes::new();
+        let a = t.get_or_insert(b"/d/a");
+        assert_eq!(t.link(a, b"/e/b"), a);
+        t.detach(b"/d/a");
+        assert_eq!(t.path(a), Some(&b"/e/b"[..]));
+        t.detach(b"/e/b");
+        // The last name stays for calls on still-open files.
+        assert_eq!(t.path(a), Some(&b"/e/b"[..]));
+        assert!(!t.by_path.contains_key(b"/e/b".as_slice()));
+        t.forget(a, 2);
+        assert!(!t.nodes.contains_key(&a));
+    }
+}
