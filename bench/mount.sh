@@ -1,0 +1,468 @@
+#!/usr/bin/env bash
+# Mount benchmark: the Rust FUSE client `spockfs-mount` (against axum-app)
+# side by side with sshfs (against an sshd started here), same workloads,
+# same kind of backing directory on the same disk.
+#
+#   bench/mount.sh
+#
+# Env: RUNS          runs per row, the median is reported (default 3; RUNS=1 takes
+#                    about a third of the time)
+#      FIO_RUNTIME   seconds per fio run (default 10)
+#      COUNT_REQUESTS=1  run axum-app with RUST_LOG=spockfs_core=debug and
+#                    summarise the server's HTTP methods per spockfs phase
+#      SPOCKFS_BIN / MOUNT_BIN  use these binaries instead of
+#                    `cargo build --release -p axum-app -p spockfs-client --bins`
+#
+# Everything runs on 127.0.0.1 on free high ports. The script starts axum-app,
+# spockfs-mount and sshd itself and stops exactly those processes (by PID) and
+# unmounts both mounts on any exit. Needs root (sshd, drop_caches); installs
+# openssh-server, sshfs and fio with apt-get when they are missing.
+# Exit status: 0 when every workload ran and checked out (file counts, sizes),
+# 1 when a check or a workload failed, 2 on setup errors.
+# Targets not met are reported but do not change the exit status.
+set -Eeuo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+RUNS=${RUNS:-3}
+FIO_RUNTIME=${FIO_RUNTIME:-10}
+COUNT_REQUESTS=${COUNT_REQUESTS:-0}
+TREE_TARGET=10000 # entries
+
+log() { printf '[mount.sh] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+FAILED=0
+fail() { log "FAIL: $*"; FAILED=1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (sshd on its own config, drop_caches)"
+
+# ---------------------------------------------------------------- tools
+missing=()
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v sshfs >/dev/null || missing+=(sshfs)
+command -v fio >/dev/null || missing+=(fio)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v jq >/dev/null || missing+=(jq)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2 ||
+    die "apt-get install ${missing[*]} failed"
+fi
+[ -e /dev/fuse ] || die "/dev/fuse missing"
+
+if [ -n "${SPOCKFS_BIN:-}" ] && [ -n "${MOUNT_BIN:-}" ]; then
+  SERVER=$SPOCKFS_BIN
+  MOUNT=$MOUNT_BIN
+else
+  log "cargo build --release -p axum-app -p spockfs-client --bins"
+  (cd "$REPO" && cargo build --release -q -p axum-app -p spockfs-client --bins) >&2 || die "cargo build failed"
+  SERVER=${SPOCKFS_BIN:-$REPO/target/release/axum-app}
+  MOUNT=${MOUNT_BIN:-$REPO/target/release/spockfs-mount}
+fi
+[ -x "$SERVER" ] && [ -x "$MOUNT" ] || die "binaries missing: $SERVER $MOUNT"
+
+# ---------------------------------------------------------------- state + cleanup
+TMP=$(mktemp -d /tmp/mountbench.XXXXXX)
+SERVER_PID="" MOUNT_PID="" SSHD_PID="" SSHFS_PID=""
+MNT_SSHFS=$TMP/mnt-sshfs MNT_SPOCK=$TMP/mnt-spockfs
+BACK_SSHFS=$TMP/back-sshfs BACK_SPOCK=$TMP/back-spockfs
+mkdir -p "$MNT_SSHFS" "$MNT_SPOCK" "$BACK_SSHFS" "$BACK_SPOCK"
+
+stop_pid() { # pid
+  local p=$1 i
+  [ -n "$p" ] || return 0
+  kill -0 "$p" 2>/dev/null || return 0
+  kill -TERM "$p" 2>/dev/null || true
+  for i in $(seq 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+}
+unmount() { # dir
+  local d=$1 i
+  for i in 1 2 3 4 5; do
+    mountpoint -q "$d" || return 0
+    fusermount3 -u "$d" 2>/dev/null && return 0
+    sleep 0.5
+  done
+  mountpoint -q "$d" && fusermount3 -uz "$d" 2>/dev/null || true
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  unmount "$MNT_SSHFS"
+  unmount "$MNT_SPOCK"
+  stop_pid "$MOUNT_PID"
+  stop_pid "$SSHFS_PID"
+  stop_pid "$SSHD_PID"
+  stop_pid "$SERVER_PID"
+  # --one-file-system: never recurse into a mount that failed to go away
+  if [ -n "${KEEP_TMP:-}" ]; then log "kept $TMP"; else rm -rf --one-file-system "$TMP" 2>/dev/null || true; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "command failed (status $?) at line $LINENO"' ERR
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_port() { # port
+  local i
+  for i in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- servers
+HTTP_PORT=$(free_port)
+SERVER_LOG=$TMP/axum.log
+if [ "$COUNT_REQUESTS" = 1 ]; then
+  RUST_LOG=spockfs_core=debug NO_COLOR=1 "$SERVER" --listen "127.0.0.1:$HTTP_PORT" --root "$BACK_SPOCK" >"$SERVER_LOG" 2>&1 &
+else
+  "$SERVER" --listen "127.0.0.1:$HTTP_PORT" --root "$BACK_SPOCK" >"$SERVER_LOG" 2>&1 &
+fi
+SERVER_PID=$!
+wait_port "$HTTP_PORT" || die "axum-app did not listen on $HTTP_PORT"
+URL=http://127.0.0.1:$HTTP_PORT/fs
+
+SSH_PORT=$(free_port)
+SSHDIR=$TMP/ssh
+mkdir -p "$SSHDIR"
+chmod 700 "$SSHDIR"
+ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/host_key" >/dev/null
+ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/client_key" >/dev/null
+cp "$SSHDIR/client_key.pub" "$SSHDIR/authorized_keys"
+cat >"$SSHDIR/sshd_config" <<EOF
+ListenAddress 127.0.0.1
+Port $SSH_PORT
+HostKey $SSHDIR/host_key
+AuthorizedKeysFile $SSHDIR/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+PidFile $SSHDIR/sshd.pid
+Subsystem sftp internal-sftp
+UsePAM no
+StrictModes no
+EOF
+mkdir -p /run/sshd # privilege-separation dir sshd insists on
+/usr/sbin/sshd -f "$SSHDIR/sshd_config" -D -e 2>"$TMP/sshd.log" &
+SSHD_PID=$!
+wait_port "$SSH_PORT" || { cat "$TMP/sshd.log" >&2; die "sshd did not listen on $SSH_PORT"; }
+
+SSHFS_OPTS="IdentityFile=$SSHDIR/client_key,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,LogLevel=ERROR"
+
+# ---------------------------------------------------------------- mounts
+# -f (foreground, otherwise default options) only so the script knows sshfs's PID
+mount_sshfs() {
+  sshfs -f -p "$SSH_PORT" -o "$SSHFS_OPTS" "root@127.0.0.1:$BACK_SSHFS" "$MNT_SSHFS" >>"$TMP/sshfs.log" 2>&1 &
+  SSHFS_PID=$!
+  local i
+  for i in $(seq 100); do
+    mountpoint -q "$MNT_SSHFS" && return 0
+    kill -0 "$SSHFS_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$TMP/sshfs.log" >&2
+  die "sshfs did not mount"
+}
+mount_spock() {
+  "$MOUNT" "$URL" "$MNT_SPOCK" >>"$TMP/spockfs-mount.log" 2>&1 &
+  MOUNT_PID=$!
+  local i
+  for i in $(seq 100); do
+    mountpoint -q "$MNT_SPOCK" && return 0
+    kill -0 "$MOUNT_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$TMP/spockfs-mount.log" >&2
+  die "spockfs-mount did not mount"
+}
+umount_sshfs() {
+  unmount "$MNT_SSHFS"
+  if [ -n "$SSHFS_PID" ]; then
+    local i
+    for i in $(seq 50); do kill -0 "$SSHFS_PID" 2>/dev/null || break; sleep 0.1; done
+    stop_pid "$SSHFS_PID"
+    wait "$SSHFS_PID" 2>/dev/null || true
+    SSHFS_PID=""
+  fi
+}
+umount_spock() {
+  unmount "$MNT_SPOCK"
+  if [ -n "$MOUNT_PID" ]; then
+    local i
+    for i in $(seq 50); do kill -0 "$MOUNT_PID" 2>/dev/null || break; sleep 0.1; done
+    stop_pid "$MOUNT_PID"
+    wait "$MOUNT_PID" 2>/dev/null || true
+    MOUNT_PID=""
+  fi
+}
+remount() { # sshfs|spockfs
+  if [ "$1" = sshfs ]; then umount_sshfs; mount_sshfs; else umount_spock; mount_spock; fi
+}
+mnt_of() { if [ "$1" = sshfs ]; then echo "$MNT_SSHFS"; else echo "$MNT_SPOCK"; fi; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || DROP_OK=0; }
+DROP_OK=1
+
+mount_sshfs
+mount_spock
+log "sshfs on $MNT_SSHFS (sshd 127.0.0.1:$SSH_PORT), spockfs-mount on $MNT_SPOCK ($URL)"
+
+# ---------------------------------------------------------------- source tree
+REG=$(ls -d "$HOME"/.cargo/registry/src/*/ 2>/dev/null | head -1 || true)
+[ -n "$REG" ] || die "no ~/.cargo/registry/src/*/"
+SRC=$TMP/src-tree
+mkdir -p "$SRC"
+count=0
+crates=0
+while IFS= read -r c; do
+  [ "$count" -ge "$TREE_TARGET" ] && break
+  n=$(find "$REG$c" | wc -l)
+  cp -r "$REG$c" "$SRC/"
+  count=$((count + n))
+  crates=$((crates + 1))
+done < <(ls "$REG" | sort)
+TREE_ENTRIES=$(find "$SRC" | wc -l)
+TREE_FILES=$(find "$SRC" -type f | wc -l)
+TREE_BYTES=$(find "$SRC" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+TREE_MB=$(awk -v b="$TREE_BYTES" 'BEGIN{printf "%.1f", b/1048576}')
+TREE_DESC="$crates crate dirs from $(basename "$REG") (first by name), $TREE_ENTRIES entries incl. root ($TREE_FILES files), $TREE_MB MiB of file data"
+log "tree: $TREE_DESC"
+
+# ---------------------------------------------------------------- helpers
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+declare -A RES=() # key "row|fs" -> list of values
+add() { RES["$1|$2"]="${RES["$1|$2"]:-} $3"; }
+
+# request counting (spockfs side only)
+MARK=0
+CUR_FS=""
+mark() { [ "$COUNT_REQUESTS" = 1 ] && [ "$CUR_FS" = spockfs ] && MARK=$(wc -l <"$SERVER_LOG") || true; }
+declare -A REQS=()
+count_reqs() { # phase
+  [ "$COUNT_REQUESTS" = 1 ] && [ "$CUR_FS" = spockfs ] || return 0
+  sleep 0.2
+  REQS[$1]=$(tail -n +"$((MARK + 1))" "$SERVER_LOG" | sed 's/\x1b\[[0-9;]*m//g' | grep 'request done' |
+    grep -o 'method=[A-Z]*' | sort | uniq -c | sort -rn |
+    awk '{printf "%s%s %d", (NR>1?", ":""), substr($2,8), $1} END{if(NR==0) printf "-"}' || true)
+}
+
+BLK=$(head -c 4096 /dev/zero | tr '\0' 'x')
+
+one_run() { # fs run
+  local fs=$1 r=$2 m t s n
+  m=$(mnt_of "$fs")
+  CUR_FS=$fs
+  log "run $r: $fs"
+
+  # 1. sequential write
+  mark
+  t=$(now)
+  dd if=/dev/zero of="$m/f" bs=1M count=256 conv=fsync status=none || fail "$fs: dd write"
+  s=$(elapsed "$t")
+  add seqw "$fs" "$(awk -v s="$s" 'BEGIN{printf "%.1f", 256/s}')"
+  count_reqs seqw
+  [ "$(stat -c %s "$m/f")" = 268435456 ] || fail "$fs: written file has wrong size"
+
+  # 2. sequential read, fresh mount + dropped caches
+  remount "$fs"; m=$(mnt_of "$fs"); drop_caches
+  mark
+  t=$(now)
+  n=$(dd if="$m/f" bs=1M status=none | wc -c) || fail "$fs: dd read"
+  s=$(elapsed "$t")
+  [ "$n" = 268435456 ] || fail "$fs: read $n bytes, expected 268435456"
+  add seqr "$fs" "$(awk -v s="$s" 'BEGIN{printf "%.1f", 256/s}')"
+  count_reqs seqr
+  rm -f "$m/f"
+
+  # 3. create 1000 x 4 KiB
+  mkdir "$m/small"
+  mark
+  t=$(now)
+  for i in $(seq 1000); do printf '%s' "$BLK" >"$m/small/f$i" || { fail "$fs: create f$i"; break; }; done
+  add create "$fs" "$(elapsed "$t")"
+  count_reqs create
+
+  # 4. ls -l on a fresh mount
+  remount "$fs"; m=$(mnt_of "$fs"); drop_caches
+  mark
+  t=$(now)
+  n=$(ls -l "$m/small" | grep -c '^-' || true)
+  add lsl "$fs" "$(elapsed "$t")"
+  count_reqs lsl
+  [ "$n" = 1000 ] || fail "$fs: ls -l listed $n files"
+  n=$(find "$m/small" -type f -size 4k | wc -l)
+  [ "$n" = 1000 ] || fail "$fs: $n files of 4 KiB, expected 1000"
+
+  # 5. delete them
+  mark
+  t=$(now)
+  rm -f "$m"/small/f* || fail "$fs: rm"
+  add delete "$fs" "$(elapsed "$t")"
+  count_reqs delete
+  rmdir "$m/small" || fail "$fs: rmdir small"
+
+  # 6. source tree
+  mark
+  t=$(now)
+  cp -r "$SRC" "$m/tree" || fail "$fs: cp -r tree"
+  add cp "$fs" "$(elapsed "$t")"
+  count_reqs cp
+  remount "$fs"; m=$(mnt_of "$fs"); drop_caches
+  mark
+  t=$(now)
+  n=$(find "$m/tree" | wc -l)
+  add find "$fs" "$(elapsed "$t")"
+  count_reqs find
+  [ "$n" = "$TREE_ENTRIES" ] || fail "$fs: find counted $n entries, expected $TREE_ENTRIES"
+  remount "$fs"; m=$(mnt_of "$fs"); drop_caches
+  mark
+  t=$(now)
+  n=$(du -sk "$m/tree" | cut -f1)
+  add du "$fs" "$(elapsed "$t")"
+  count_reqs du
+  log "$fs: du -sk tree = $n KiB"
+  DU_KB[$fs]=$n
+  mark
+  t=$(now)
+  rm -rf "$m/tree" || fail "$fs: rm -rf tree"
+  add rmtree "$fs" "$(elapsed "$t")"
+  count_reqs rmtree
+  [ ! -e "$m/tree" ] || fail "$fs: tree still there"
+
+  # 7. fio random reads
+  fio --name=layout --filename="$m/fio" --rw=write --bs=1M --size=256M --create_only=1 \
+    --output=/dev/null >/dev/null 2>&1 || fail "$fs: fio layout"
+  [ "$(stat -c %s "$m/fio" 2>/dev/null || echo 0)" = 268435456 ] ||
+    dd if=/dev/zero of="$m/fio" bs=1M count=256 conv=fsync status=none
+  local j key
+  for j in 1 4; do
+    key=fio$j
+    remount "$fs"; m=$(mnt_of "$fs"); drop_caches
+    mark
+    local extra=()
+    [ "$j" -gt 1 ] && extra=(--group_reporting)
+    if fio --name=r --filename="$m/fio" --rw=randread --bs=4k --size=256M --runtime="$FIO_RUNTIME" \
+      --time_based --numjobs="$j" "${extra[@]}" --ioengine=psync --direct=0 \
+      --output-format=json --output="$TMP/fio.json" >/dev/null 2>"$TMP/fio.err"; then
+      local iops errs
+      iops=$(jq '[.jobs[].read.iops] | add | floor' "$TMP/fio.json")
+      errs=$(jq '[.jobs[].error] | add' "$TMP/fio.json")
+      [ "$errs" = 0 ] || fail "$fs: fio numjobs=$j error $errs"
+      add "$key" "$fs" "$iops"
+    else
+      fail "$fs: fio numjobs=$j: $(head -c 300 "$TMP/fio.err")"
+      add "$key" "$fs" 0
+    fi
+    count_reqs "$key"
+  done
+  rm -f "$m/fio"
+}
+declare -A DU_KB=()
+
+START=$(date +%s)
+for r in $(seq "$RUNS"); do
+  for fs in sshfs spockfs; do one_run "$fs" "$r"; done
+done
+TOTAL=$(($(date +%s) - START))
+
+# ---------------------------------------------------------------- report
+ROWS=(seqw seqr create lsl delete cp find du rmtree fio1 fio4)
+declare -A LABEL=(
+  [seqw]="sequential write 256 MiB (dd conv=fsync), MiB/s"
+  [seqr]="sequential read 256 MiB (fresh mount, caches dropped), MiB/s"
+  [create]="create 1000 × 4 KiB files, s"
+  [lsl]="ls -l of the 1000 files (fresh mount), s"
+  [delete]="delete the 1000 files, s"
+  [cp]="cp -r source tree into the mount, s"
+  [find]="find tree \\| wc -l (fresh mount), s"
+  [du]="du -sh tree (fresh mount), s"
+  [rmtree]="rm -rf tree, s"
+  [fio1]="fio randread 4 KiB, numjobs=1, IOPS"
+  [fio4]="fio randread 4 KiB, numjobs=4, IOPS"
+)
+declare -A HIGHER=([seqw]=1 [seqr]=1 [fio1]=1 [fio4]=1)
+declare -A SPEED=()
+speedup() { # row a(sshfs) b(spockfs) -> times faster spockfs is
+  if [ -n "${HIGHER[$1]:-}" ]; then
+    awk -v a="$2" -v b="$3" 'BEGIN{ if (a>0) printf "%.2f", b/a; else print "-" }'
+  else
+    awk -v a="$2" -v b="$3" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }'
+  fi
+}
+
+DATE=$(date -u +%Y%m%d-%H%M%S)
+mkdir -p "$BENCH_DIR/results"
+OUT=$BENCH_DIR/results/mount-$DATE.md
+CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
+MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
+FSTYPE=$(df -T "$TMP" | awk 'NR==2 {print $2" ("$1")"}')
+SSHFS_VER=$(sshfs --version 2>&1 | grep -m1 "SSHFS version" || true)
+SSH_VER=$(ssh -V 2>&1)
+
+{
+  echo "# spockfs-mount vs sshfs — $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "Reproduce: \`bench/mount.sh\` (RUNS=$RUNS FIO_RUNTIME=$FIO_RUNTIME COUNT_REQUESTS=$COUNT_REQUESTS)"
+  echo
+  echo "- Machine: $CPU, $(nproc) cores, $MEM RAM, kernel $(uname -r)"
+  echo "- Backing dirs: two dirs under one temp dir on $FSTYPE"
+  echo "- spockfs: \`axum-app --listen 127.0.0.1:PORT --root DIR\` + \`spockfs-mount http://127.0.0.1:PORT/fs MNT\` (default options: attr/entry timeout 1 s)"
+  echo "- sshfs: $SSHFS_VER, $SSH_VER; \`sshfs -p PORT -o IdentityFile=…,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,LogLevel=ERROR root@127.0.0.1:DIR MNT\`, otherwise sshfs defaults (run with \`-f\` so the script holds its PID); sshd started by the script with its own config (\`internal-sftp\`, ed25519 keys, 127.0.0.1 only)"
+  echo "- Tree: $TREE_DESC; du -sk through the mounts: sshfs ${DU_KB[sshfs]:-?} KiB, spockfs ${DU_KB[spockfs]:-?} KiB"
+  echo "- Runs: $RUNS per row, $( [ "$RUNS" -gt 1 ] && echo "median shown" || echo "single run (the whole benchmark in one run takes ${TOTAL}s)")"
+  echo "- Caches: the mount is remounted before the sequential read, ls -l, find, du and each fio run, and \`echo 3 > /proc/sys/vm/drop_caches\` is run after the remount$( [ "$DROP_OK" = 1 ] || echo " (**drop_caches failed; page cache of the backing files not dropped**)"), so reads are cold at the server's disk too; fio runs time-based, so after the first pass the 256 MiB file may be served from the client page cache, depending on each client's caching"
+  echo
+  echo "| workload | sshfs | spockfs-mount | spockfs speedup (×, >1 = spockfs faster) |"
+  echo "|---|---:|---:|---:|"
+  for row in "${ROWS[@]}"; do
+    # shellcheck disable=SC2086
+    a=$(median ${RES["$row|sshfs"]:-0})
+    # shellcheck disable=SC2086
+    b=$(median ${RES["$row|spockfs"]:-0})
+    SPEED[$row]=$(speedup "$row" "$a" "$b")
+    echo "| ${LABEL[$row]} | $a | $b | ${SPEED[$row]} |"
+  done
+  echo
+  echo "Speedup: throughput rows spockfs/sshfs, time rows sshfs/spockfs."
+  echo
+  echo "## Targets"
+  echo
+  tgt() { # label row min
+    local v=${SPEED[$2]} ok
+    ok=$(awk -v v="$v" -v m="$3" 'BEGIN{ print (v!="-" && v+0>=m+0) ? "met" : "NOT met" }')
+    echo "- $1: ${v}× — **$ok**"
+  }
+  slower=""
+  for row in "${ROWS[@]}"; do
+    awk -v v="${SPEED[$row]}" 'BEGIN{ exit !(v!="-" && v+0>1) }' || slower+="${slower:+; }${LABEL[$row]%%,*} (${SPEED[$row]}×)"
+  done
+  if [ -z "$slower" ]; then echo "- faster than sshfs on every row: **met**"; else echo "- faster than sshfs on every row: **NOT met** — not faster on: $slower"; fi
+  tgt "≥2× on the tree copy" cp 2
+  tgt "≥2× on the 1000 creates" create 2
+  tgt "≥2× on the sequential read" seqr 2
+  tgt "≥1.5× on the sequential write" seqw 1.5
+  if [ "$COUNT_REQUESTS" = 1 ]; then
+    echo
+    echo "## Server requests per spockfs phase (last run, RUST_LOG=spockfs_core=debug)"
+    echo
+    echo "| phase | methods |"
+    echo "|---|---|"
+    for row in "${ROWS[@]}"; do echo "| ${LABEL[$row]%%,*} | ${REQS[$row]:--} |"; done
+  fi
+  echo
+  echo "## Notes"
+  echo
+  echo "- Checks: $( [ "$FAILED" = 0 ] && echo "all passed (sizes, file counts, find entry counts)" || echo "**some failed, see the log of the run**")"
+  echo "- Raw values per run: $(for row in "${ROWS[@]}"; do printf '%s sshfs[%s] spockfs[%s]; ' "$row" "${RES["$row|sshfs"]# }" "${RES["$row|spockfs"]# }"; done)"
+} | tee "$OUT"
+log "saved $OUT"
+exit "$FAILED"
