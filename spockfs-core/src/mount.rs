@@ -130,20 +130,11 @@ impl MountTable {
         }
         if !self.vhosts.is_empty() {
             if let Some(host) = host {
-                // Strip userinfo that an absolute-form URI may carry.
-                let host = host.rsplit('@').next().unwrap_or(host);
-                let lower;
-                let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-                    lower = host.to_ascii_lowercase();
-                    lower.as_str()
-                } else {
-                    host
-                };
-                let host = host.strip_suffix('.').unwrap_or(host);
-                if let Some(m) = self.vhosts.get(host) {
+                let host = normalize_host(host);
+                if let Some(m) = self.vhosts.get(host.as_ref()) {
                     return Ok(m.clone());
                 }
-                if let Some(m) = self.vhosts.get(strip_port(host)) {
+                if let Some(m) = self.vhosts.get(strip_port(&host)) {
                     return Ok(m.clone());
                 }
             }
@@ -152,7 +143,26 @@ impl MountTable {
     }
 }
 
-fn strip_port(host: &str) -> &str {
+/// A request's authority as vhost names are compared: userinfo dropped,
+/// lowercase (allocating only if needed), no trailing dot.
+///
+/// ```
+/// use spockfs_core::mount::normalize_host;
+/// assert_eq!(normalize_host("u@Files.Example.com.:8080"), "files.example.com.:8080");
+/// assert_eq!(normalize_host("Files.Example.com."), "files.example.com");
+/// ```
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`; anything else unchanged.
+pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
         return match rest.find(']') {
@@ -164,6 +174,13 @@ fn strip_port(host: &str) -> &str {
         Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
         _ => host,
     }
+}
+
+/// True if a configured vhost name (lowercase, `name` or `name:port`)
+/// matches a [normalized](normalize_host) request host: `host:port` first,
+/// then `host` alone.
+pub fn vhost_matches(want: &str, host: &str) -> bool {
+    want == host || want == strip_port(host)
 }
 
 #[cfg(test)]

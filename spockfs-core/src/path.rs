@@ -181,6 +181,28 @@ impl fmt::Display for FsPath {
     }
 }
 
+/// Strips a mount prefix (`/fs`, no trailing slash; `""` for none) from a
+/// request path, as axum's `nest_service` does: `Some(rest)`, always
+/// starting with `/`, if the path is the prefix or lies under it.
+///
+/// ```
+/// use spockfs_core::path::strip_mount_prefix;
+/// assert_eq!(strip_mount_prefix("/fs", "/fs"), Some("/"));
+/// assert_eq!(strip_mount_prefix("/fs", "/fs/a/b"), Some("/a/b"));
+/// assert_eq!(strip_mount_prefix("/fs", "/fsx"), None);
+/// assert_eq!(strip_mount_prefix("", "/x"), Some("/x"));
+/// ```
+pub fn strip_mount_prefix<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        Some("/")
+    } else if rest.starts_with('/') {
+        Some(rest)
+    } else {
+        None
+    }
+}
+
 /// Percent-decodes, rejecting malformed escapes instead of passing them
 /// through (a `%` that is not followed by two hex digits is ambiguous).
 pub fn percent_decode_strict(input: &[u8]) -> Result<Vec<u8>, PathError> {

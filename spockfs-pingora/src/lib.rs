@@ -34,6 +34,8 @@ use http_body::{Body, Frame, SizeHint};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
+use spockfs_core::mount::{normalize_host, vhost_matches};
+use spockfs_core::path::strip_mount_prefix;
 use spockfs_core::{Engine, SpockBody};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -142,40 +144,12 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(i) => &host[..=i],
-            None => host,
-        };
-    }
-    match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
-        _ => host,
-    }
-}
-
+/// Does a route apply to this (normalized) request host?
 fn host_matches(route: &HostMatch, host: Option<&str>) -> bool {
     match (route, host) {
         (HostMatch::Any, _) => true,
         (HostMatch::Host(_), None) => false,
-        (HostMatch::Host(want), Some(h)) => {
-            let h = h.rsplit('@').next().unwrap_or(h);
-            let h = h.to_ascii_lowercase();
-            *want == h || want == strip_port(&h)
-        }
-    }
-}
-
-/// Strips `prefix` from `path`: `Some(rest)` starting with `/`.
-fn strip(prefix: &str, path: &str) -> Option<String> {
-    let rest = path.strip_prefix(prefix)?;
-    if rest.is_empty() {
-        Some("/".to_owned())
-    } else if rest.starts_with('/') {
-        Some(rest.to_owned())
-    } else {
-        None
+        (HostMatch::Host(want), Some(h)) => vhost_matches(want, h),
     }
 }
 
@@ -187,12 +161,15 @@ impl SpockFsModule {
 
     /// The engine and the stripped path for a request, if it is SpockFS.
     pub fn route_for(&self, req: &RequestHeader) -> Option<(Arc<Engine>, String)> {
-        let host = request_host(req);
+        // Normalized once per request, not once per route.
+        let host = request_host(req).map(normalize_host);
         let path = req.uri.path();
         self.routes
             .iter()
-            .filter(|r| host_matches(&r.host, host))
-            .find_map(|r| strip(&r.prefix, path).map(|p| (r.engine.clone(), p)))
+            .filter(|r| host_matches(&r.host, host.as_deref()))
+            .find_map(|r| {
+                strip_mount_prefix(&r.prefix, path).map(|p| (r.engine.clone(), p.to_owned()))
+            })
     }
 
     /// Answers `session` if it is a SpockFS request (`Ok(true)`: the

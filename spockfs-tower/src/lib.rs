@@ -220,14 +220,7 @@ pub struct WithSpockFs<S> {
 /// assert_eq!(spockfs_tower::strip_prefix("", "/x"), Some("/x"));
 /// ```
 pub fn strip_prefix<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
-    let rest = path.strip_prefix(prefix)?;
-    if rest.is_empty() {
-        Some("/")
-    } else if rest.starts_with('/') {
-        Some(rest)
-    } else {
-        None
-    }
+    spockfs_core::path::strip_mount_prefix(prefix, path)
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for WithSpockFs<S>

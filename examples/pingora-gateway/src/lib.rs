@@ -21,6 +21,8 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::upstreams::peer::HttpPeer;
 use serde::Deserialize;
+use spockfs_core::mount::{normalize_host, vhost_matches};
+use spockfs_core::path::strip_mount_prefix;
 use spockfs_core::{Engine, Limits, LocalFs, MemFs, Method, Mount};
 use spockfs_pingora::SpockFsModule;
 use std::path::PathBuf;
@@ -258,28 +260,15 @@ pub struct Ctx {
 }
 
 fn host_of(session: &Session) -> Option<String> {
-    spockfs_pingora::request_host(session.req_header()).map(|h| h.to_ascii_lowercase())
+    spockfs_pingora::request_host(session.req_header()).map(|h| normalize_host(h).into_owned())
 }
 
 fn host_matches(want: &Option<String>, host: Option<&str>) -> bool {
     match (want, host) {
         (None, _) => true,
         (Some(_), None) => false,
-        (Some(w), Some(h)) => {
-            w == h
-                || h.rsplit_once(':').is_some_and(|(name, port)| {
-                    port.bytes().all(|b| b.is_ascii_digit()) && name == w
-                })
-        }
+        (Some(w), Some(h)) => vhost_matches(w, h),
     }
-}
-
-fn under(prefix: &str, path: &str) -> bool {
-    prefix.is_empty()
-        || path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|r| r.starts_with('/'))
 }
 
 #[async_trait]
@@ -304,10 +293,10 @@ impl ProxyHttp for Gateway {
         if ctx.pool.is_none() && ctx.tried.is_empty() {
             let host = host_of(session);
             let path = session.req_header().uri.path();
-            ctx.pool = self
-                .pools
-                .iter()
-                .position(|p| host_matches(&p.host, host.as_deref()) && under(&p.prefix, path));
+            ctx.pool = self.pools.iter().position(|p| {
+                host_matches(&p.host, host.as_deref())
+                    && strip_mount_prefix(&p.prefix, path).is_some()
+            });
         }
         if let Some(i) = ctx.pool {
             let pool = &self.pools[i];
