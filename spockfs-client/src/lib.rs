@@ -253,35 +253,12 @@ fn num<T: std::str::FromStr + Default>(r: &Response<Bytes>, name: &str) -> T {
 }
 
 /// Parses one `readdir-attrs` line (`mode ino nlink uid gid size blocks
-/// atime mtime ctime name`).
+/// atime mtime ctime name`) with the format's single definition in
+/// [`spockfs_core::listing`].
 pub fn parse_attrs_line(line: &[u8]) -> Option<DirEntry> {
-    let mut fields = Vec::with_capacity(10);
-    let mut rest = line;
-    for _ in 0..10 {
-        let sp = rest.iter().position(|&b| b == b' ')?;
-        fields.push(std::str::from_utf8(&rest[..sp]).ok()?);
-        rest = &rest[sp + 1..];
-    }
-    if rest.is_empty() {
-        return None;
-    }
-    let p = |i: usize| fields[i].parse::<i64>().ok();
-    Some(DirEntry {
-        name: rest.to_vec(),
-        stat: Some(Stat {
-            mode: p(0)? as u32,
-            ino: p(1)? as u64,
-            nlink: p(2)? as u64,
-            uid: p(3)? as u32,
-            gid: p(4)? as u32,
-            size: p(5)? as u64,
-            blocks: p(6)? as u64,
-            atime: p(7)?,
-            mtime: p(8)?,
-            ctime: p(9)?,
-            dev: 0,
-            rdev: 0,
-        }),
+    spockfs_core::listing::parse_attrs_line(line).map(|(name, st)| DirEntry {
+        name: name.to_vec(),
+        stat: Some(st),
     })
 }
 

@@ -1125,7 +1125,7 @@ fn execute_sync(b: &dyn Backend, path: &FsPath, op: Op, limits: &Limits) -> FsRe
                     return Ok(());
                 }
                 if let Some(st) = st {
-                    write_attrs_line(&mut out, st);
+                    crate::listing::write_attrs_prefix(&mut out, st);
                 }
                 out.extend_from_slice(name);
                 out.push(b'\n');
@@ -1313,17 +1313,6 @@ fn sized(data: Vec<u8>, size: Option<u64>) -> FsResult<Outcome> {
         Some(n) if (data.len() as u64) > n => Err(Errno::ERANGE),
         _ => Ok(Outcome::Body(Bytes::from(data))),
     }
-}
-
-/// `mode ino nlink uid gid size blocks atime mtime ctime ` (the name follows).
-fn write_attrs_line(out: &mut Vec<u8>, st: &Stat) {
-    use std::io::Write;
-    // Writing to a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{} {} {} {} {} {} {} {} {} {} ",
-        st.mode, st.ino, st.nlink, st.uid, st.gid, st.size, st.blocks, st.atime, st.mtime, st.ctime
-    );
 }
 
 fn put_stat(hm: &mut HeaderMap, st: &Stat) {

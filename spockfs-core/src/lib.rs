@@ -10,6 +10,7 @@ mod body;
 pub mod engine;
 pub mod errno;
 pub mod headers;
+pub mod listing;
 pub mod method;
 pub mod mount;
 pub mod path;
