@@ -41,6 +41,11 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 pub use spockfs_core::backend::XattrFlag;
+use spockfs_core::headers::{
+    XSpockAtime, XSpockBavail, XSpockBfree, XSpockBlocks, XSpockBsize, XSpockCtime, XSpockDev,
+    XSpockFavail, XSpockFfree, XSpockFiles, XSpockFlag, XSpockFrsize, XSpockFsid, XSpockGid,
+    XSpockIno, XSpockMode, XSpockMtime, XSpockNamemax, XSpockNlink, XSpockSize, XSpockUid,
+};
 pub use spockfs_core::{Errno, Stat, StatFs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -244,12 +249,11 @@ fn hv(n: impl std::fmt::Display) -> HeaderValue {
     HeaderValue::from_str(&n.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-fn num<T: std::str::FromStr + Default>(r: &Response<Bytes>, name: &str) -> T {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_default()
+/// A typed `X-Spock-*` response header, decoded by spockfs-core's
+/// definitions; missing or malformed reads as 0, as the original client does.
+fn num<H: headers::Header, T: Default>(r: &Response<Bytes>, get: impl FnOnce(H) -> T) -> T {
+    use headers::HeaderMapExt;
+    r.headers().typed_get::<H>().map(get).unwrap_or_default()
 }
 
 /// Parses one `readdir-attrs` line (`mode ino nlink uid gid size blocks
@@ -370,17 +374,17 @@ impl Client {
             .call("GETATTR", path, &[], Bytes::new(), &[200])
             .await?;
         Ok(Stat {
-            mode: num(&r, "x-spock-mode"),
-            uid: num(&r, "x-spock-uid"),
-            gid: num(&r, "x-spock-gid"),
-            size: num(&r, "x-spock-size"),
-            mtime: num(&r, "x-spock-mtime"),
-            atime: num(&r, "x-spock-atime"),
-            ctime: num(&r, "x-spock-ctime"),
-            nlink: num(&r, "x-spock-nlink"),
-            blocks: num(&r, "x-spock-blocks"),
-            dev: num::<i64>(&r, "x-spock-dev") as u64,
-            ino: num(&r, "x-spock-ino"),
+            mode: num(&r, |h: XSpockMode| h.0),
+            uid: num(&r, |h: XSpockUid| h.0 as u32),
+            gid: num(&r, |h: XSpockGid| h.0 as u32),
+            size: num(&r, |h: XSpockSize| h.0),
+            mtime: num(&r, |h: XSpockMtime| h.0),
+            atime: num(&r, |h: XSpockAtime| h.0),
+            ctime: num(&r, |h: XSpockCtime| h.0),
+            nlink: num(&r, |h: XSpockNlink| h.0),
+            blocks: num(&r, |h: XSpockBlocks| h.0),
+            dev: num(&r, |h: XSpockDev| h.0 as u64),
+            ino: num(&r, |h: XSpockIno| h.0),
             rdev: 0,
         })
     }
@@ -564,17 +568,17 @@ impl Client {
     pub async fn statfs(&self, path: &[u8]) -> FsResult<StatFs> {
         let r = self.call("STATFS", path, &[], Bytes::new(), &[200]).await?;
         Ok(StatFs {
-            bsize: num(&r, "x-spock-bsize"),
-            frsize: num(&r, "x-spock-frsize"),
-            blocks: num(&r, "x-spock-blocks"),
-            bfree: num(&r, "x-spock-bfree"),
-            bavail: num(&r, "x-spock-bavail"),
-            files: num(&r, "x-spock-files"),
-            ffree: num(&r, "x-spock-ffree"),
-            favail: num(&r, "x-spock-favail"),
-            fsid: num(&r, "x-spock-fsid"),
-            flag: num(&r, "x-spock-flag"),
-            namemax: num(&r, "x-spock-namemax"),
+            bsize: num(&r, |h: XSpockBsize| h.0),
+            frsize: num(&r, |h: XSpockFrsize| h.0),
+            blocks: num(&r, |h: XSpockBlocks| h.0),
+            bfree: num(&r, |h: XSpockBfree| h.0),
+            bavail: num(&r, |h: XSpockBavail| h.0),
+            files: num(&r, |h: XSpockFiles| h.0),
+            ffree: num(&r, |h: XSpockFfree| h.0),
+            favail: num(&r, |h: XSpockFavail| h.0),
+            fsid: num(&r, |h: XSpockFsid| h.0),
+            flag: num(&r, |h: XSpockFlag| h.0 as u64),
+            namemax: num(&r, |h: XSpockNamemax| h.0),
         })
     }
 
