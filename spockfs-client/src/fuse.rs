@@ -580,11 +580,9 @@ impl Filesystem for SpockFuse {
         let s = self.s.clone();
         self.spawn(async move {
             let r = async {
-                if mode & libc::S_IFMT == libc::S_IFREG {
-                    s.client.create(&path, mode & 0o7777).await?;
-                } else {
-                    s.client.mknod(&path, mode, u64::from(rdev)).await?;
-                }
+                // MKNOD, also for S_IFREG: exact mode and EEXIST, where POST
+                // would be creat() and truncate a file created meanwhile.
+                s.client.mknod(&path, mode, u64::from(rdev)).await?;
                 Self::entry(&s, &path).await
             }
             .await;

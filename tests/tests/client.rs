@@ -295,3 +295,17 @@ async fn basic_auth_from_url_and_https_with_ca_file() {
         "self-signed cert not trusted without ca_file"
     );
 }
+
+/// MKNOD of a regular file never truncates an existing one (POST would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mknod_regular_is_exclusive() {
+    let (t, _srv) = axum_local().await;
+    let c = Client::new(&format!("http://{}/fs", t.addr)).unwrap_or_else(|e| panic!("{e}"));
+    c.mknod(b"/r", 0o100444, 0)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.store.stat("r").map(|s| s.perm), Some(0o444));
+    t.store.write("r", b"keep me");
+    assert_eq!(c.mknod(b"/r", 0o100644, 0).await, Err(Errno::EEXIST));
+    assert_eq!(t.store.read("r"), Some(b"keep me".to_vec()));
+}
