@@ -34,7 +34,7 @@ use tracing::Instrument;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Tunables, each with its default.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest xattr value or list (LISTXATTR/GETXATTR/SETXATTR), bytes;
     /// larger is 413. Default 64 KiB (the Linux limit for one value).
@@ -510,10 +510,6 @@ enum Outcome {
     },
 }
 
-struct Ctx {
-    version: http::Version,
-}
-
 impl Engine {
     /// An engine with no mounts yet.
     pub fn builder() -> EngineBuilder {
@@ -578,75 +574,70 @@ impl Engine {
     {
         let (parts, body) = req.into_parts();
         let mut body = std::pin::pin!(body);
-        let ctx = Ctx {
-            version: parts.version,
-        };
+        let resp = self.answer(&parts, body.as_mut()).await;
+        self.finish(parts.version, resp, body.as_mut()).await
+    }
+
+    /// The response to a request; its body may be left partly unread.
+    async fn answer<B>(
+        &self,
+        parts: &http::request::Parts,
+        body: Pin<&mut B>,
+    ) -> Response<SpockBody>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
         let Some(method) = Method::from_http(&parts.method) else {
-            let mut r = self.reject(
-                &ctx,
-                Reject {
-                    status: StatusCode::METHOD_NOT_ALLOWED,
-                    errno: Errno::ENOSYS,
-                    message: format!("method {} is not a SpockFS method", parts.method),
-                },
-            );
+            let mut r = reject(Reject {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                errno: Errno::ENOSYS,
+                message: format!("method {} is not a SpockFS method", parts.method),
+            });
             r.headers_mut()
                 .insert(ALLOW_HDR, HeaderValue::from_static(ALLOW));
-            return self.finish(&ctx, r, body.as_mut()).await;
+            return r;
         };
         if method == Method::Options {
-            let r = options_response();
-            return self.finish(&ctx, r, body.as_mut()).await;
+            return options_response();
         }
-        let mount = match self.mounts.select(&parts) {
+        let mount = match self.mounts.select(parts) {
             Ok(m) => m,
             Err(SelectError::MissingHost) => {
-                let r = self.reject(&ctx, Reject::bad("HTTP/1.1 request without Host header"));
-                return self.finish(&ctx, r, body.as_mut()).await;
+                return reject(Reject::bad("HTTP/1.1 request without Host header"))
             }
             Err(SelectError::NoMount) => {
-                let r = self.reject(
-                    &ctx,
-                    Reject {
-                        status: StatusCode::NOT_FOUND,
-                        errno: Errno::ENOENT,
-                        message: "no SpockFS root for this host".into(),
-                    },
-                );
-                return self.finish(&ctx, r, body.as_mut()).await;
+                return reject(Reject {
+                    status: StatusCode::NOT_FOUND,
+                    errno: Errno::ENOENT,
+                    message: "no SpockFS root for this host".into(),
+                })
             }
         };
         let (op, path) = match parse(method, parts.uri.path(), &parts.headers) {
             Ok(x) => x,
-            Err(rej) => {
-                let r = self.reject(&ctx, rej);
-                return self.finish(&ctx, r, body.as_mut()).await;
-            }
+            Err(rej) => return reject(rej),
         };
         if mount.is_read_only() && op.is_mutating() {
-            let r = self.errno_response(&ctx, Errno::EROFS, "read-only mount");
-            return self.finish(&ctx, r, body.as_mut()).await;
+            return errno_response(Errno::EROFS, "read-only mount");
         }
         let result = match op {
-            Op::Put { range } => self.put(&mount, path, range, body.as_mut()).await,
-            Op::Setxattr { name, flag } => {
-                self.setxattr(&mount, path, name, flag, body.as_mut()).await
-            }
+            Op::Put { range } => self.put(&mount, path, range, body).await,
+            Op::Setxattr { name, flag } => self.setxattr(&mount, path, name, flag, body).await,
             op => self.execute(&mount, path, op).await,
         };
-        let r = match result {
+        match result {
             Ok(outcome) => self.respond(outcome),
-            Err(Fail::Errno(e)) => self.errno_response(&ctx, e, ""),
-            Err(Fail::Reject(rej)) => self.reject(&ctx, rej),
-        };
-        self.finish(&ctx, r, body.as_mut()).await
+            Err(Fail::Errno(e)) => errno_response(e, ""),
+            Err(Fail::Reject(rej)) => reject(rej),
+        }
     }
 
     /// Drains what is left of the request body (bounded) so the connection
     /// can be reused; if too much is left, asks the client to close.
     async fn finish<B>(
         &self,
-        ctx: &Ctx,
+        version: http::Version,
         mut resp: Response<SpockBody>,
         mut body: Pin<&mut B>,
     ) -> Response<SpockBody>
@@ -657,49 +648,36 @@ impl Engine {
         if body.is_end_stream() {
             return resp;
         }
-        if body.size_hint().lower() > self.limits.drain as u64 {
-            close_after(ctx, &mut resp);
-            return resp;
-        }
-        let mut drained = 0usize;
-        let deadline = tokio::time::sleep(Duration::from_secs(5));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                frame = body.frame() => match frame {
-                    None => return resp,
-                    Some(Ok(f)) => {
-                        if let Some(d) = f.data_ref() {
-                            drained += d.remaining();
+        if body.size_hint().lower() <= self.limits.drain as u64 {
+            let mut drained = 0usize;
+            let deadline = tokio::time::sleep(Duration::from_secs(5));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    frame = body.frame() => match frame {
+                        None => return resp,
+                        Some(Ok(f)) => {
+                            drained += f.data_ref().map_or(0, |d| d.remaining());
                             if drained > self.limits.drain {
                                 break;
                             }
                         }
-                    }
-                    Some(Err(_)) => break,
-                },
-                _ = &mut deadline => break,
+                        Some(Err(_)) => break,
+                    },
+                    _ = &mut deadline => break,
+                }
             }
         }
-        close_after(ctx, &mut resp);
+        // Unread body left on an HTTP/1 connection: it cannot be reused.
+        if version <= http::Version::HTTP_11 {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 
-    fn reject(&self, _ctx: &Ctx, rej: Reject) -> Response<SpockBody> {
-        error_response(rej.status, rej.errno, &rej.message)
-    }
-
-    fn errno_response(&self, _ctx: &Ctx, e: Errno, context: &str) -> Response<SpockBody> {
-        let msg = if context.is_empty() {
-            e.description()
-        } else {
-            format!("{} ({context})", e.description())
-        };
-        error_response(e.status(), e, &msg)
-    }
-
     async fn execute(&self, mount: &Mount, path: FsPath, op: Op) -> Result<Outcome, Fail> {
-        let limits = self.limits.clone();
+        let limits = self.limits;
         blocking(&self.pool, mount.backend(), move |b| {
             execute_sync(b, &path, op, &limits)
         })
@@ -954,11 +932,17 @@ impl From<Reject> for Fail {
     }
 }
 
-fn close_after(ctx: &Ctx, resp: &mut Response<SpockBody>) {
-    if ctx.version <= http::Version::HTTP_11 {
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    }
+fn reject(rej: Reject) -> Response<SpockBody> {
+    error_response(rej.status, rej.errno, &rej.message)
+}
+
+fn errno_response(e: Errno, context: &str) -> Response<SpockBody> {
+    let msg = if context.is_empty() {
+        e.description()
+    } else {
+        format!("{} ({context})", e.description())
+    };
+    error_response(e.status(), e, &msg)
 }
 
 /// Runs `f` on a blocking thread if the backend blocks, inline otherwise.

@@ -425,7 +425,7 @@ pub fn build_with(
                 };
                 let engine = Engine::builder()
                     .default_mount(mount.read_only(v.read_only))
-                    .limits(limits.clone())
+                    .limits(limits)
                     .build();
                 module = module.route(host.as_deref(), &prefix, engine);
                 for l in &config.listen {
