@@ -290,7 +290,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if ctx.pool.is_none() && ctx.tried.is_empty() {
+        if ctx.pool.is_none() && ctx.tried.is_empty() && !self.pools.is_empty() {
             let host = host_of(session);
             let path = session.req_header().uri.path();
             ctx.pool = self.pools.iter().position(|p| {
