@@ -28,8 +28,8 @@ if ((${#need_pkgs[@]})); then
     fi
 fi
 
-# tests/tests/mount.rs runs the spockfs-mount binary from target/release/.
-cargo build --release --locked -p spockfs-client --bins
+# tests/tests/mount.rs runs the spockfs-mount and axum-app binaries from target/release/.
+cargo build --release --locked -p spockfs-client --bins -p axum-app --bins
 
 if (($#)); then
     exec cargo test --release --locked "$@"

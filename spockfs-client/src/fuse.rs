@@ -15,10 +15,23 @@
 //! writeback would delay errors past `close`), reads use the page cache
 //! with large readahead; `flush` has nothing to do.
 //!
-//! The kernel asks for `security.capability` before every write and for
-//! other `security.*` names on lookups: a per-inode negative cache answers
-//! `ENODATA` for names the server said are absent, for the attribute
-//! timeout; `setxattr`/`removexattr` through the mount update it at once.
+//! Round trips the kernel would otherwise cost:
+//!
+//! - xattr probes. The kernel asks for `security.capability` before writes
+//!   and `ls -l` asks for security/ACL names on every file. A per-inode
+//!   negative cache answers `ENODATA` for names the server said are absent;
+//!   for `security.*` and `system.*` names one `ENODATA` is remembered
+//!   mount-wide, as long as the name has not been seen on any file through
+//!   this mount. Both live for the attribute timeout, like cached
+//!   attributes; `setxattr`/`removexattr` through the mount update them at
+//!   once.
+//! - negative lookups. A directory this mount has just created (empty) or
+//!   listed is known name by name for the entry timeout, with the mount's
+//!   own changes applied: looking up a name it does not hold answers "no
+//!   such entry" without a request — the kernel's own negative dentries
+//!   give the same guarantee for the same time.
+//! - attributes after a change. With the server's `stat` extension,
+//!   creating or changing an entry answers with its attributes.
 
 use crate::{Client, DirEntry, Errno, Stat, XattrFlag};
 use bytes::Bytes;
@@ -28,7 +41,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -212,6 +225,37 @@ impl Inodes {
     }
 }
 
+#[derive(Default)]
+struct Probes {
+    absent: HashMap<Vec<u8>, Instant>,
+    seen: HashSet<Vec<u8>>,
+    disabled: bool,
+}
+
+/// Bounds on what the mount remembers about xattr names and directories.
+const MAX_PROBE_NAMES: usize = 256;
+const MAX_LISTED_DIRS: usize = 1024;
+const MAX_LISTED_NAMES: usize = 100_000;
+
+/// A directory's names as of `at`, with this mount's changes since.
+struct Listed {
+    at: Instant,
+    names: HashSet<Vec<u8>>,
+}
+
+/// Whether an xattr name is one the kernel or `ls` probes on every file.
+fn is_probe_name(name: &[u8]) -> bool {
+    name.starts_with(b"security.") || name.starts_with(b"system.")
+}
+
+fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => (b"/", &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (b"/", path),
+    }
+}
+
 struct Shared {
     client: Client,
     rt: tokio::runtime::Handle,
@@ -219,6 +263,11 @@ struct Shared {
     inodes: Mutex<Inodes>,
     /// Per-inode xattr names known to be absent, and since when.
     xattr_absent: Mutex<HashMap<u64, HashMap<Vec<u8>, Instant>>>,
+    /// Mount-wide probes: `security.*`/`system.*` names no file had when
+    /// last asked, and names seen on some file (never answered mount-wide).
+    probes: Mutex<Probes>,
+    /// Directories known name by name, by path.
+    listed: Mutex<HashMap<Vec<u8>, Listed>>,
     /// Files created without `S_IWUSR`: the server creates them writable
     /// (so the creating descriptor can write) and the requested mode is
     /// applied on release, by handle.
@@ -314,6 +363,8 @@ impl SpockFuse {
                 cfg,
                 inodes: Mutex::new(Inodes::new()),
                 xattr_absent: Mutex::new(HashMap::new()),
+                probes: Mutex::new(Probes::default()),
+                listed: Mutex::new(HashMap::new()),
                 pending_mode: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: Mutex::new(1),
@@ -363,10 +414,14 @@ impl SpockFuse {
         self.s.cfg.read_only
     }
 
-    /// After a successful create-like call: stat `path`, register it and
-    /// answer the entry.
-    async fn entry(s: &Shared, path: &[u8]) -> Result<FileAttr, Errno> {
-        let st = s.client.getattr(path).await?;
+    /// After a successful create-like call: stat `path` (unless the server
+    /// already answered with its attributes), register it and answer the
+    /// entry.
+    async fn entry(s: &Shared, path: &[u8], known: Option<Stat>) -> Result<FileAttr, Errno> {
+        let st = match known {
+            Some(st) => st,
+            None => s.client.getattr(path).await?,
+        };
         let ino = s
             .inodes
             .lock()
@@ -377,6 +432,16 @@ impl SpockFuse {
 
     fn xattr_known_absent(&self, ino: u64, name: &[u8]) -> bool {
         let ttl = self.s.cfg.attr_timeout;
+        if is_probe_name(name) {
+            let mut p = self.s.probes.lock().unwrap_or_else(|e| e.into_inner());
+            match p.absent.get(name) {
+                Some(t) if t.elapsed() < ttl => return true,
+                Some(_) => {
+                    p.absent.remove(name);
+                }
+                None => {}
+            }
+        }
         let mut c = self
             .s
             .xattr_absent
@@ -402,7 +467,26 @@ fn next_fh(s: &Shared) -> u64 {
     *n
 }
 
+/// Records that `name` is absent from (or may exist on) inode `ino`.
 fn mark_absent(s: &Shared, ino: u64, name: &[u8], absent: bool) {
+    if is_probe_name(name) {
+        let mut p = s.probes.lock().unwrap_or_else(|e| e.into_inner());
+        if absent {
+            if !p.disabled && !p.seen.contains(name) && p.absent.len() < MAX_PROBE_NAMES {
+                p.absent.insert(name.to_vec(), Instant::now());
+            }
+        } else {
+            p.absent.remove(name);
+            if p.seen.len() < MAX_PROBE_NAMES {
+                p.seen.insert(name.to_vec());
+            } else {
+                // No room to remember it: stop answering mount-wide rather
+                // than risk a wrong ENODATA.
+                p.disabled = true;
+                p.absent.clear();
+            }
+        }
+    }
     let mut c = s.xattr_absent.lock().unwrap_or_else(|e| e.into_inner());
     if absent {
         c.entry(ino)
@@ -410,6 +494,65 @@ fn mark_absent(s: &Shared, ino: u64, name: &[u8], absent: bool) {
             .insert(name.to_vec(), Instant::now());
     } else if let Some(m) = c.get_mut(&ino) {
         m.remove(name);
+    }
+}
+
+impl Shared {
+    /// True if `path` is known not to exist: its directory was created or
+    /// listed by this mount within the entry timeout and lacks the name.
+    fn known_missing(&self, path: &[u8]) -> bool {
+        let (dir, name) = split_parent(path);
+        let mut l = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        match l.get(dir) {
+            Some(d) if d.at.elapsed() < self.cfg.entry_timeout => !d.names.contains(name),
+            Some(_) => {
+                l.remove(dir);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers `dir`'s complete list of names, as of now.
+    fn listed(&self, dir: &[u8], names: HashSet<Vec<u8>>) {
+        if self.cfg.entry_timeout.is_zero() || names.len() > MAX_LISTED_NAMES {
+            return;
+        }
+        let mut l = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        if l.len() >= MAX_LISTED_DIRS {
+            let ttl = self.cfg.entry_timeout;
+            l.retain(|_, d| d.at.elapsed() < ttl);
+            if l.len() >= MAX_LISTED_DIRS {
+                return;
+            }
+        }
+        l.insert(
+            dir.to_vec(),
+            Listed {
+                at: Instant::now(),
+                names,
+            },
+        );
+    }
+
+    /// `path` exists now (or, with `false`, no longer does).
+    fn listed_name(&self, path: &[u8], exists: bool) {
+        let (dir, name) = split_parent(path);
+        let mut l = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = l.get_mut(dir) {
+            if exists {
+                d.names.insert(name.to_vec());
+            } else {
+                d.names.remove(name);
+            }
+        }
+    }
+
+    /// Forgets what is known of `path` as a directory and of everything
+    /// below it (it was renamed or replaced).
+    fn unlist_tree(&self, path: &[u8]) {
+        let mut l = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        l.retain(|k, _| !(k.starts_with(path) && (k.len() == path.len() || k[path.len()] == b'/')));
     }
 }
 
@@ -449,9 +592,13 @@ impl Filesystem for SpockFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let path = path_or!(self, self.child(parent, name), reply);
+        if self.s.known_missing(&path) {
+            let none = Stat::default();
+            return reply.entry(&self.s.cfg.entry_timeout, &attr_of(0, &none), Generation(0));
+        }
         let s = self.s.clone();
         self.spawn(async move {
-            match Self::entry(&s, &path).await {
+            match Self::entry(&s, &path, None).await {
                 Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
                 // A negative entry (ino 0): the kernel remembers the name
                 // is absent for the entry timeout; creating it through the
@@ -523,26 +670,35 @@ impl Filesystem for SpockFuse {
         let s = self.s.clone();
         self.spawn(async move {
             let r = async {
+                // The attributes after the last change, when the server
+                // answers with them (`stat` extension).
+                let mut last = None;
                 if let Some(m) = mode {
-                    s.client.chmod(&path, m & 0o7777).await?;
+                    last = s.client.chmod(&path, m & 0o7777).await?;
                 }
                 if uid.is_some() || gid.is_some() {
-                    s.client.chown(&path, uid, gid).await?;
+                    last = s.client.chown(&path, uid, gid).await?;
                 }
                 if let Some(sz) = size {
-                    s.client.truncate(&path, sz).await?;
+                    last = s.client.truncate(&path, sz).await?;
                 }
                 if atime.is_some() || mtime.is_some() {
                     let (a, m) = match (atime, mtime) {
                         (Some(a), Some(m)) => (secs(a), secs(m)),
                         _ => {
-                            let st = s.client.getattr(&path).await?;
+                            let st = match last {
+                                Some(st) => st,
+                                None => s.client.getattr(&path).await?,
+                            };
                             (atime.map_or(st.atime, secs), mtime.map_or(st.mtime, secs))
                         }
                     };
-                    s.client.utimens(&path, a, m).await?;
+                    last = s.client.utimens(&path, a, m).await?;
                 }
-                s.client.getattr(&path).await
+                match last {
+                    Some(st) => Ok(st),
+                    None => s.client.getattr(&path).await,
+                }
             }
             .await;
             match r {
@@ -582,8 +738,9 @@ impl Filesystem for SpockFuse {
             let r = async {
                 // MKNOD, also for S_IFREG: exact mode and EEXIST, where POST
                 // would be creat() and truncate a file created meanwhile.
-                s.client.mknod(&path, mode, u64::from(rdev)).await?;
-                Self::entry(&s, &path).await
+                let st = s.client.mknod(&path, mode, u64::from(rdev)).await;
+                s.listed_name(&path, st.is_ok() || st == Err(Errno::EEXIST));
+                Self::entry(&s, &path, st?).await
             }
             .await;
             match r {
@@ -609,8 +766,13 @@ impl Filesystem for SpockFuse {
         let s = self.s.clone();
         self.spawn(async move {
             let r = async {
-                s.client.mkdir(&path, mode & 0o7777).await?;
-                Self::entry(&s, &path).await
+                let st = s.client.mkdir(&path, mode & 0o7777).await;
+                s.listed_name(&path, st.is_ok() || st == Err(Errno::EEXIST));
+                let a = Self::entry(&s, &path, st?).await?;
+                // Just created: empty, whatever a stale listing said.
+                s.unlist_tree(&path);
+                s.listed(&path, HashSet::new());
+                Ok(a)
             }
             .await;
             match r {
@@ -644,8 +806,9 @@ impl Filesystem for SpockFuse {
         let s = self.s.clone();
         self.spawn(async move {
             let r = async {
-                s.client.symlink(&path, &target).await?;
-                Self::entry(&s, &path).await
+                let st = s.client.symlink(&path, &target).await;
+                s.listed_name(&path, st.is_ok() || st == Err(Errno::EEXIST));
+                Self::entry(&s, &path, st?).await
             }
             .await;
             match r {
@@ -691,6 +854,10 @@ impl Filesystem for SpockFuse {
             .await;
             match r {
                 Ok(()) => {
+                    s.unlist_tree(&from);
+                    s.unlist_tree(&to);
+                    s.listed_name(&from, false);
+                    s.listed_name(&to, true);
                     s.inodes
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -718,8 +885,12 @@ impl Filesystem for SpockFuse {
         let s = self.s.clone();
         self.spawn(async move {
             let r = async {
-                s.client.link(&path, &existing).await?;
-                let st = s.client.getattr(&path).await?;
+                let st = s.client.link(&path, &existing).await;
+                s.listed_name(&path, st.is_ok() || st == Err(Errno::EEXIST));
+                let st = match st? {
+                    Some(st) => st,
+                    None => s.client.getattr(&path).await?,
+                };
                 let i = s
                     .inodes
                     .lock()
@@ -768,8 +939,9 @@ impl Filesystem for SpockFuse {
         self.spawn(async move {
             let perm = mode & 0o7777;
             let r = async {
-                s.client.create(&path, perm).await?;
-                Self::entry(&s, &path).await
+                let st = s.client.create(&path, perm).await;
+                s.listed_name(&path, st.is_ok());
+                Self::entry(&s, &path, st?).await
             }
             .await;
             match r {
@@ -819,7 +991,7 @@ impl Filesystem for SpockFuse {
         let s = self.s.clone();
         self.spawn(async move {
             match s.client.chmod(&path, perm).await {
-                Ok(()) => reply.ok(),
+                Ok(_) => reply.ok(),
                 Err(e) => reply.error(fe(e)),
             }
         });
@@ -909,6 +1081,7 @@ impl Filesystem for SpockFuse {
         self.spawn(async move {
             match s.client.readdir(&path).await {
                 Ok(list) => {
+                    s.listed(&path, list.iter().map(|e| e.name.clone()).collect());
                     let fh = next_fh(&s);
                     s.dirs
                         .lock()
@@ -1133,6 +1306,7 @@ impl Filesystem for SpockFuse {
         self.spawn(async move {
             match s.client.getxattr(&path, &name).await {
                 Ok(v) => {
+                    mark_absent(&s, ino.0, &name, false);
                     if size == 0 {
                         reply.size(v.len() as u32)
                     } else if v.len() > size as usize {
@@ -1159,6 +1333,7 @@ impl Filesystem for SpockFuse {
                 Ok(names) => {
                     let mut buf = Vec::new();
                     for n in names {
+                        mark_absent(&s, ino.0, &n, false);
                         buf.extend_from_slice(&n);
                         buf.push(0);
                     }
@@ -1185,6 +1360,9 @@ impl Filesystem for SpockFuse {
         self.spawn(async move {
             match s.client.removexattr(&path, &name).await {
                 Ok(()) => {
+                    // It existed (seen: never absent mount-wide); now it
+                    // is absent from this inode.
+                    mark_absent(&s, ino.0, &name, false);
                     mark_absent(&s, ino.0, &name, true);
                     reply.ok()
                 }
@@ -1258,6 +1436,10 @@ impl SpockFuse {
             };
             match r {
                 Ok(()) => {
+                    s.listed_name(&path, false);
+                    if dir {
+                        s.unlist_tree(&path);
+                    }
                     s.inodes
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

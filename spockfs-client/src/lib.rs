@@ -67,6 +67,9 @@ pub struct Extensions {
     pub readdir_attrs: bool,
     /// The `FSYNC` method.
     pub fsync: bool,
+    /// `X-Spock-stat: 1`: calls that create or change an entry answer with
+    /// its attributes.
+    pub stat: bool,
 }
 
 /// A directory entry; `stat` is filled when the server speaks
@@ -249,6 +252,24 @@ fn hv(n: impl std::fmt::Display) -> HeaderValue {
     HeaderValue::from_str(&n.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// The attributes in GETATTR's response headers.
+fn stat_of(r: &Response<Bytes>) -> Stat {
+    Stat {
+        mode: num(r, |h: XSpockMode| h.0),
+        uid: num(r, |h: XSpockUid| h.0 as u32),
+        gid: num(r, |h: XSpockGid| h.0 as u32),
+        size: num(r, |h: XSpockSize| h.0),
+        mtime: num(r, |h: XSpockMtime| h.0),
+        atime: num(r, |h: XSpockAtime| h.0),
+        ctime: num(r, |h: XSpockCtime| h.0),
+        nlink: num(r, |h: XSpockNlink| h.0),
+        blocks: num(r, |h: XSpockBlocks| h.0),
+        dev: num(r, |h: XSpockDev| h.0 as u64),
+        ino: num(r, |h: XSpockIno| h.0),
+        rdev: 0,
+    }
+}
+
 /// A typed `X-Spock-*` response header, decoded by spockfs-core's
 /// definitions; missing or malformed reads as 0, as the original client does.
 fn num<H: headers::Header, T: Default>(r: &Response<Bytes>, get: impl FnOnce(H) -> T) -> T {
@@ -358,6 +379,7 @@ impl Client {
                             errno: has("errno"),
                             readdir_attrs: has("readdir-attrs"),
                             fsync: has("fsync"),
+                            stat: has("stat"),
                         })
                     }
                     Ok(_) => Ok(Extensions::default()),
@@ -373,20 +395,29 @@ impl Client {
         let r = self
             .call("GETATTR", path, &[], Bytes::new(), &[200])
             .await?;
-        Ok(Stat {
-            mode: num(&r, |h: XSpockMode| h.0),
-            uid: num(&r, |h: XSpockUid| h.0 as u32),
-            gid: num(&r, |h: XSpockGid| h.0 as u32),
-            size: num(&r, |h: XSpockSize| h.0),
-            mtime: num(&r, |h: XSpockMtime| h.0),
-            atime: num(&r, |h: XSpockAtime| h.0),
-            ctime: num(&r, |h: XSpockCtime| h.0),
-            nlink: num(&r, |h: XSpockNlink| h.0),
-            blocks: num(&r, |h: XSpockBlocks| h.0),
-            dev: num(&r, |h: XSpockDev| h.0 as u64),
-            ino: num(&r, |h: XSpockIno| h.0),
-            rdev: 0,
-        })
+        Ok(stat_of(&r))
+    }
+
+    /// A call that creates or changes the entry at `path`: with the `stat`
+    /// extension, it also asks for the entry's attributes after the change.
+    async fn change(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        ok: &[u16],
+    ) -> FsResult<Option<Stat>> {
+        if !self.extensions().await.stat {
+            self.call(method, path, headers, Bytes::new(), ok).await?;
+            return Ok(None);
+        }
+        let mut h = headers.to_vec();
+        h.push(("x-spock-stat", HeaderValue::from_static("1")));
+        let r = self.call(method, path, &h, Bytes::new(), ok).await?;
+        // Absent if the entry vanished between the change and the stat.
+        Ok(r.headers()
+            .contains_key("x-spock-mode")
+            .then(|| stat_of(&r)))
     }
 
     /// Lists a directory (without `.`/`..`); with `readdir-attrs`, each
@@ -422,11 +453,12 @@ impl Client {
     }
 
     /// `mknod`.
-    pub async fn mknod(&self, path: &[u8], mode: u32, dev: u64) -> FsResult<()> {
+    ///
+    /// With the server's `stat` extension, the result carries the entry's
+    /// attributes after the call (saving a GETATTR); `None` otherwise.
+    pub async fn mknod(&self, path: &[u8], mode: u32, dev: u64) -> FsResult<Option<Stat>> {
         let h = [("x-spock-mode", hv(mode)), ("x-spock-dev", hv(dev as i64))];
-        self.call("MKNOD", path, &h, Bytes::new(), &[201])
-            .await
-            .map(drop)
+        self.change("MKNOD", path, &h, &[201]).await
     }
 
     /// `open` permission check with `flags`.
@@ -443,38 +475,36 @@ impl Client {
     }
 
     /// `chmod`.
-    pub async fn chmod(&self, path: &[u8], mode: u32) -> FsResult<()> {
-        self.call(
-            "CHMOD",
-            path,
-            &[("x-spock-mode", hv(mode))],
-            Bytes::new(),
-            &[200],
-        )
-        .await
-        .map(drop)
+    ///
+    /// With the server's `stat` extension, the result carries the entry's
+    /// attributes after the call (saving a GETATTR); `None` otherwise.
+    pub async fn chmod(&self, path: &[u8], mode: u32) -> FsResult<Option<Stat>> {
+        self.change("CHMOD", path, &[("x-spock-mode", hv(mode))], &[200])
+            .await
     }
 
     /// `lchown`; `None` leaves an id unchanged.
-    pub async fn chown(&self, path: &[u8], uid: Option<u32>, gid: Option<u32>) -> FsResult<()> {
+    ///
+    /// With the server's `stat` extension, the result carries the entry's
+    /// attributes after the call (saving a GETATTR); `None` otherwise.
+    pub async fn chown(
+        &self,
+        path: &[u8],
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> FsResult<Option<Stat>> {
         let id = |v: Option<u32>| hv(v.map_or(-1, i64::from));
         let h = [("x-spock-uid", id(uid)), ("x-spock-gid", id(gid))];
-        self.call("CHOWN", path, &h, Bytes::new(), &[200])
-            .await
-            .map(drop)
+        self.change("CHOWN", path, &h, &[200]).await
     }
 
     /// `truncate`.
-    pub async fn truncate(&self, path: &[u8], size: u64) -> FsResult<()> {
-        self.call(
-            "TRUNCATE",
-            path,
-            &[("x-spock-size", hv(size))],
-            Bytes::new(),
-            &[200],
-        )
-        .await
-        .map(drop)
+    ///
+    /// With the server's `stat` extension, the result carries the entry's
+    /// attributes after the call (saving a GETATTR); `None` otherwise.
+    pub async fn truncate(&self, path: &[u8], size: u64) -> FsResult<Option<Stat>> {
+        self.change("TRUNCATE", path, &[("x-spock-size", hv(size))], &[200])
+            .await
     }
 
     /// `access(mask)` (`R_OK|W_OK|X_OK`, or 0 for existence).
@@ -491,17 +521,13 @@ impl Client {
     }
 
     /// `symlink(target, path)`.
-    pub async fn symlink(&self, path: &[u8], target: &[u8]) -> FsResult<()> {
+    ///
+    /// With the server's `stat` extension, the result carries the entry's
+    /// attributes after the call (saving a GETATTR); `None` otherwise.
+    pub async fn symlink(&self, path: &[u8], target: &[u8]) -> FsResult<Option<Stat>> {
         let t = HeaderValue::from_bytes(target).map_err(|_| Errno::EINVAL)?;
-        self.call(
-            "SYMLINK",
-            path,
-            &[("x-spock-target", t)],
-            Bytes::new(),
-            &[201],
-        )
-        .await
-        .map(drop)
+        self.change("SYMLINK", path, &[("x-spock-target", t)], &[201])
+            .await
     }
 
     /// `readlink`.
@@ -521,24 +547,22 @@ impl Client {
     }
 
     /// `mkdir`.
-    pub async fn mkdir(&self, path: &[u8], mode: u32) -> FsResult<()> {
-        self.call(
-            "MKDIR",
-            path,
-            &[("x-spock-mode", hv(mode))],
-            Bytes::new(),
-            &[201],
-        )
-        .await
-        .map(drop)
+    ///
+    /// With the server's `stat` extension, the result carries the entry's
+    /// attributes after the call (saving a GETATTR); `None` otherwise.
+    pub async fn mkdir(&self, path: &[u8], mode: u32) -> FsResult<Option<Stat>> {
+        self.change("MKDIR", path, &[("x-spock-mode", hv(mode))], &[201])
+            .await
     }
 
     /// `link(existing, path)`.
-    pub async fn link(&self, path: &[u8], existing: &[u8]) -> FsResult<()> {
+    ///
+    /// With the server's `stat` extension, the result carries the entry's
+    /// attributes after the call (saving a GETATTR); `None` otherwise.
+    pub async fn link(&self, path: &[u8], existing: &[u8]) -> FsResult<Option<Stat>> {
         let t = HeaderValue::from_bytes(existing).map_err(|_| Errno::EINVAL)?;
-        self.call("LINK", path, &[("x-spock-target", t)], Bytes::new(), &[201])
+        self.change("LINK", path, &[("x-spock-target", t)], &[201])
             .await
-            .map(drop)
     }
 
     /// `rename(from, to)`.
@@ -646,24 +670,21 @@ impl Client {
     }
 
     /// `utimensat` with whole seconds.
-    pub async fn utimens(&self, path: &[u8], atime: i64, mtime: i64) -> FsResult<()> {
+    ///
+    /// With the server's `stat` extension, the result carries the entry's
+    /// attributes after the call (saving a GETATTR); `None` otherwise.
+    pub async fn utimens(&self, path: &[u8], atime: i64, mtime: i64) -> FsResult<Option<Stat>> {
         let h = [("x-spock-atime", hv(atime)), ("x-spock-mtime", hv(mtime))];
-        self.call("UTIMENS", path, &h, Bytes::new(), &[200])
-            .await
-            .map(drop)
+        self.change("UTIMENS", path, &h, &[200]).await
     }
 
     /// `creat(path, mode)` (the server adds `S_IWUSR`).
-    pub async fn create(&self, path: &[u8], mode: u32) -> FsResult<()> {
-        self.call(
-            "POST",
-            path,
-            &[("x-spock-mode", hv(mode))],
-            Bytes::new(),
-            &[201],
-        )
-        .await
-        .map(drop)
+    ///
+    /// With the server's `stat` extension, the result carries the entry's
+    /// attributes after the call (saving a GETATTR); `None` otherwise.
+    pub async fn create(&self, path: &[u8], mode: u32) -> FsResult<Option<Stat>> {
+        self.change("POST", path, &[("x-spock-mode", hv(mode))], &[201])
+            .await
     }
 
     /// `unlink`.

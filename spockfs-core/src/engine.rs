@@ -12,7 +12,7 @@ use crate::backend::{Backend, FileHandle, Owner, Replacement, Stat, StatFs, Xatt
 use crate::body::{read_chunk, SpockBody};
 use crate::headers::{
     self as h, parse_content_range, parse_range, BadHeader, ByteRange, X_SPOCK_ERRNO,
-    X_SPOCK_EXTENSIONS, X_SPOCK_READDIR, X_SPOCK_VERSION,
+    X_SPOCK_EXTENSIONS, X_SPOCK_READDIR, X_SPOCK_STAT, X_SPOCK_VERSION,
 };
 use crate::method::{Method, ALLOW, EXTENSIONS};
 use crate::mount::{Mount, MountTable, SelectError};
@@ -249,6 +249,25 @@ impl Op {
             Op::Access { mask } => mask & 2 != 0,
             _ => true,
         }
+    }
+
+    /// True if the operation leaves an entry at the request path whose
+    /// attributes the `stat` extension can return.
+    pub fn can_stat(&self) -> bool {
+        matches!(
+            self,
+            Op::Post { .. }
+                | Op::Mkdir { .. }
+                | Op::Mknod { .. }
+                | Op::Symlink { .. }
+                | Op::Link { .. }
+                | Op::Rename { .. }
+                | Op::Chmod { .. }
+                | Op::Chown { .. }
+                | Op::Truncate { .. }
+                | Op::Utimens { .. }
+                | Op::Fallocate { .. }
+        )
     }
 }
 
@@ -496,6 +515,9 @@ fn xattr_name(headers: &HeaderMap) -> Result<Vec<u8>, Reject> {
 enum Outcome {
     Status(StatusCode),
     Stat(Stat),
+    /// A success status with the entry's attributes after the change (the
+    /// `stat` extension).
+    StatusStat(StatusCode, Stat),
     StatFs(StatFs),
     Body(Bytes),
     Size(u64),
@@ -624,7 +646,10 @@ impl Engine {
         let result = match op {
             Op::Put { range } => self.put(&mount, path, range, body).await,
             Op::Setxattr { name, flag } => self.setxattr(&mount, path, name, flag, body).await,
-            op => self.execute(&mount, path, op).await,
+            op => {
+                let stat = op.can_stat() && wants_stat(&parts.headers);
+                self.execute(&mount, path, op, stat).await
+            }
         };
         match result {
             Ok(outcome) => self.respond(outcome),
@@ -676,10 +701,27 @@ impl Engine {
         resp
     }
 
-    async fn execute(&self, mount: &Mount, path: FsPath, op: Op) -> Result<Outcome, Fail> {
+    /// Runs `op` on the blocking pool; with `stat`, a successful change is
+    /// answered with the entry's attributes, read in the same pool call.
+    async fn execute(
+        &self,
+        mount: &Mount,
+        path: FsPath,
+        op: Op,
+        stat: bool,
+    ) -> Result<Outcome, Fail> {
         let limits = self.limits;
         blocking(&self.pool, mount.backend(), move |b| {
-            execute_sync(b, &path, op, &limits)
+            let out = execute_sync(b, &path, op, &limits)?;
+            Ok(match out {
+                Outcome::Status(s) if stat => match b.getattr(&path) {
+                    Ok(st) => Outcome::StatusStat(s, st),
+                    // Changed, then removed or replaced by someone else:
+                    // the change still succeeded.
+                    Err(_) => Outcome::Status(s),
+                },
+                out => out,
+            })
         })
         .await
         .and_then(|r| r)
@@ -831,6 +873,11 @@ impl Engine {
             Outcome::Status(s) => status_response(s),
             Outcome::Stat(st) => {
                 let mut r = status_response(StatusCode::OK);
+                put_stat(r.headers_mut(), &st);
+                r
+            }
+            Outcome::StatusStat(s, st) => {
+                let mut r = status_response(s);
                 put_stat(r.headers_mut(), &st);
                 r
             }
@@ -1311,6 +1358,13 @@ fn put_stat(hm: &mut HeaderMap, st: &Stat) {
     hm.typed_insert(h::XSpockBlocks(st.blocks));
     hm.typed_insert(h::XSpockDev(st.dev as i64));
     hm.typed_insert(h::XSpockIno(st.ino));
+}
+
+/// `X-Spock-stat: 1` (the `stat` extension).
+fn wants_stat(headers: &HeaderMap) -> bool {
+    headers
+        .get(&X_SPOCK_STAT)
+        .is_some_and(|v| v.as_bytes() == b"1")
 }
 
 fn status_response(status: StatusCode) -> Response<SpockBody> {

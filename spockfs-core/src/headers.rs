@@ -148,6 +148,10 @@ pub static X_SPOCK_EXTENSIONS: HeaderName = HeaderName::from_static("x-spock-ext
 /// `X-Spock-readdir` request header; `attrs` selects the `readdir-attrs`
 /// listing format.
 pub static X_SPOCK_READDIR: HeaderName = HeaderName::from_static("x-spock-readdir");
+/// `X-Spock-stat: 1` on a request that creates or changes an entry (the
+/// `stat` extension): the success response carries the entry's GETATTR
+/// headers, saving the client a GETATTR round trip.
+pub static X_SPOCK_STAT: HeaderName = HeaderName::from_static("x-spock-stat");
 
 /// A request header that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -42,7 +42,7 @@ REMOVEXATTR, UTIMENS, GET, HEAD, PUT, POST, DELETE, OPTIONS, FSYNC";
 
 /// The extensions this server speaks, as advertised in
 /// `X-Spock-extensions` by OPTIONS.
-pub const EXTENSIONS: &str = "errno, readdir-attrs, fsync";
+pub const EXTENSIONS: &str = "errno, readdir-attrs, fsync, stat";
 
 impl Method {
     /// All methods.

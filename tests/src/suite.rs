@@ -32,6 +32,7 @@ checks!(
     get_and_head,
     get_ranges,
     getattr,
+    stat_extension,
     readdir,
     readdir_attrs,
     mknod,
@@ -145,7 +146,7 @@ async fn options(t: &Target, _d: &str) -> CheckResult {
     }
     ensure_eq!(r.header("x-spock-version"), "0.1");
     let ext: Vec<&str> = r.header("x-spock-extensions").split(", ").collect();
-    for e in ["errno", "readdir-attrs", "fsync"] {
+    for e in ["errno", "readdir-attrs", "fsync", "stat"] {
         ensure!(ext.contains(&e), "extensions lack {e}: {ext:?}");
     }
     ensure_eq!(r.header("content-length"), "0");
@@ -543,6 +544,102 @@ async fn get_ranges(t: &Target, d: &str) -> CheckResult {
         let r = t.client.req("GET", &f, &[("Range", bad)]).await;
         is_status(&r, 400).map_err(|e| format!("Range {bad}: {e}"))?;
     }
+    Ok(())
+}
+
+/// The `stat` extension: `X-Spock-stat: 1` on a call that creates or
+/// changes an entry adds the entry's GETATTR headers to the success
+/// response; without it, or on calls that remove, nothing is added.
+async fn stat_extension(t: &Target, d: &str) -> CheckResult {
+    let s = &t.store;
+    let with = [("x-spock-stat", "1")];
+    let r = t
+        .client
+        .req(
+            "POST",
+            &format!("/{d}/f"),
+            &[("x-spock-mode", "420"), with[0]],
+        )
+        .await;
+    is_status(&r, 201)?;
+    let st = s.stat(&format!("{d}/f")).ok_or("POST created nothing")?;
+    ensure_eq!(r.num("x-spock-mode"), Some(0o100644));
+    ensure_eq!(r.num("x-spock-size"), Some(0));
+    ensure_eq!(r.num("x-spock-ino"), Some(st.ino as i128));
+    ensure_eq!(r.num("x-spock-nlink"), Some(1));
+    ensure!(r.num("x-spock-mtime").is_some(), "no x-spock-mtime");
+    let r = t
+        .client
+        .req(
+            "CHMOD",
+            &format!("/{d}/f"),
+            &[("x-spock-mode", "384"), with[0]],
+        )
+        .await;
+    is_status(&r, 200)?;
+    ensure_eq!(r.num("x-spock-mode"), Some(0o100600));
+    let r = t
+        .client
+        .req(
+            "TRUNCATE",
+            &format!("/{d}/f"),
+            &[("x-spock-size", "10"), with[0]],
+        )
+        .await;
+    is_status(&r, 200)?;
+    ensure_eq!(r.num("x-spock-size"), Some(10));
+    let r = t
+        .client
+        .req(
+            "MKDIR",
+            &format!("/{d}/sub"),
+            &[("x-spock-mode", "448"), with[0]],
+        )
+        .await;
+    is_status(&r, 201)?;
+    ensure_eq!(r.num("x-spock-mode"), Some(0o40700));
+    let r = t
+        .client
+        .req(
+            "LINK",
+            &format!("/{d}/g"),
+            &[("x-spock-target", &format!("/{d}/f")), with[0]],
+        )
+        .await;
+    is_status(&r, 201)?;
+    ensure_eq!(r.num("x-spock-nlink"), Some(2));
+    let r = t
+        .client
+        .req(
+            "SYMLINK",
+            &format!("/{d}/l"),
+            &[("x-spock-target", "f"), with[0]],
+        )
+        .await;
+    is_status(&r, 201)?;
+    ensure_eq!(r.num("x-spock-mode").map(|m| m & 0o170000), Some(0o120000));
+    ensure_eq!(r.num("x-spock-size"), Some(1));
+    // Without the header: the plain spec answer.
+    let r = t
+        .client
+        .req("CHMOD", &format!("/{d}/f"), &[("x-spock-mode", "420")])
+        .await;
+    is_status(&r, 200)?;
+    ensure!(r.num("x-spock-mode").is_none(), "stat without asking");
+    // Removals and errors carry no attributes.
+    let r = t.client.req("DELETE", &format!("/{d}/g"), &with).await;
+    is_status(&r, 200)?;
+    ensure!(r.num("x-spock-mode").is_none(), "stat of a removed entry");
+    let r = t
+        .client
+        .req(
+            "CHMOD",
+            &format!("/{d}/none"),
+            &[("x-spock-mode", "420"), with[0]],
+        )
+        .await;
+    is_errno(&r, 404, "ENOENT")?;
+    ensure!(r.num("x-spock-mode").is_none(), "stat on an error");
     Ok(())
 }
 

@@ -11,14 +11,21 @@ async fn every_method_round_trips() {
     let (t, _srv) = axum_local().await;
     let c = Client::new(&format!("http://{}/fs", t.addr)).unwrap_or_else(|e| panic!("{e}"));
     let ext = c.extensions().await;
-    assert!(ext.errno && ext.readdir_attrs && ext.fsync);
-    c.mkdir(b"/d", 0o750)
+    assert!(ext.errno && ext.readdir_attrs && ext.fsync && ext.stat);
+    let st = c
+        .mkdir(b"/d", 0o750)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(t.store.stat("d").map(|s| s.perm), Some(0o750));
-    c.create(b"/d/f", 0o640)
+    assert_eq!(st.map(|s| s.mode), Some(libc::S_IFDIR | 0o750), "stat ext");
+    let st = c
+        .create(b"/d/f", 0o640)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        st.map(|s| (s.mode, s.size)),
+        Some((libc::S_IFREG | 0o640, 0))
+    );
     c.write(b"/d/f", 3, Bytes::from_static(b"hello"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -147,8 +154,9 @@ async fn plain_server_gets_only_the_spec() {
         .nest_service("/fs", fs)
         .layer(axum::middleware::from_fn(
             |req: Request, next: Next| async move {
-                let is_ext =
-                    req.method() == "FSYNC" || req.headers().contains_key("x-spock-readdir");
+                let is_ext = req.method() == "FSYNC"
+                    || req.headers().contains_key("x-spock-readdir")
+                    || req.headers().contains_key("x-spock-stat");
                 if is_ext {
                     // A 0.1 server would not know these: fail loudly if used.
                     return http::Response::builder()
@@ -171,9 +179,11 @@ async fn plain_server_gets_only_the_spec() {
     });
     let c = Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.extensions().await, spockfs_client::Extensions::default());
-    c.create(b"/f", 0o644)
+    let st = c
+        .create(b"/f", 0o644)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(st, None, "no attributes from a 0.1 server");
     let entries = c.readdir(b"/").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(entries.len(), 1);
     assert!(entries[0].stat.is_none());

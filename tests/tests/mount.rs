@@ -755,6 +755,18 @@ fn count(v: &[String], m: &str) -> usize {
     v.iter().filter(|x| x.as_str() == m).count()
 }
 
+fn xattr_get(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let mut buf = vec![0u8; 256];
+    rustix::fs::getxattr(p, name, &mut buf)
+        .map(|n| buf[..n].to_vec())
+        .map_err(|e| e.raw_os_error())
+}
+
+fn xattr_set(p: &Path, name: &str, v: &[u8]) {
+    rustix::fs::setxattr(p, name, v, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
+}
+
 #[test]
 fn request_counts_readdirplus_and_xattr_negative_cache() {
     if fuse_missing().is_some() {
@@ -796,9 +808,50 @@ fn request_counts_readdirplus_and_xattr_negative_cache() {
         summary(&again)
     );
     assert_eq!(count(&again, "GETXATTR"), 0, "{again:?}");
+    // The first time too, the probes cost one request per name, not one
+    // per file (security.* and system.* names are remembered mount-wide).
+    assert!(count(&first, "GETXATTR") <= 3, "{first:?}");
+
+    // A probed name set through the mount is visible at once, on that
+    // file, while other files still answer "no such attribute".
+    let probe = "security.spockfs-test";
+    let get = |p: &Path| xattr_get(p, probe);
+    assert_eq!(get(&mnt.join("many/f1")), Err(libc::ENODATA));
+    assert_eq!(get(&mnt.join("many/f2")), Err(libc::ENODATA));
+    take(&seen);
+    assert_eq!(get(&mnt.join("many/f3")), Err(libc::ENODATA));
+    assert_eq!(count(&take(&seen), "GETXATTR"), 0, "mount-wide negative");
+    xattr_set(&mnt.join("many/f2"), probe, b"v");
+    assert_eq!(get(&mnt.join("many/f2")), Ok(b"v".to_vec()));
+    assert_eq!(get(&mnt.join("many/f3")), Err(libc::ENODATA));
+    // Now that some file has it, every file is asked.
+    take(&seen);
+    assert_eq!(get(&mnt.join("many/f4")), Err(libc::ENODATA));
+    assert_eq!(count(&take(&seen), "GETXATTR"), 1);
+
+    // Creating files in a directory the mount just made: POST + PUT each,
+    // no lookup of the new names and no GETATTR (the `stat` extension).
+    fs::create_dir(mnt.join("fresh")).unwrap_or_else(|e| panic!("{e}"));
+    take(&seen);
+    for i in 0..20 {
+        fs::write(mnt.join(format!("fresh/n{i}")), b"x").unwrap_or_else(|e| panic!("{e}"));
+    }
+    let created = take(&seen);
+    eprintln!("20 creates in a new directory: {}", summary(&created));
+    assert_eq!(count(&created, "POST"), 20, "{created:?}");
+    assert_eq!(count(&created, "PUT"), 20, "{created:?}");
+    assert!(created.len() <= 41, "{created:?}");
+    // The mount's view stays exact: new names found, removed ones gone.
+    assert_eq!(fs::read(mnt.join("fresh/n7")).ok(), Some(b"x".to_vec()));
+    fs::remove_file(mnt.join("fresh/n7")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(errno(fs::metadata(mnt.join("fresh/n7"))), libc::ENOENT);
+    fs::rename(mnt.join("fresh/n8"), mnt.join("fresh/m8")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fs::read(mnt.join("fresh/m8")).ok(), Some(b"x".to_vec()));
+    assert_eq!(errno(fs::metadata(mnt.join("fresh/n8"))), libc::ENOENT);
 
     // A missing name is asked for once per entry timeout; creating it
     // through the mount is seen at once.
+    take(&seen);
     for _ in 0..5 {
         assert_eq!(errno(fs::metadata(mnt.join("absent"))), libc::ENOENT);
     }
@@ -937,4 +990,131 @@ fn a_slow_request_does_not_hold_up_others() {
     assert!(fast < Duration::from_millis(1500), "held up: {fast:?}");
     m.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
     let _ = tx.send(());
+}
+
+/// The `axum-app` binary next to this test's executable (`scripts/test.sh`
+/// builds it), to run the server as another user.
+fn axum_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("axum-app");
+    if bin.is_file() {
+        return Some(bin);
+    }
+    let msg = format!("{} not built (cargo build -p axum-app)", bin.display());
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// Kills the server child on every exit path.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `access(2)` through the mount answers what the *server's* user may do:
+/// the server runs as `nobody` (root would pass every check), the mount as
+/// root; after `chmod 0` nothing but existence, after `chmod 0400` reading
+/// only. Opening for writing is refused the same way.
+#[test]
+fn access_after_chmod_with_an_unprivileged_server() {
+    use rustix::fs::{access, Access};
+    if fuse_missing().is_some() {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() || which("setpriv").is_none() {
+        let msg = "needs root and setpriv (util-linux) to run the server as nobody";
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let Some(bin) = axum_binary() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
+    fs::create_dir(&root).unwrap_or_else(|e| panic!("{e}"));
+    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nobody = 65534;
+    std::os::unix::fs::chown(&root, Some(nobody), Some(nobody)).unwrap_or_else(|e| panic!("{e}"));
+
+    let port = spockfs_tests::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _server = Child(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(["--listen", &listen, "--root"])
+            .arg(&root)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("setpriv {}: {e}", bin.display())),
+    );
+    wait_for("server", || std::net::TcpStream::connect(&listen).is_ok());
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("http://{listen}/fs");
+    let client = {
+        let _g = rt.enter();
+        Client::builder(&url)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|e| panic!("client: {e}"))
+    };
+    let cfg = MountConfig {
+        fsname: url.clone(),
+        ..MountConfig::default()
+    };
+    let m = spawn_mount(client, rt.handle().clone(), &mnt, cfg)
+        .unwrap_or_else(|e| panic!("mount: {e}"));
+    let p = mnt.join("secret");
+    fs::write(&p, b"data").unwrap_or_else(|e| panic!("write: {e}"));
+    // Created by the server's user, not the mounting root.
+    assert_eq!(
+        fs::metadata(root.join("secret")).map(|m| m.uid()).ok(),
+        Some(nobody)
+    );
+    let all = [
+        Access::EXISTS,
+        Access::READ_OK,
+        Access::WRITE_OK,
+        Access::EXEC_OK,
+    ];
+    let check = |mode: u32, want: [bool; 4]| {
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {mode:o}: {e}"));
+        assert_eq!(
+            fs::metadata(&p).map(|m| m.mode() & 0o7777).ok(),
+            Some(mode),
+            "stat after chmod {mode:o}"
+        );
+        for (a, ok) in all.iter().zip(want) {
+            let r = access(&p, *a).map_err(|e| e.raw_os_error());
+            if ok {
+                assert_eq!(r, Ok(()), "access({a:?}) after chmod {mode:o}");
+            } else {
+                assert_eq!(r, Err(libc::EACCES), "access({a:?}) after chmod {mode:o}");
+            }
+        }
+        let w = fs::OpenOptions::new().write(true).open(&p);
+        let r = fs::read(&p);
+        (
+            w.map(drop).map_err(|e| e.raw_os_error()),
+            r.map_err(|e| e.raw_os_error()),
+        )
+    };
+    let (w, r) = check(0o000, [true, false, false, false]);
+    assert_eq!((w, r), (Err(Some(libc::EACCES)), Err(Some(libc::EACCES))));
+    let (w, r) = check(0o400, [true, true, false, false]);
+    assert_eq!((w, r), (Err(Some(libc::EACCES)), Ok(b"data".to_vec())));
+    let (w, r) = check(0o700, [true, true, true, true]);
+    assert_eq!((w, r), (Ok(()), Ok(b"data".to_vec())));
+    // The file itself never changed through any refused call.
+    assert_eq!(fs::read(root.join("secret")).ok(), Some(b"data".to_vec()));
+    m.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
 }
