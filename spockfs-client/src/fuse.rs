@@ -10,7 +10,11 @@
 //! unlink.
 //!
 //! Every request is spawned on a tokio runtime and answered from its task,
-//! so slow calls never hold up others. Writes go straight to the server
+//! so slow calls never hold up others. A request that changes nothing is
+//! cancelled when the kernel interrupts it (`FUSE_INTERRUPT`: the waiting
+//! process got a signal, e.g. was killed): its HTTP call is dropped and it
+//! is answered `EINTR` at once. Changes are never cancelled mid-flight: their
+//! outcome on the server would be unknown. Writes go straight to the server
 //! (no writeback cache: a SpockFS `PUT` is the only copy, and the kernel's
 //! writeback would delay errors past `close`), reads use the page cache
 //! with large readahead; `flush` has nothing to do.
@@ -268,6 +272,9 @@ struct Shared {
     probes: Mutex<Probes>,
     /// Directories known name by name, by path.
     listed: Mutex<HashMap<Vec<u8>, Listed>>,
+    /// Read-only requests in flight, by FUSE request id: sending cancels
+    /// one (`FUSE_INTERRUPT`).
+    inflight: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
     /// Files created without `S_IWUSR`: the server creates them writable
     /// (so the creating descriptor can write) and the requested mode is
     /// applied on release, by handle.
@@ -365,6 +372,7 @@ impl SpockFuse {
                 xattr_absent: Mutex::new(HashMap::new()),
                 probes: Mutex::new(Probes::default()),
                 listed: Mutex::new(HashMap::new()),
+                inflight: Mutex::new(HashMap::new()),
                 pending_mode: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: Mutex::new(1),
@@ -408,6 +416,45 @@ impl SpockFuse {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         self.s.rt.spawn(f);
+    }
+
+    /// Runs `fut` for a request that changes nothing, then `done` with its
+    /// result; if the kernel interrupts the request first (the caller got a
+    /// signal), the HTTP call is dropped and the request answered `EINTR`.
+    /// Calls that change something are never cancelled: once sent, their
+    /// outcome on the server is unknown until the answer arrives.
+    fn spawn_ro<R, T, F>(
+        &self,
+        req: &Request,
+        reply: R,
+        fut: F,
+        done: impl FnOnce(R, T) + Send + 'static,
+    ) where
+        R: Interruptible + Send + 'static,
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let id = req.unique().0;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.s
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let s = self.s.clone();
+        self.spawn(async move {
+            tokio::select! {
+                r = fut => done(reply, r),
+                Ok(()) = rx => {
+                    tracing::debug!(request = id, "interrupted: cancelled");
+                    reply.error(fuser::Errno::EINTR)
+                }
+            }
+            s.inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
     }
 
     fn ro(&self) -> bool {
@@ -556,6 +603,31 @@ impl Shared {
     }
 }
 
+/// A reply that can answer an error (every fuser reply type).
+trait Interruptible {
+    fn error(self, e: fuser::Errno);
+}
+
+macro_rules! interruptible {
+    ($($t:ty),*) => {$(
+        impl Interruptible for $t {
+            fn error(self, e: fuser::Errno) {
+                <$t>::error(self, e)
+            }
+        }
+    )*};
+}
+
+interruptible!(
+    ReplyEntry,
+    ReplyAttr,
+    ReplyData,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyXattr,
+    ReplyEmpty
+);
+
 macro_rules! path_or {
     ($self:ident, $e:expr, $reply:ident) => {
         match $e {
@@ -590,15 +662,19 @@ impl Filesystem for SpockFuse {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let path = path_or!(self, self.child(parent, name), reply);
         if self.s.known_missing(&path) {
             let none = Stat::default();
             return reply.entry(&self.s.cfg.entry_timeout, &attr_of(0, &none), Generation(0));
         }
         let s = self.s.clone();
-        self.spawn(async move {
-            match Self::entry(&s, &path, None).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            async move { Self::entry(&c, &path, None).await },
+            move |reply, r| match r {
                 Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
                 // A negative entry (ino 0): the kernel remembers the name
                 // is absent for the entry timeout; creating it through the
@@ -608,8 +684,21 @@ impl Filesystem for SpockFuse {
                     reply.entry(&s.cfg.entry_timeout, &attr_of(0, &none), Generation(0))
                 }
                 Err(e) => reply.error(fe(e)),
-            }
-        });
+            },
+        );
+    }
+
+    fn interrupt(&self, _req: &Request, unique: fuser::RequestId) {
+        // Unknown ids finished already, or change something: ignored.
+        let tx = self
+            .s
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&unique.0);
+        if let Some(tx) = tx {
+            let _ = tx.send(());
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -634,15 +723,19 @@ impl Filesystem for SpockFuse {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
-            match s.client.getattr(&path).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            async move { c.client.getattr(&path).await },
+            move |reply, r| match r {
                 Ok(st) => reply.attr(&s.cfg.attr_timeout, &attr_of(ino.0, &st)),
                 Err(e) => reply.error(fe(e)),
-            }
-        });
+            },
+        );
     }
 
     fn setattr(
@@ -708,15 +801,19 @@ impl Filesystem for SpockFuse {
         });
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
-            match s.client.readlink(&path).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            async move { c.client.readlink(&path).await },
+            move |reply, r| match r {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(fe(e)),
-            }
-        });
+            },
+        );
     }
 
     fn mknod(
@@ -906,19 +1003,23 @@ impl Filesystem for SpockFuse {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let acc = flags.0 & libc::O_ACCMODE;
         if self.ro() && acc != libc::O_RDONLY {
             return reply.error(fuser::Errno::EROFS);
         }
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
-            match s.client.open(&path, flags.0).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            async move { c.client.open(&path, flags.0).await },
+            move |reply, r| match r {
                 Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Err(e) => reply.error(fe(e)),
-            }
-        });
+            },
+        );
     }
 
     fn create(
@@ -999,7 +1100,7 @@ impl Filesystem for SpockFuse {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -1010,12 +1111,16 @@ impl Filesystem for SpockFuse {
     ) {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
-            match s.client.read(&path, offset, u64::from(size)).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            async move { c.client.read(&path, offset, u64::from(size)).await },
+            move |reply, r| match r {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(fe(e)),
-            }
-        });
+            },
+        );
     }
 
     fn write(
@@ -1075,11 +1180,16 @@ impl Filesystem for SpockFuse {
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let path = path_or!(self, self.path(ino), reply);
+        let dir = path.clone();
         let s = self.s.clone();
-        self.spawn(async move {
-            match s.client.readdir(&path).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            async move { c.client.readdir(&dir).await },
+            move |reply, r| match r {
                 Ok(list) => {
                     s.listed(&path, list.iter().map(|e| e.name.clone()).collect());
                     let fh = next_fh(&s);
@@ -1090,8 +1200,8 @@ impl Filesystem for SpockFuse {
                     reply.opened(FileHandle(fh), FopenFlags::empty())
                 }
                 Err(e) => reply.error(fe(e)),
-            }
-        });
+            },
+        );
     }
 
     fn readdir(
@@ -1242,11 +1352,15 @@ impl Filesystem for SpockFuse {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let path = self.path(ino).unwrap_or_else(|_| b"/".to_vec());
         let s = self.s.clone();
-        self.spawn(async move {
-            match s.client.statfs(&path).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            async move { c.client.statfs(&path).await },
+            move |reply, r| match r {
                 Ok(f) => reply.statfs(
                     f.blocks,
                     f.bfree,
@@ -1258,8 +1372,8 @@ impl Filesystem for SpockFuse {
                     f.frsize as u32,
                 ),
                 Err(e) => reply.error(fe(e)),
-            }
-        });
+            },
+        );
     }
 
     fn setxattr(
@@ -1296,15 +1410,22 @@ impl Filesystem for SpockFuse {
         });
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         if self.xattr_known_absent(ino.0, name.as_bytes()) {
             return reply.error(fuser::Errno::NO_XATTR);
         }
         let path = path_or!(self, self.path(ino), reply);
         let name = name.as_bytes().to_vec();
         let s = self.s.clone();
-        self.spawn(async move {
-            match s.client.getxattr(&path, &name).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            {
+                let name = name.clone();
+                async move { c.client.getxattr(&path, &name).await }
+            },
+            move |reply, r| match r {
                 Ok(v) => {
                     mark_absent(&s, ino.0, &name, false);
                     if size == 0 {
@@ -1321,15 +1442,19 @@ impl Filesystem for SpockFuse {
                     }
                     reply.error(fe(e))
                 }
-            }
-        });
+            },
+        );
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
-            match s.client.listxattr(&path).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            async move { c.client.listxattr(&path).await },
+            move |reply, r| match r {
                 Ok(names) => {
                     let mut buf = Vec::new();
                     for n in names {
@@ -1346,8 +1471,8 @@ impl Filesystem for SpockFuse {
                     }
                 }
                 Err(e) => reply.error(fe(e)),
-            }
-        });
+            },
+        );
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1374,18 +1499,22 @@ impl Filesystem for SpockFuse {
         });
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         if self.ro() && mask.contains(AccessFlags::W_OK) {
             return reply.error(fuser::Errno::EROFS);
         }
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
-            match s.client.access(&path, mask.bits() as u32).await {
+        let c = s.clone();
+        self.spawn_ro(
+            req,
+            reply,
+            async move { c.client.access(&path, mask.bits() as u32).await },
+            move |reply, r| match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(fe(e)),
-            }
-        });
+            },
+        );
     }
 
     fn fallocate(

@@ -992,6 +992,96 @@ fn a_slow_request_does_not_hold_up_others() {
     let _ = tx.send(());
 }
 
+/// A process killed while its lookup waits on the server does not wait for
+/// the answer: the kernel's FUSE_INTERRUPT cancels the HTTP request (the
+/// server sees it dropped) and the lookup is answered EINTR at once.
+/// (Page-cache reads need no interrupt: the kernel lets a killed reader go
+/// and finishes the readahead in the background.)
+#[test]
+fn an_interrupted_lookup_is_cancelled() {
+    use axum::extract::Request;
+    use axum::middleware::Next;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    if fuse_missing().is_some() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
+    fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
+    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    fs::write(root.join("slow"), b"slow body").unwrap_or_else(|e| panic!("{e}"));
+    // GETATTR /slow takes 20 s; count the ones dropped before answering.
+    struct OnDrop(Arc<AtomicUsize>, bool);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    let app = axum::Router::new()
+        .nest_service("/fs", spockfs_tower::SpockFs::new(&root))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let d = d.clone();
+                async move {
+                    if req.method() == "GETATTR" && req.uri().path().ends_with("/slow") {
+                        let mut guard = OnDrop(d, false);
+                        tokio::time::sleep(Duration::from_secs(20)).await;
+                        guard.1 = true;
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    let client = {
+        let _g = rt.enter();
+        Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let m = spawn_mount(client, rt.handle().clone(), &mnt, MountConfig::default())
+        .unwrap_or_else(|e| panic!("mount: {e}"));
+
+    let mut child = Command::new("stat")
+        .arg(mnt.join("slow"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("stat: {e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    if let Ok(Some(st)) = child.try_wait() {
+        panic!("stat finished before the slow GETATTR: {st}");
+    }
+    let t = Instant::now();
+    let _ = child.kill();
+    let st = child.wait().unwrap_or_else(|e| panic!("{e}"));
+    let took = t.elapsed();
+    eprintln!("killed stat gone after {took:?} ({st})");
+    assert!(took < Duration::from_secs(3), "killed stat waited {took:?}");
+    wait_for("server-side request dropped", || {
+        dropped.load(Ordering::SeqCst) == 1
+    });
+    // The mount keeps working.
+    fs::write(root.join("other"), b"ok").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fs::read(mnt.join("other")).ok(), Some(b"ok".to_vec()));
+    m.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
+    let _ = tx.send(());
+}
+
 /// The `axum-app` binary next to this test's executable (`scripts/test.sh`
 /// builds it), to run the server as another user.
 fn axum_binary() -> Option<PathBuf> {
