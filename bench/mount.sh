@@ -171,7 +171,7 @@ mount_sshfs() {
   die "sshfs did not mount"
 }
 mount_spock() {
-  "$MOUNT" "$URL" "$MNT_SPOCK" >>"$TMP/spockfs-mount.log" 2>&1 &
+  "$MOUNT" --foreground "$URL" "$MNT_SPOCK" >>"$TMP/spockfs-mount.log" 2>&1 &
   MOUNT_PID=$!
   local i
   for i in $(seq 100); do

@@ -642,9 +642,29 @@ fn the_binary_mounts_and_unmounts() {
     let mnt = mnt.canonicalize().unwrap_or_else(|e| panic!("{e}"));
     let url = format!("http://{addr}/fs");
 
-    // SIGTERM unmounts cleanly and exits 0.
+    // By default: returns 0 once mounted, a background process serves.
+    let t = Instant::now();
+    let out = Command::new(&bin)
+        .args([url.as_str(), &mnt.to_string_lossy()])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    assert!(out.status.success(), "{out:?}");
+    assert!(is_mounted(&mnt), "mounted when the command returns");
+    eprintln!("background mount returned after {:?}", t.elapsed());
+    fs::write(mnt.join("bg"), b"background").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fs::read(root.join("bg")).ok(), Some(b"background".to_vec()));
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .output()
+        .unwrap_or_else(|e| panic!("fusermount3: {e}"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(!is_mounted(&mnt));
+
+    // --foreground: SIGTERM unmounts cleanly and exits 0.
     let mut child = Command::new(&bin)
         .args([
+            "--foreground",
             url.as_str(),
             &mnt.to_string_lossy(),
             "--attr-timeout",
@@ -666,7 +686,7 @@ fn the_binary_mounts_and_unmounts() {
 
     // An external `fusermount3 -u` ends the process; --read-only works.
     let mut child = Command::new(&bin)
-        .args([url.as_str(), &mnt.to_string_lossy(), "--read-only"])
+        .args(["-f", url.as_str(), &mnt.to_string_lossy(), "--read-only"])
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     wait_for("mount", || is_mounted(&mnt));
@@ -695,13 +715,22 @@ fn the_binary_mounts_and_unmounts() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // A server that is not there: a clear error, nothing mounted.
-    let out = Command::new(&bin)
-        .args(["http://127.0.0.1:1/fs", &mnt.to_string_lossy()])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    assert!(!is_mounted(&mnt));
+    // A server that is not there: a clear error, nothing mounted (in the
+    // background mode the error travels back from the forked process).
+    for fg in [false, true] {
+        let mut cmd = Command::new(&bin);
+        if fg {
+            cmd.arg("--foreground");
+        }
+        let out = cmd
+            .args(["http://127.0.0.1:1/fs", &mnt.to_string_lossy()])
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("http://127.0.0.1:1/fs"), "{err}");
+        assert!(!is_mounted(&mnt));
+    }
 }
 
 /// The axum router with `SpockFs` behind a layer that records every

@@ -1,10 +1,12 @@
 //! `spockfs-mount URL MOUNTPOINT`: mounts a SpockFS server with FUSE.
 //!
-//! Runs in the foreground until the filesystem is unmounted: SIGINT or
-//! SIGTERM unmount it cleanly, and an external `fusermount3 -u MOUNTPOINT`
-//! (or `umount`) ends the process. It never daemonizes (`--foreground` is
-//! accepted for compatibility with other FUSE clients); run it under
-//! systemd, `nohup … &` or similar to keep it in the background.
+//! Like other FUSE clients it returns once the filesystem is mounted and
+//! serves it from a background process (`--foreground`/`-f`, implied by
+//! `--debug`, keeps it attached, e.g. under systemd). The exit status says
+//! whether the mount worked: the background process reports back through a
+//! pipe before the command exits. It serves until the filesystem is
+//! unmounted: SIGINT or SIGTERM unmount it cleanly, and an external
+//! `fusermount3 -u MOUNTPOINT` (or `umount`) ends the process.
 
 use clap::Parser;
 use spockfs_client::fuse::{MountConfig, SpockFuse};
@@ -36,11 +38,11 @@ struct Args {
     /// /etc/fuse.conf unless run as root)
     #[arg(long)]
     allow_other: bool,
-    /// Accepted for compatibility: spockfs-mount always stays in the
-    /// foreground
+    /// Stay in the foreground (default: return once mounted and serve from
+    /// a background process)
     #[arg(long, short = 'f')]
     foreground: bool,
-    /// Log every request (to stderr)
+    /// Log every request (to stderr); implies --foreground
     #[arg(long, short = 'd')]
     debug: bool,
     /// Extra CA certificates (PEM) to trust for https
@@ -71,7 +73,74 @@ fn public_url(url: &str) -> String {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// Forks: the parent waits for the child to report (through a pipe) that
+/// the filesystem is mounted or why it failed, and exits accordingly; the
+/// child detaches (new session, stdio on /dev/null once mounted) and
+/// returns the pipe's write end. Must run before any thread exists.
+fn daemonize() -> Result<std::fs::File, String> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid two-int array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the fds were just created and are owned here alone.
+    let (mut rd, wr) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: called from main before any other thread is started, so the
+    // child is a complete copy of a single-threaded process.
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            drop(rd);
+            // SAFETY: plain syscall; the child is not a group leader.
+            unsafe { libc::setsid() };
+            Ok(wr)
+        }
+        child => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = rd.read_to_string(&mut msg);
+            if msg == "ok" {
+                std::process::exit(0);
+            }
+            // It failed before mounting and is exiting: reap it.
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+            if msg.is_empty() {
+                msg = "the background process exited before mounting".into();
+            }
+            eprintln!("spockfs-mount: {msg}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Detaches the background process once mounted: stdio on /dev/null, and
+/// out of the caller's working directory (which it would keep busy).
+fn detach() {
+    let _ = std::env::set_current_dir("/");
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which stay open.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Mounts and serves. `ready` (background mode) is told "ok" and closed
+/// once mounted; left in place on an earlier error, for `main` to report.
+fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
     // fuser warns about unmounting an already unmounted filesystem after an
     // external `fusermount3 -u`: not worth a line.
     let level = if args.debug {
@@ -120,6 +189,11 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
     let session = fuser::Session::new(fs, &mp, &config)
         .map_err(|e| format!("mount {}: {e}", mp.display()))?;
+    if let Some(mut w) = ready.take() {
+        use std::io::Write;
+        let _ = w.write_all(b"ok");
+        detach();
+    }
     // Once the session serves (stat of the mount point), lift the kernel's
     // 128 KiB readahead cap (root only; best effort).
     let ra = mp.clone();
@@ -156,10 +230,26 @@ fn run(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    let mut ready = None;
+    if !(args.foreground || args.debug) {
+        match daemonize() {
+            Ok(w) => ready = Some(w),
+            Err(e) => {
+                eprintln!("spockfs-mount: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match run(args, &mut ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("spockfs-mount: {e}");
+            // Before mounting, the waiting parent prints it.
+            if let Some(mut w) = ready {
+                use std::io::Write;
+                let _ = w.write_all(e.as_bytes());
+            } else {
+                eprintln!("spockfs-mount: {e}");
+            }
             ExitCode::FAILURE
         }
     }
