@@ -86,10 +86,14 @@ pub struct Limits {
     /// (the default: listings stream in batches with flat memory whatever
     /// their size, so a large directory costs time, not memory).
     pub readdir_max_entries: Option<u64>,
-    /// Longest wait for the next piece of a request body (PUT, SETXATTR):
-    /// a body that stalls this long is answered 408 (`X-Spock-errno:
-    /// ETIMEDOUT`), nothing is written (a whole-file PUT leaves the previous
-    /// content intact) and the connection is closed. Default 30 s.
+    /// Request body deadline (PUT, SETXATTR): each
+    /// [`chunk_size`](Limits::chunk_size) bytes of a body (or its rest, if
+    /// shorter) must arrive within this time. A body that stalls, or
+    /// trickles slower than `chunk_size / body_timeout` on average (8.7 KB/s
+    /// with the defaults), is answered 408 (`X-Spock-errno: ETIMEDOUT`) as
+    /// soon as a chunk is late; nothing more is written (a whole-file PUT
+    /// leaves the previous content intact) and the connection is closed.
+    /// Default 30 s.
     pub body_timeout: Duration,
 }
 
@@ -842,7 +846,8 @@ impl Engine {
         B: Body,
         B::Error: Into<BoxError>,
     {
-        let value = read_limited(body, self.limits.xattr_size, self.limits.body_timeout).await?;
+        let clock = BodyClock::new(self.limits.body_timeout, self.limits.chunk_size);
+        let value = read_limited(body, self.limits.xattr_size, clock).await?;
         blocking(&self.pool, mount.backend(), move |b| {
             precheck(b, &path, DirRule::Any)?;
             b.setxattr(&path, &name, &value, flag)
@@ -888,7 +893,8 @@ impl Engine {
                     }
                     Some(_) => None,
                     None if len as usize <= self.limits.max_unsized_range_put => {
-                        let data = read_limited(body.as_mut(), len as usize, timeout).await?;
+                        let clock = BodyClock::new(timeout, chunk);
+                        let data = read_limited(body.as_mut(), len as usize, clock).await?;
                         if data.len() as u64 != len {
                             return Err(Fail::Reject(Reject::bad(format!(
                                 "Content-Range covers {len} bytes but the body has {}",
@@ -1168,27 +1174,61 @@ fn drop_blocking<T: Send + Sync + 'static + ?Sized>(
     }
 }
 
-/// The next frame of a request body, waiting at most `timeout` for it: a
-/// body that stalls is 408 (`ETIMEDOUT`).
+/// The body deadline ([`Limits::body_timeout`]): each `chunk` bytes of a
+/// request body (or its rest, if shorter) must arrive within `timeout`, so a
+/// stalled body fails after `timeout` and a trickling one as soon as a
+/// chunk takes longer.
+struct BodyClock {
+    timeout: Duration,
+    chunk: usize,
+    deadline: tokio::time::Instant,
+    received: usize,
+}
+
+impl BodyClock {
+    fn new(timeout: Duration, chunk: usize) -> BodyClock {
+        BodyClock {
+            timeout,
+            chunk: chunk.max(1),
+            deadline: tokio::time::Instant::now() + timeout,
+            received: 0,
+        }
+    }
+
+    fn got(&mut self, n: usize) {
+        self.received += n;
+        if self.received >= self.chunk {
+            self.received %= self.chunk;
+            self.deadline = tokio::time::Instant::now() + self.timeout;
+        }
+    }
+}
+
+/// The next frame of a request body, by the clock's deadline: a body that
+/// stalls or trickles is 408 (`ETIMEDOUT`).
 async fn next_frame<B>(
     mut body: Pin<&mut B>,
-    timeout: Duration,
+    clock: &mut BodyClock,
 ) -> Result<Option<http_body::Frame<B::Data>>, Fail>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    match tokio::time::timeout(timeout, body.frame()).await {
+    match tokio::time::timeout_at(clock.deadline, body.frame()).await {
         Err(_) => Err(Fail::Reject(Reject {
             status: StatusCode::REQUEST_TIMEOUT,
             errno: Errno::ETIMEDOUT,
             message: format!(
-                "request body stalled: nothing received for {} s",
-                timeout.as_secs_f32()
+                "request body too slow: less than {} bytes in {} s",
+                clock.chunk,
+                clock.timeout.as_secs_f32()
             ),
         })),
         Ok(None) => Ok(None),
-        Ok(Some(Ok(f))) => Ok(Some(f)),
+        Ok(Some(Ok(f))) => {
+            clock.got(f.data_ref().map_or(0, |d| d.remaining()));
+            Ok(Some(f))
+        }
         Ok(Some(Err(e))) => Err(Fail::Reject(Reject::bad(format!(
             "reading request body: {}",
             e.into()
@@ -1209,7 +1249,7 @@ fn too_large(max: u64) -> Fail {
 async fn read_limited<B>(
     mut body: Pin<&mut B>,
     limit: usize,
-    timeout: Duration,
+    mut clock: BodyClock,
 ) -> Result<Bytes, Fail>
 where
     B: Body,
@@ -1219,7 +1259,7 @@ where
         return Err(Fail::Errno(Errno::E2BIG));
     }
     let mut buf = BytesMut::new();
-    while let Some(frame) = next_frame(body.as_mut(), timeout).await? {
+    while let Some(frame) = next_frame(body.as_mut(), &mut clock).await? {
         if let Ok(mut data) = frame.into_data() {
             if buf.len() + data.remaining() > limit {
                 return Err(Fail::Errno(Errno::E2BIG));
@@ -1267,10 +1307,11 @@ where
     let mut buf = BytesMut::with_capacity(chunk.min(max as usize));
     let mut written: u64 = 0;
     let mut eof = false;
+    let mut clock = BodyClock::new(rules.timeout, chunk);
     while !eof {
         // Fill one chunk.
         while buf.len() < chunk {
-            match next_frame(body.as_mut(), rules.timeout).await? {
+            match next_frame(body.as_mut(), &mut clock).await? {
                 None => {
                     eof = true;
                     break;
