@@ -88,6 +88,7 @@ impl SpockBody {
                 pool,
                 pending: None,
                 done: false,
+                buf: Vec::new(),
             }),
             permit: None,
         }
@@ -322,7 +323,7 @@ pub(crate) fn dir_batch(
     Ok((n, done))
 }
 
-type DirJob = JobHandle<(Box<dyn DirStream>, FsResult<(Vec<u8>, u64, bool)>)>;
+type DirJob = JobHandle<(Box<dyn DirStream>, Vec<u8>, FsResult<(u64, bool)>)>;
 
 struct DirListing {
     /// `None` while a batch is being read on the pool.
@@ -336,18 +337,23 @@ struct DirListing {
     pool: Option<BlockingPool>,
     pending: Option<DirJob>,
     done: bool,
+    /// The batch buffer, reused: each frame is a copy made on the async
+    /// side, so batch buffers are not allocated on one thread and freed on
+    /// another (which made the allocator hold on to memory).
+    buf: Vec<u8>,
 }
 
 impl DirListing {
     fn read_batch(
         mut dir: Box<dyn DirStream>,
+        mut out: Vec<u8>,
         attrs: bool,
         batch: usize,
         path: &FsPath,
-    ) -> (Box<dyn DirStream>, FsResult<(Vec<u8>, u64, bool)>) {
-        let mut out = Vec::with_capacity(batch * 32);
-        let r = dir_batch(&mut *dir, attrs, batch, path, &mut out).map(|(n, d)| (out, n, d));
-        (dir, r)
+    ) -> (Box<dyn DirStream>, Vec<u8>, FsResult<(u64, bool)>) {
+        out.clear();
+        let r = dir_batch(&mut *dir, attrs, batch, path, &mut out);
+        (dir, out, r)
     }
 
     /// Starts reading the next batch on the pool, if none is running.
@@ -359,7 +365,8 @@ impl DirListing {
             return;
         };
         let (attrs, batch, path) = (self.attrs, self.batch, self.path.clone());
-        self.pending = Some(pool.run(move || Self::read_batch(dir, attrs, batch, &path)));
+        let buf = std::mem::take(&mut self.buf);
+        self.pending = Some(pool.run(move || Self::read_batch(dir, buf, attrs, batch, &path)));
     }
 
     fn poll_frame(
@@ -384,8 +391,9 @@ impl DirListing {
                 let res = ready!(Pin::new(pending).poll(cx));
                 self.pending = None;
                 match res {
-                    Ok((dir, r)) => {
+                    Ok((dir, buf, r)) => {
                         self.dir = Some(dir);
+                        self.buf = buf;
                         r
                     }
                     Err(()) => {
@@ -396,14 +404,17 @@ impl DirListing {
             } else {
                 match self.dir.take() {
                     Some(dir) => {
-                        let (dir, r) = Self::read_batch(dir, self.attrs, self.batch, &self.path);
+                        let buf = std::mem::take(&mut self.buf);
+                        let (dir, buf, r) =
+                            Self::read_batch(dir, buf, self.attrs, self.batch, &self.path);
                         self.dir = Some(dir);
+                        self.buf = buf;
                         r
                     }
                     None => Err(Errno::EIO),
                 }
             };
-            let (out, n, done) = match res {
+            let (n, done) = match res {
                 Ok(x) => x,
                 Err(e) => {
                     // The head (200) is out: aborting is the only signal.
@@ -424,13 +435,14 @@ impl DirListing {
                 }
                 *b -= n;
             }
-            if out.is_empty() {
+            if self.buf.is_empty() {
                 continue;
             }
+            let frame = Bytes::copy_from_slice(&self.buf);
             if !self.done && self.pool.is_some() {
                 self.start();
             }
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
     }
 }

@@ -117,7 +117,7 @@ impl Default for Limits {
 /// Entries per READDIR batch: each batch is one job on the blocking pool
 /// and one body frame. A listing that fits in the first batch is sent with
 /// a `Content-Length`; a longer one is streamed (chunked).
-pub const READDIR_BATCH: usize = 1024;
+pub const READDIR_BATCH: usize = 256;
 
 /// The concurrency limit ([`Limits::max_requests`]): a semaphore and a
 /// bounded count of waiters. Engines built with the same `Limiter` share
