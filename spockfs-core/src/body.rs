@@ -323,7 +323,10 @@ pub(crate) fn dir_batch(
     Ok((n, done))
 }
 
-type DirJob = JobHandle<(Box<dyn DirStream>, Vec<u8>, FsResult<(u64, bool)>)>;
+/// A batch read: the directory and buffer handed back, and (entries read,
+/// exhausted).
+type BatchResult = (Box<dyn DirStream>, Vec<u8>, FsResult<(u64, bool)>);
+type DirJob = JobHandle<BatchResult>;
 
 struct DirListing {
     /// `None` while a batch is being read on the pool.
@@ -350,7 +353,7 @@ impl DirListing {
         attrs: bool,
         batch: usize,
         path: &FsPath,
-    ) -> (Box<dyn DirStream>, Vec<u8>, FsResult<(u64, bool)>) {
+    ) -> BatchResult {
         out.clear();
         let r = dir_batch(&mut *dir, attrs, batch, path, &mut out);
         (dir, out, r)

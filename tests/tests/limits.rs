@@ -566,12 +566,9 @@ async fn slowloris_connections_are_closed_and_others_stay_fast() {
                     if t.elapsed() > Duration::from_secs(8) {
                         return (kind, Duration::MAX, got);
                     }
-                    match wait_closed(&mut c, Duration::from_millis(100)).await {
-                        Ok(g) => {
-                            got.extend(g);
-                            return (kind, t.elapsed(), got);
-                        }
-                        Err(_) => {}
+                    if let Ok(g) = wait_closed(&mut c, Duration::from_millis(100)).await {
+                        got.extend(g);
+                        return (kind, t.elapsed(), got);
                     }
                     if trickle != 0 && c.write_all(&[trickle]).await.is_err() {
                         let g = wait_closed(&mut c, Duration::from_secs(1)).await;
