@@ -1,25 +1,31 @@
-//! The response body: empty, a small buffer, or a file range streamed in
-//! bounded chunks read on blocking threads one at a time (so a slow client
-//! holds no thread and memory stays at about two chunks per response).
+//! The response body: empty, a small buffer, a file range streamed in
+//! bounded chunks read on blocking threads one at a time, or a directory
+//! listing streamed in batches the same way (so a slow client holds no
+//! thread and memory stays at about two chunks per response).
 
-use crate::backend::FileHandle;
+use crate::backend::{DirStream, FileHandle};
 use crate::pool::{BlockingPool, JobHandle};
-use crate::Errno;
+use crate::{Errno, FsPath, FsResult};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-/// Body of every SpockFS response. Its size is always known, so responses
-/// carry an exact `Content-Length`.
+/// Body of every SpockFS response. Its size is known (so responses carry
+/// an exact `Content-Length`) except for a READDIR listing too large for
+/// one batch, which is streamed chunked.
 pub struct SpockBody {
     kind: Kind,
+    /// The request's slot under the engine's concurrency limit, held until
+    /// the body has been sent (or dropped).
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 enum Kind {
     Full(Option<Bytes>),
     File(FileStream),
+    Dir(DirListing),
 }
 
 impl std::fmt::Debug for SpockBody {
@@ -34,6 +40,11 @@ impl std::fmt::Debug for SpockBody {
                 .field("offset", &s.offset)
                 .field("remaining", &s.remaining)
                 .finish(),
+            Kind::Dir(d) => f
+                .debug_struct("SpockBody::Dir")
+                .field("path", &d.path)
+                .field("done", &d.done)
+                .finish(),
         }
     }
 }
@@ -43,6 +54,43 @@ impl SpockBody {
     pub fn empty() -> SpockBody {
         SpockBody {
             kind: Kind::Full(None),
+            permit: None,
+        }
+    }
+
+    /// Holds `permit` until this body is dropped.
+    pub(crate) fn with_permit(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> SpockBody {
+        self.permit = Some(permit);
+        self
+    }
+
+    /// A directory listing: `first` (already formatted), then the rest of
+    /// `dir` in batches of `batch` entries. More than `budget` entries in
+    /// all (the directory grew past the server's limit after it was
+    /// counted) aborts the body.
+    pub(crate) fn dir(
+        dir: Box<dyn DirStream>,
+        first: Bytes,
+        attrs: bool,
+        path: FsPath,
+        batch: usize,
+        budget: Option<u64>,
+        pool: Option<BlockingPool>,
+    ) -> SpockBody {
+        SpockBody {
+            kind: Kind::Dir(DirListing {
+                dir: Some(dir),
+                first: if first.is_empty() { None } else { Some(first) },
+                attrs,
+                path,
+                batch,
+                budget,
+                pool,
+                pending: None,
+                done: false,
+                buf: Vec::new(),
+            }),
+            permit: None,
         }
     }
 
@@ -51,6 +99,7 @@ impl SpockBody {
         let b = bytes.into();
         SpockBody {
             kind: Kind::Full(if b.is_empty() { None } else { Some(b) }),
+            permit: None,
         }
     }
 
@@ -74,6 +123,7 @@ impl SpockBody {
                 pool,
                 pending: None,
             }),
+            permit: None,
         }
     }
 }
@@ -193,6 +243,7 @@ impl Body for SpockBody {
                     }
                 }
             }
+            Kind::Dir(d) => d.poll_frame(cx),
         }
     }
 
@@ -200,6 +251,7 @@ impl Body for SpockBody {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::File(s) => s.remaining == 0,
+            Kind::Dir(d) => d.done && d.first.is_none(),
         }
     }
 
@@ -207,6 +259,8 @@ impl Body for SpockBody {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::File(s) => SizeHint::with_exact(s.remaining),
+            Kind::Dir(d) if d.done && d.first.is_none() => SizeHint::with_exact(0),
+            Kind::Dir(_) => SizeHint::default(),
         }
     }
 }
@@ -237,3 +291,170 @@ impl Drop for FileStream {
 }
 
 use std::future::Future;
+
+/// Formats up to `max` entries of `dir` as READDIR lines (plain names, or
+/// the `readdir-attrs` form) onto `out`. Returns the number of entries read
+/// and whether the directory is exhausted. A name containing `\n` cannot
+/// be represented: it is omitted and logged.
+pub(crate) fn dir_batch(
+    dir: &mut dyn DirStream,
+    attrs: bool,
+    max: usize,
+    path: &FsPath,
+    out: &mut Vec<u8>,
+) -> FsResult<(u64, bool)> {
+    let mut n = 0u64;
+    let done = dir.next_batch(max, &mut |name, st| {
+        n += 1;
+        if name.contains(&b'\n') {
+            tracing::warn!(dir = %path, name = %String::from_utf8_lossy(name).escape_debug(),
+                "READDIR: omitting a name that contains a newline");
+            return Ok(());
+        }
+        if attrs {
+            if let Some(st) = st {
+                crate::listing::write_attrs_prefix(out, st);
+            }
+        }
+        out.extend_from_slice(name);
+        out.push(b'\n');
+        Ok(())
+    })?;
+    Ok((n, done))
+}
+
+/// A batch read: the directory and buffer handed back, and (entries read,
+/// exhausted).
+type BatchResult = (Box<dyn DirStream>, Vec<u8>, FsResult<(u64, bool)>);
+type DirJob = JobHandle<BatchResult>;
+
+struct DirListing {
+    /// `None` while a batch is being read on the pool.
+    dir: Option<Box<dyn DirStream>>,
+    first: Option<Bytes>,
+    attrs: bool,
+    path: FsPath,
+    batch: usize,
+    /// Entries that may still be sent (`None`: no limit).
+    budget: Option<u64>,
+    pool: Option<BlockingPool>,
+    pending: Option<DirJob>,
+    done: bool,
+    /// The batch buffer, reused: each frame is a copy made on the async
+    /// side, so batch buffers are not allocated on one thread and freed on
+    /// another (which made the allocator hold on to memory).
+    buf: Vec<u8>,
+}
+
+impl DirListing {
+    fn read_batch(
+        mut dir: Box<dyn DirStream>,
+        mut out: Vec<u8>,
+        attrs: bool,
+        batch: usize,
+        path: &FsPath,
+    ) -> BatchResult {
+        out.clear();
+        let r = dir_batch(&mut *dir, attrs, batch, path, &mut out);
+        (dir, out, r)
+    }
+
+    /// Starts reading the next batch on the pool, if none is running.
+    fn start(&mut self) {
+        if self.done || self.pending.is_some() {
+            return;
+        }
+        let (Some(pool), Some(dir)) = (&self.pool, self.dir.take()) else {
+            return;
+        };
+        let (attrs, batch, path) = (self.attrs, self.batch, self.path.clone());
+        let buf = std::mem::take(&mut self.buf);
+        self.pending = Some(pool.run(move || Self::read_batch(dir, buf, attrs, batch, &path)));
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if let Some(first) = self.first.take() {
+            // Read the next batch while this one is being written out.
+            self.start();
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let res = if self.pool.is_some() {
+                self.start();
+                let Some(pending) = self.pending.as_mut() else {
+                    self.done = true;
+                    return Poll::Ready(None);
+                };
+                let res = ready!(Pin::new(pending).poll(cx));
+                self.pending = None;
+                match res {
+                    Ok((dir, buf, r)) => {
+                        self.dir = Some(dir);
+                        self.buf = buf;
+                        r
+                    }
+                    Err(()) => {
+                        tracing::error!("readdir task panicked");
+                        Err(Errno::EIO)
+                    }
+                }
+            } else {
+                match self.dir.take() {
+                    Some(dir) => {
+                        let buf = std::mem::take(&mut self.buf);
+                        let (dir, buf, r) =
+                            Self::read_batch(dir, buf, self.attrs, self.batch, &self.path);
+                        self.dir = Some(dir);
+                        self.buf = buf;
+                        r
+                    }
+                    None => Err(Errno::EIO),
+                }
+            };
+            let (n, done) = match res {
+                Ok(x) => x,
+                Err(e) => {
+                    // The head (200) is out: aborting is the only signal.
+                    tracing::warn!(dir = %self.path, errno = %e, "READDIR failed mid-listing; aborting the body");
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            };
+            self.done = done;
+            if let Some(b) = self.budget.as_mut() {
+                if n > *b {
+                    tracing::warn!(dir = %self.path,
+                        "READDIR: the directory grew past the entry limit while being listed; aborting the body");
+                    self.done = true;
+                    return Poll::Ready(Some(Err(std::io::Error::other(
+                        "directory grew past the READDIR entry limit",
+                    ))));
+                }
+                *b -= n;
+            }
+            if self.buf.is_empty() {
+                continue;
+            }
+            let frame = Bytes::copy_from_slice(&self.buf);
+            if !self.done && self.pool.is_some() {
+                self.start();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+    }
+}
+
+impl Drop for DirListing {
+    fn drop(&mut self) {
+        // Close the directory on a blocking thread too.
+        if let (Some(pool), Some(dir)) = (&self.pool, self.dir.take()) {
+            pool.detach(move || drop(dir));
+        }
+    }
+}

@@ -34,6 +34,10 @@ use tracing::Instrument;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Tunables, each with its default.
+///
+/// The limits that protect the host (`max_requests`, `max_put_size`,
+/// `readdir_max_entries`, `body_timeout`) answer with the usual SpockFS
+/// error form: the status, `X-Spock-errno` and a one-line body.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest xattr value or list (LISTXATTR/GETXATTR/SETXATTR), bytes;
@@ -53,6 +57,44 @@ pub struct Limits {
     /// response so the connection can be kept alive; past it the connection
     /// is closed. Default 1 MiB.
     pub drain: usize,
+    /// Most requests in progress at once (from the request head to the end
+    /// of the response body, so a streaming GET or READDIR counts until it
+    /// is sent). `0`: no limit. Default 1024. A request over the limit waits
+    /// up to [`max_requests_wait`](Limits::max_requests_wait) for a slot,
+    /// with at most `max_requests` requests waiting; then (or at once when
+    /// that many already wait) it is answered 503 with `Retry-After` and
+    /// `X-Spock-errno: EAGAIN`, having touched nothing.
+    pub max_requests: usize,
+    /// How long a request over [`max_requests`](Limits::max_requests) waits
+    /// for a slot before its 503. A short wait absorbs bursts (a FUSE
+    /// client turns a 503 into `EIO` for the user), and the bounded queue
+    /// keeps an overload from piling up. Default 500 ms.
+    pub max_requests_wait: Duration,
+    /// Largest PUT body, bytes; more is 413 (`X-Spock-errno: EFBIG`) and
+    /// nothing is written: a `Content-Length` over it is refused before the
+    /// file is opened, a chunked body as soon as it passes the limit (a
+    /// whole-file PUT then leaves the previous content intact, a ranged one
+    /// is checked before any write). `None`: no limit (the default; the
+    /// filesystem's free space is the limit).
+    pub max_put_size: Option<u64>,
+    /// Most entries one READDIR may list; a larger directory is 413
+    /// (`X-Spock-errno: E2BIG`), decided before anything is sent (the
+    /// directory is counted first, which costs one extra pass over its
+    /// entries, without `stat`). If the directory grows past the limit
+    /// between that count and the end of the listing, the body is aborted
+    /// (after a 200 head that is the only honest signal). `None`: no limit
+    /// (the default: listings stream in batches with flat memory whatever
+    /// their size, so a large directory costs time, not memory).
+    pub readdir_max_entries: Option<u64>,
+    /// Request body deadline (PUT, SETXATTR): each
+    /// [`chunk_size`](Limits::chunk_size) bytes of a body (or its rest, if
+    /// shorter) must arrive within this time. A body that stalls, or
+    /// trickles slower than `chunk_size / body_timeout` on average (8.7 KB/s
+    /// with the defaults), is answered 408 (`X-Spock-errno: ETIMEDOUT`) as
+    /// soon as a chunk is late; nothing more is written (a whole-file PUT
+    /// leaves the previous content intact) and the connection is closed.
+    /// Default 30 s.
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -63,6 +105,73 @@ impl Default for Limits {
             blocking_threads: 128,
             max_unsized_range_put: 1024 * 1024,
             drain: 1024 * 1024,
+            max_requests: 1024,
+            max_requests_wait: Duration::from_millis(500),
+            max_put_size: None,
+            readdir_max_entries: None,
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Entries per READDIR batch: each batch is one job on the blocking pool
+/// and one body frame. A listing that fits in the first batch is sent with
+/// a `Content-Length`; a longer one is streamed (chunked).
+pub const READDIR_BATCH: usize = 256;
+
+/// The concurrency limit ([`Limits::max_requests`]): a semaphore and a
+/// bounded count of waiters. Engines built with the same `Limiter` share
+/// one limit (the gateway serves several vhosts under one cap).
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    sem: Option<Arc<tokio::sync::Semaphore>>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    max_waiting: usize,
+    wait: Duration,
+}
+
+impl Limiter {
+    /// At most `max` requests at once (`0`: no limit), at most `max` more
+    /// waiting up to `wait` each.
+    pub fn new(max: usize, wait: Duration) -> Limiter {
+        Limiter {
+            sem: (max > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max))),
+            waiting: Arc::default(),
+            max_waiting: max,
+            wait,
+        }
+    }
+
+    /// From [`Limits::max_requests`] and [`Limits::max_requests_wait`].
+    pub fn from_limits(l: &Limits) -> Limiter {
+        Limiter::new(l.max_requests, l.max_requests_wait)
+    }
+
+    /// Requests in progress now.
+    pub fn in_flight(&self) -> usize {
+        self.sem
+            .as_ref()
+            .map_or(0, |s| self.max_waiting - s.available_permits())
+    }
+
+    /// A slot, or `Err` if none freed up in time (or the queue is full).
+    async fn acquire(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some(sem) = &self.sem else {
+            return Ok(None);
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        if self.waiting.fetch_add(1, SeqCst) >= self.max_waiting {
+            self.waiting.fetch_sub(1, SeqCst);
+            return Err(());
+        }
+        let r = tokio::time::timeout(self.wait, sem.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, SeqCst);
+        match r {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(()),
         }
     }
 }
@@ -91,6 +200,7 @@ pub struct Engine {
     mounts: MountTable,
     limits: Limits,
     pool: BlockingPool,
+    limiter: Limiter,
 }
 
 /// Builds an [`Engine`].
@@ -98,6 +208,7 @@ pub struct Engine {
 pub struct EngineBuilder {
     mounts: MountTable,
     limits: Limits,
+    limiter: Option<Limiter>,
 }
 
 impl EngineBuilder {
@@ -138,10 +249,21 @@ impl EngineBuilder {
         self
     }
 
+    /// Shares `limiter` (and so one [`Limits::max_requests`] budget) with
+    /// other engines. Default: a limiter of this engine's own, from its
+    /// limits.
+    pub fn limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
     /// The engine.
     pub fn build(self) -> Engine {
         Engine {
             pool: BlockingPool::new(self.limits.blocking_threads),
+            limiter: self
+                .limiter
+                .unwrap_or_else(|| Limiter::from_limits(&self.limits)),
             mounts: self.mounts,
             limits: self.limits,
         }
@@ -513,6 +635,20 @@ fn xattr_name(headers: &HeaderMap) -> Result<Vec<u8>, Reject> {
 
 /// What executing an operation produced.
 enum Outcome {
+    /// A READDIR longer than one batch: the first batch, and the open
+    /// directory to stream the rest from.
+    Listing {
+        first: Bytes,
+        dir: Box<dyn crate::backend::DirStream>,
+        attrs: bool,
+        path: FsPath,
+        budget: Option<u64>,
+    },
+    /// A READDIR over [`Limits::readdir_max_entries`].
+    TooManyEntries {
+        count: u64,
+        max: u64,
+    },
     Status(StatusCode),
     Stat(Stat),
     /// A success status with the entry's attributes after the change (the
@@ -596,7 +732,16 @@ impl Engine {
     {
         let (parts, body) = req.into_parts();
         let mut body = std::pin::pin!(body);
-        let resp = self.answer(&parts, body.as_mut()).await;
+        let resp = match self.limiter.acquire().await {
+            Ok(permit) => {
+                let resp = self.answer(&parts, body.as_mut()).await;
+                match permit {
+                    Some(p) => resp.map(|b| b.with_permit(p)),
+                    None => resp,
+                }
+            }
+            Err(()) => busy_response(self.limiter.wait),
+        };
         self.finish(parts.version, resp, body.as_mut()).await
     }
 
@@ -652,7 +797,7 @@ impl Engine {
             }
         };
         match result {
-            Ok(outcome) => self.respond(outcome),
+            Ok(outcome) => self.respond(outcome, mount.backend()),
             Err(Fail::Errno(e)) => errno_response(e, ""),
             Err(Fail::Reject(rej)) => reject(rej),
         }
@@ -673,7 +818,10 @@ impl Engine {
         if body.is_end_stream() {
             return resp;
         }
-        if body.size_hint().lower() <= self.limits.drain as u64 {
+        // A body that stalled (408) will not be drained either.
+        if resp.status() != StatusCode::REQUEST_TIMEOUT
+            && body.size_hint().lower() <= self.limits.drain as u64
+        {
             let mut drained = 0usize;
             let deadline = tokio::time::sleep(Duration::from_secs(5));
             tokio::pin!(deadline);
@@ -740,7 +888,8 @@ impl Engine {
         B: Body,
         B::Error: Into<BoxError>,
     {
-        let value = read_limited(body, self.limits.xattr_size).await?;
+        let clock = BodyClock::new(self.limits.body_timeout, self.limits.chunk_size);
+        let value = read_limited(body, self.limits.xattr_size, clock).await?;
         blocking(&self.pool, mount.backend(), move |b| {
             precheck(b, &path, DirRule::Any)?;
             b.setxattr(&path, &name, &value, flag)
@@ -763,7 +912,16 @@ impl Engine {
         B::Error: Into<BoxError>,
     {
         let chunk = self.limits.chunk_size;
+        let timeout = self.limits.body_timeout;
+        let cap = self.limits.max_put_size;
         let exact = body.size_hint().exact();
+        if let Some(max) = cap {
+            // Refused before anything is opened: a Content-Length, or a
+            // Content-Range, over the limit.
+            if body.size_hint().lower() > max || range.is_some_and(|(_, len)| len > max) {
+                return Err(too_large(max));
+            }
+        }
         match range {
             Some((offset, len)) => {
                 // Check the body length against the range before writing
@@ -777,7 +935,8 @@ impl Engine {
                     }
                     Some(_) => None,
                     None if len as usize <= self.limits.max_unsized_range_put => {
-                        let data = read_limited(body.as_mut(), len as usize).await?;
+                        let clock = BodyClock::new(timeout, chunk);
+                        let data = read_limited(body.as_mut(), len as usize, clock).await?;
                         if data.len() as u64 != len {
                             return Err(Fail::Reject(Reject::bad(format!(
                                 "Content-Range covers {len} bytes but the body has {}",
@@ -807,8 +966,14 @@ impl Engine {
                     })
                     .await??;
                 } else {
+                    let rules = BodyRules {
+                        chunk,
+                        announced: len,
+                        cap,
+                        timeout,
+                    };
                     let written =
-                        stream_to(&self.pool, mount.backend(), body, chunk, len, |buf, off| {
+                        stream_to(&self.pool, mount.backend(), body, rules, |buf, off| {
                             let f = file.clone();
                             move || f.write_at(&buf, offset + off)
                         })
@@ -830,17 +995,16 @@ impl Engine {
                 })
                 .await??;
                 let expected = exact.unwrap_or(u64::MAX);
-                let r = stream_to(
-                    &self.pool,
-                    mount.backend(),
-                    body,
+                let rules = BodyRules {
                     chunk,
-                    expected,
-                    |buf, off| {
-                        let r = rep.clone();
-                        move || r.write_at(&buf, off)
-                    },
-                )
+                    announced: expected,
+                    cap,
+                    timeout,
+                };
+                let r = stream_to(&self.pool, mount.backend(), body, rules, |buf, off| {
+                    let r = rep.clone();
+                    move || r.write_at(&buf, off)
+                })
                 .await;
                 let result = match r {
                     Ok(n) if exact.is_some_and(|e| e != n) => Err(Fail::Reject(Reject::bad(
@@ -868,8 +1032,31 @@ impl Engine {
         }
     }
 
-    fn respond(&self, outcome: Outcome) -> Response<SpockBody> {
+    fn respond(&self, outcome: Outcome, backend: &Arc<dyn Backend>) -> Response<SpockBody> {
         match outcome {
+            Outcome::Listing {
+                first,
+                dir,
+                attrs,
+                path,
+                budget,
+            } => {
+                let pool = backend.is_blocking().then(|| self.pool.clone());
+                let body = SpockBody::dir(dir, first, attrs, path, READDIR_BATCH, budget, pool);
+                let mut r = Response::new(body);
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                r
+            }
+            Outcome::TooManyEntries { count, max } => error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Errno::E2BIG,
+                &format!(
+                    "the directory has {count} entries; this server lists at most {max} per READDIR"
+                ),
+            ),
             Outcome::Status(s) => status_response(s),
             Outcome::Stat(st) => {
                 let mut r = status_response(StatusCode::OK);
@@ -979,6 +1166,21 @@ impl From<Reject> for Fail {
     }
 }
 
+/// 503 for a request over the concurrency limit.
+fn busy_response(waited: Duration) -> Response<SpockBody> {
+    let mut r = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Errno::EAGAIN,
+        &format!(
+            "too many requests in progress (waited {} ms for a slot); retry later",
+            waited.as_millis()
+        ),
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 fn reject(rej: Reject) -> Response<SpockBody> {
     error_response(rej.status, rej.errno, &rej.message)
 }
@@ -1019,8 +1221,83 @@ fn drop_blocking<T: Send + Sync + 'static + ?Sized>(
     }
 }
 
+/// The body deadline ([`Limits::body_timeout`]): each `chunk` bytes of a
+/// request body (or its rest, if shorter) must arrive within `timeout`, so a
+/// stalled body fails after `timeout` and a trickling one as soon as a
+/// chunk takes longer.
+struct BodyClock {
+    timeout: Duration,
+    chunk: usize,
+    deadline: tokio::time::Instant,
+    received: usize,
+}
+
+impl BodyClock {
+    fn new(timeout: Duration, chunk: usize) -> BodyClock {
+        BodyClock {
+            timeout,
+            chunk: chunk.max(1),
+            deadline: tokio::time::Instant::now() + timeout,
+            received: 0,
+        }
+    }
+
+    fn got(&mut self, n: usize) {
+        self.received += n;
+        if self.received >= self.chunk {
+            self.received %= self.chunk;
+            self.deadline = tokio::time::Instant::now() + self.timeout;
+        }
+    }
+}
+
+/// The next frame of a request body, by the clock's deadline: a body that
+/// stalls or trickles is 408 (`ETIMEDOUT`).
+async fn next_frame<B>(
+    mut body: Pin<&mut B>,
+    clock: &mut BodyClock,
+) -> Result<Option<http_body::Frame<B::Data>>, Fail>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    match tokio::time::timeout_at(clock.deadline, body.frame()).await {
+        Err(_) => Err(Fail::Reject(Reject {
+            status: StatusCode::REQUEST_TIMEOUT,
+            errno: Errno::ETIMEDOUT,
+            message: format!(
+                "request body too slow: less than {} bytes in {} s",
+                clock.chunk,
+                clock.timeout.as_secs_f32()
+            ),
+        })),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(f))) => {
+            clock.got(f.data_ref().map_or(0, |d| d.remaining()));
+            Ok(Some(f))
+        }
+        Ok(Some(Err(e))) => Err(Fail::Reject(Reject::bad(format!(
+            "reading request body: {}",
+            e.into()
+        )))),
+    }
+}
+
+/// A PUT body over [`Limits::max_put_size`].
+fn too_large(max: u64) -> Fail {
+    Fail::Reject(Reject {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        errno: Errno::EFBIG,
+        message: format!("PUT body larger than this server's limit of {max} bytes"),
+    })
+}
+
 /// Reads a whole body of at most `limit` bytes; more is 413.
-async fn read_limited<B>(mut body: Pin<&mut B>, limit: usize) -> Result<Bytes, Fail>
+async fn read_limited<B>(
+    mut body: Pin<&mut B>,
+    limit: usize,
+    mut clock: BodyClock,
+) -> Result<Bytes, Fail>
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -1029,9 +1306,7 @@ where
         return Err(Fail::Errno(Errno::E2BIG));
     }
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| Reject::bad(format!("reading request body: {}", e.into())))?;
+    while let Some(frame) = next_frame(body.as_mut(), &mut clock).await? {
         if let Ok(mut data) = frame.into_data() {
             if buf.len() + data.remaining() > limit {
                 return Err(Fail::Errno(Errno::E2BIG));
@@ -1047,14 +1322,25 @@ where
     Ok(buf.freeze())
 }
 
-/// Streams the request body to `write` in chunks of `chunk` bytes, at most
-/// `max` bytes, each write on a blocking thread. Returns the byte count.
+/// How [`stream_to`] reads the body.
+struct BodyRules {
+    /// Bytes per write.
+    chunk: usize,
+    /// The announced length: more is 400.
+    announced: u64,
+    /// The server's PUT limit: more is 413.
+    cap: Option<u64>,
+    /// Longest wait for the next frame.
+    timeout: Duration,
+}
+
+/// Streams the request body to `write` in chunks, each write on a blocking
+/// thread. Returns the byte count.
 async fn stream_to<B, W, F>(
     pool: &BlockingPool,
     backend: &Arc<dyn Backend>,
     mut body: Pin<&mut B>,
-    chunk: usize,
-    max: u64,
+    rules: BodyRules,
     mut write: W,
 ) -> Result<u64, Fail>
 where
@@ -1063,24 +1349,21 @@ where
     W: FnMut(Bytes, u64) -> F,
     F: FnOnce() -> FsResult<()> + Send + 'static,
 {
+    let chunk = rules.chunk;
+    let max = rules.announced;
     let mut buf = BytesMut::with_capacity(chunk.min(max as usize));
     let mut written: u64 = 0;
     let mut eof = false;
+    let mut clock = BodyClock::new(rules.timeout, chunk);
     while !eof {
         // Fill one chunk.
         while buf.len() < chunk {
-            match body.frame().await {
+            match next_frame(body.as_mut(), &mut clock).await? {
                 None => {
                     eof = true;
                     break;
                 }
-                Some(Err(e)) => {
-                    return Err(Fail::Reject(Reject::bad(format!(
-                        "reading request body: {}",
-                        e.into()
-                    ))))
-                }
-                Some(Ok(frame)) => {
+                Some(frame) => {
                     if let Ok(mut data) = frame.into_data() {
                         while data.has_remaining() {
                             let c = data.chunk();
@@ -1089,6 +1372,11 @@ where
                             data.advance(n);
                         }
                     }
+                }
+            }
+            if let Some(cap) = rules.cap {
+                if written + buf.len() as u64 > cap {
+                    return Err(too_large(cap));
                 }
             }
         }
@@ -1145,24 +1433,30 @@ fn execute_sync(b: &dyn Backend, path: &FsPath, op: Op, limits: &Limits) -> FsRe
     Ok(match op {
         Op::Readdir { attrs } => {
             precheck(b, path, Any)?;
+            let mut dir = b.open_dir(path, attrs)?;
+            if let Some(max) = limits.readdir_max_entries {
+                let count = dir.count_and_rewind()?;
+                if count > max {
+                    return Ok(Outcome::TooManyEntries { count, max });
+                }
+            }
             let mut out = Vec::with_capacity(512);
             if !attrs {
                 out.extend_from_slice(b".\n..\n");
             }
-            b.readdir(path, attrs, &mut |name, st| {
-                if name.contains(&b'\n') {
-                    tracing::warn!(dir = %path, name = %String::from_utf8_lossy(name).escape_debug(),
-                        "READDIR: omitting a name that contains a newline");
-                    return Ok(());
+            let (n, done) =
+                crate::body::dir_batch(&mut *dir, attrs, READDIR_BATCH, path, &mut out)?;
+            if done {
+                Outcome::Body(Bytes::from(out))
+            } else {
+                Outcome::Listing {
+                    first: Bytes::from(out),
+                    dir,
+                    attrs,
+                    path: path.clone(),
+                    budget: limits.readdir_max_entries.map(|m| m.saturating_sub(n)),
                 }
-                if let Some(st) = st {
-                    crate::listing::write_attrs_prefix(&mut out, st);
-                }
-                out.extend_from_slice(name);
-                out.push(b'\n');
-                Ok(())
-            })?;
-            Outcome::Body(Bytes::from(out))
+            }
         }
         Op::Getattr => {
             precheck(b, path, Any)?;

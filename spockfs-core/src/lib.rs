@@ -7,6 +7,7 @@
 
 pub mod backend;
 mod body;
+pub mod conn;
 pub mod engine;
 pub mod errno;
 pub mod headers;
@@ -17,12 +18,14 @@ pub mod path;
 pub mod pool;
 
 pub use body::SpockBody;
-pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limits, Op};
+pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limiter, Limits, Op};
 pub use method::Method;
 pub use mount::{Mount, MountTable};
 
 pub use backend::local::LocalFs;
 pub use backend::mem::MemFs;
-pub use backend::{Backend, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag};
+pub use backend::{
+    Backend, CollectedDir, DirStream, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag,
+};
 pub use errno::{Errno, FsResult};
 pub use path::{FsPath, PathError};

@@ -332,16 +332,35 @@ async fn pump(
     }
 }
 
-/// Writes the engine's response: header (with an exact Content-Length),
-/// then the body streamed frame by frame.
+/// Writes a response made by the engine (or by [`spockfs_core::error_response`])
+/// on `session`: header, then the body streamed frame by frame. A client
+/// that went away is not an error (the connection is just not reused).
+pub async fn respond(session: &mut Session, resp: http::Response<SpockBody>) -> Result<()> {
+    let r = write_response(session, resp).await;
+    finish(session, r)
+}
+
+/// Writes the engine's response: header (with an exact Content-Length, or
+/// chunked for a streamed READDIR), then the body streamed frame by frame.
 async fn write_response(session: &mut Session, resp: http::Response<SpockBody>) -> Result<()> {
     let (parts, body) = resp.into_parts();
     let (mut parts, mut body) = (parts, body);
     if !parts.headers.contains_key(CONTENT_LENGTH) && !no_body_status(parts.status) {
-        if let Some(n) = body.size_hint().exact() {
-            parts
-                .headers
-                .insert(CONTENT_LENGTH, http::HeaderValue::from(n));
+        match body.size_hint().exact() {
+            Some(n) => {
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, http::HeaderValue::from(n));
+            }
+            None if session.req_header().version == http::Version::HTTP_11 => {
+                parts.headers.insert(
+                    http::header::TRANSFER_ENCODING,
+                    http::HeaderValue::from_static("chunked"),
+                );
+            }
+            // HTTP/1.0: the end of the connection ends the body; HTTP/2
+            // frames it by itself.
+            None => {}
         }
     }
     // The engine's response head moves in whole (no case map: names go out

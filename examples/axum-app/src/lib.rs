@@ -62,6 +62,75 @@ pub struct Args {
     /// TLS private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Most SpockFS requests in progress at once (0: no limit); more wait
+    /// up to --max-requests-wait, then get 503 + Retry-After (EAGAIN).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_requests: usize,
+    /// How long a request over --max-requests waits for a slot, seconds.
+    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_secs)]
+    pub max_requests_wait: Duration,
+    /// Largest PUT body, bytes (413, EFBIG, nothing written). Default: no
+    /// limit.
+    #[arg(long, value_name = "BYTES")]
+    pub max_put_size: Option<u64>,
+    /// Most entries one READDIR lists (a larger directory is 413, E2BIG).
+    /// Default: no limit (listings stream with flat memory).
+    #[arg(long, value_name = "N")]
+    pub readdir_max_entries: Option<u64>,
+    /// Largest request head (request line + headers), bytes; larger is 431.
+    /// At least 8192.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_header_bytes: u32,
+    /// Seconds a client may take to send a request head, from its first
+    /// byte (slowloris); then the connection is closed. 0: off.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub header_timeout: Duration,
+    /// Seconds a keep-alive connection may stay idle between requests
+    /// (and after accept); then it is closed. 0: off.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub idle_timeout: Duration,
+    /// Seconds a request body may stall (no data at all) before the request
+    /// is answered 408 and the connection closed. 0: off.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub body_timeout: Duration,
+}
+
+/// Seconds, possibly fractional (`0.5`).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("expected seconds (e.g. 10 or 0.5), got {s:?}")),
+    }
+}
+
+/// `0` means off.
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+impl Args {
+    /// The engine limits these flags set.
+    pub fn limits(&self) -> spockfs_tower::Limits {
+        spockfs_tower::Limits {
+            max_requests: self.max_requests,
+            max_requests_wait: self.max_requests_wait,
+            max_put_size: self.max_put_size,
+            readdir_max_entries: self.readdir_max_entries,
+            // "Off": a day.
+            body_timeout: nonzero(self.body_timeout).unwrap_or(Duration::from_secs(86400)),
+            ..spockfs_tower::Limits::default()
+        }
+    }
+
+    /// The connection timeouts these flags set.
+    pub fn conn_timeouts(&self) -> spockfs_core::conn::ConnTimeouts {
+        spockfs_core::conn::ConnTimeouts {
+            idle: nonzero(self.idle_timeout),
+            header: nonzero(self.header_timeout),
+        }
+    }
 }
 
 fn parse_vhost(s: &str) -> Result<(String, PathBuf), String> {
@@ -112,7 +181,9 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
         })?;
         Ok(Mount::new(fs).read_only(args.read_only))
     };
-    let mut b = SpockFs::builder().default_mount(open(&args.root, true)?);
+    let mut b = SpockFs::builder()
+        .limits(args.limits())
+        .default_mount(open(&args.root, true)?);
     for (host, dir) in &args.vhosts {
         b = b.vhost(host, open(dir, false)?);
     }
@@ -180,6 +251,7 @@ pub async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
+    use spockfs_core::conn::GuardedIo;
     use tower::ServiceExt;
 
     let router = build_router(&args)?;
@@ -188,12 +260,24 @@ pub async fn serve(
         _ => None,
     };
     let mut builder = Builder::new(TokioExecutor::new());
+    let timeouts = args.conn_timeouts();
+    // Idle and header timeouts are enforced precisely by GuardedIo (below);
+    // hyper's own header timer starts when it begins waiting for a head
+    // (idle time included), so it stays as a backstop at idle + header.
+    let backstop = match (timeouts.idle, timeouts.header) {
+        (Some(i), Some(h)) => Some(i + h),
+        _ => None,
+    };
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(backstop)
+        .max_buf_size(args.max_header_bytes as usize)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(args.max_header_bytes);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -211,32 +295,60 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc =
-            router
-                .clone()
-                .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req
-                });
-        let svc = TowerToHyperService::new(svc);
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let router = router.clone();
         tokio::spawn(async move {
+            // The service reports each request to the connection guard; the
+            // guard's hold ends with the response body.
+            let svc = |activity: spockfs_core::conn::ConnActivity| {
+                TowerToHyperService::new(tower::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        let active = activity.request();
+                        let router = router.clone();
+                        async move {
+                            let resp = router.oneshot(req).await?;
+                            Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                                axum::body::Body::new(ActiveBody {
+                                    inner: b,
+                                    _active: active,
+                                })
+                            }))
+                        }
+                    },
+                ))
+            };
             let res = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
-                        watcher.watch(conn.into_owned()).await
+                Some(acceptor) => {
+                    // The TLS handshake gets the header timeout too.
+                    let hs = acceptor.accept(stream);
+                    let hs = match timeouts.header {
+                        Some(t) => tokio::time::timeout(t, hs).await.map_err(|_| {
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timeout")
+                        }),
+                        None => Ok(hs.await),
+                    };
+                    match hs {
+                        Ok(Ok(s)) => {
+                            let io = GuardedIo::new(s, timeouts);
+                            let svc = svc(io.activity());
+                            let conn =
+                                builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) | Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
+                }
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let io = GuardedIo::new(stream, timeouts);
+                    let svc = svc(io.activity());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                     watcher.watch(conn.into_owned()).await
                 }
             };
@@ -253,6 +365,31 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A response body that keeps its request "in progress" for the
+/// connection guard until it has been sent or dropped.
+struct ActiveBody {
+    inner: axum::body::Body,
+    _active: spockfs_core::conn::RequestActive,
+}
+
+impl http_body::Body for ActiveBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is

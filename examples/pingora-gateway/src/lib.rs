@@ -11,22 +11,30 @@
 //! Configured by a TOML file ([`Config`]); see `gateway.example.toml`.
 
 use async_trait::async_trait;
+use pingora::apps::ServerApp;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::upstreams::peer::HttpPeer;
 use serde::Deserialize;
+use spockfs_core::conn::{ConnTimeouts, GuardedIo, RequestActive};
 use spockfs_core::mount::{normalize_host, vhost_matches};
 use spockfs_core::path::strip_mount_prefix;
-use spockfs_core::{Engine, Limits, LocalFs, MemFs, Method, Mount};
+use spockfs_core::{Engine, Limiter, Limits, LocalFs, MemFs, Method, Mount};
 use spockfs_pingora::SpockFsModule;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// The whole configuration file.
@@ -122,7 +130,8 @@ impl Default for ServerSettings {
     }
 }
 
-/// Engine limits (defaults as in `spockfs_core::Limits`).
+/// Engine limits (defaults as in `spockfs_core::Limits`) and connection
+/// limits.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
@@ -132,6 +141,35 @@ pub struct LimitSettings {
     pub chunk_size: Option<usize>,
     /// Most concurrent filesystem calls.
     pub blocking_threads: Option<usize>,
+    /// Most SpockFS requests in progress at once, all local vhosts
+    /// together (0: no limit). Default 1024.
+    pub max_requests: Option<usize>,
+    /// How long a request over `max_requests` waits for a slot before its
+    /// 503, milliseconds. Default 500.
+    pub max_requests_wait_ms: Option<u64>,
+    /// Largest PUT body, bytes (413, EFBIG). Default: no limit.
+    pub max_put_size: Option<u64>,
+    /// Most entries one READDIR lists (413, E2BIG). Default: no limit.
+    pub readdir_max_entries: Option<u64>,
+    /// Largest request head (request line + headers), bytes; larger is
+    /// 431 (Pingora itself refuses heads over 1 MiB with 400). Default
+    /// 65536.
+    pub max_header_bytes: Option<usize>,
+    /// Longest time from the first byte of a request head to its end,
+    /// milliseconds (0: off). Default 10000.
+    pub header_timeout_ms: Option<u64>,
+    /// Longest idle time of a keep-alive connection (after accept or the
+    /// previous response), milliseconds (0: off). Default 60000.
+    pub idle_timeout_ms: Option<u64>,
+    /// Longest stall of a request body, milliseconds (0: off): a SpockFS
+    /// request is answered 408, a proxied one fails (Pingora's downstream
+    /// read timeout). Default 30000.
+    pub body_timeout_ms: Option<u64>,
+}
+
+/// `0` means off.
+fn ms(v: u64) -> Option<Duration> {
+    (v > 0).then(|| Duration::from_millis(v))
 }
 
 fn default_listeners() -> Vec<Listener> {
@@ -233,7 +271,32 @@ impl Config {
         if let Some(v) = self.limits.blocking_threads {
             l.blocking_threads = v;
         }
+        if let Some(v) = self.limits.max_requests {
+            l.max_requests = v;
+        }
+        if let Some(v) = self.limits.max_requests_wait_ms {
+            l.max_requests_wait = Duration::from_millis(v);
+        }
+        l.max_put_size = self.limits.max_put_size;
+        l.readdir_max_entries = self.limits.readdir_max_entries;
+        if let Some(v) = self.limits.body_timeout_ms {
+            // "Off": a day.
+            l.body_timeout = ms(v).unwrap_or(Duration::from_secs(86400));
+        }
         l
+    }
+
+    /// Largest request head, bytes.
+    pub fn max_header_bytes(&self) -> usize {
+        self.limits.max_header_bytes.unwrap_or(64 * 1024)
+    }
+
+    /// Idle and header timeouts of downstream HTTP/1 connections.
+    pub fn conn_timeouts(&self) -> ConnTimeouts {
+        ConnTimeouts {
+            idle: ms(self.limits.idle_timeout_ms.unwrap_or(60_000)),
+            header: ms(self.limits.header_timeout_ms.unwrap_or(10_000)),
+        }
     }
 }
 
@@ -250,6 +313,8 @@ pub struct Gateway {
     module: SpockFsModule,
     pools: Vec<Pool>,
     default_upstream: Option<String>,
+    max_header_bytes: usize,
+    body_timeout: Option<Duration>,
 }
 
 /// Per-request state.
@@ -257,6 +322,151 @@ pub struct Gateway {
 pub struct Ctx {
     pool: Option<usize>,
     tried: Vec<SocketAddr>,
+    /// Holds the connection guard off while this request is in progress.
+    _active: Option<RequestActive>,
+}
+
+/// Bytes of a request head as sent: request line and header lines.
+fn head_size(req: &RequestHeader) -> usize {
+    req.method.as_str().len()
+        + req.raw_path().len()
+        + 12
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}
+
+/// A downstream connection under [`GuardedIo`]'s idle and header timeouts
+/// (Pingora's own timeouts are per read, so a client trickling a header one
+/// byte at a time would never hit them).
+#[derive(Debug)]
+pub struct GuardedStream(GuardedIo<Stream>);
+
+impl tokio::io::AsyncRead for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        self.0.get_mut().shutdown().await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.0.get_ref().id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.0.get_ref().get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.0.get_ref().get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.0.get_ref().selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.0.get_ref().get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.0.get_ref().get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.0.get_ref().get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.0.get_ref().get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, d: pingora::protocols::raw_connect::ProxyDigest) {
+        self.0.get_mut().set_proxy_digest(d)
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.0.get_ref().get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, d: SocketDigest) {
+        self.0.get_mut().set_socket_digest(d)
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.0.get_mut().try_peek(buf).await
+    }
+}
+
+/// The proxy application with every HTTP/1 downstream connection wrapped
+/// in a [`GuardedStream`] (HTTP/2 over TLS is left to the h2 stack).
+pub struct GuardedApp {
+    inner: Arc<pingora::proxy::HttpProxy<Gateway>>,
+    timeouts: ConnTimeouts,
+}
+
+#[async_trait]
+impl ServerApp for GuardedApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            Box::new(GuardedStream(GuardedIo::new(stream, self.timeouts)))
+        };
+        ServerApp::process_new(&self.inner, stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.inner).await
+    }
 }
 
 fn host_of(session: &Session) -> Option<String> {
@@ -285,7 +495,37 @@ impl ProxyHttp for Gateway {
     /// proxied responses pass through as the upstream sent them.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // The head is in: the connection guard stands down until this
+        // request is done (`ctx` is dropped at its end).
+        let guarded = session
+            .as_downstream()
+            .stream()
+            .and_then(|s| (**s).as_any().downcast_ref::<GuardedStream>());
+        if let Some(g) = guarded {
+            ctx._active = Some(g.0.activity().request());
+        }
+        session
+            .as_downstream_mut()
+            .set_read_timeout(self.body_timeout);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
+        let size = head_size(session.req_header());
+        if size > self.max_header_bytes {
+            let resp = spockfs_core::error_response(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                spockfs_core::Errno::E2BIG,
+                &format!(
+                    "request head of {size} bytes; this server accepts at most {}",
+                    self.max_header_bytes
+                ),
+            );
+            session.as_downstream_mut().set_keepalive(None);
+            spockfs_pingora::respond(session, resp).await?;
+            return Ok(true);
+        }
         self.module.handle(session).await
     }
 
@@ -396,6 +636,8 @@ pub fn build_with(
     server.bootstrap();
 
     let limits = config.limits();
+    // One concurrency budget for every local vhost.
+    let limiter = Limiter::from_limits(&limits);
     let mut module = SpockFsModule::builder();
     let mut pools = Vec::new();
     let mut urls = Vec::new();
@@ -426,6 +668,7 @@ pub fn build_with(
                 let engine = Engine::builder()
                     .default_mount(mount.read_only(v.read_only))
                     .limits(limits)
+                    .limiter(limiter.clone())
                     .build();
                 module = module.route(host.as_deref(), &prefix, engine);
                 for l in &config.listen {
@@ -476,12 +719,21 @@ pub fn build_with(
         module: routes(module).build(),
         pools,
         default_upstream: config.default_upstream.clone(),
+        max_header_bytes: config.max_header_bytes(),
+        body_timeout: ms(config.limits.body_timeout_ms.unwrap_or(30_000)),
     };
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = config.listen.iter().any(|l| l.h2c);
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     proxy.server_options = Some(options);
-    let mut service = pingora::services::listening::Service::new("spockfs gateway".into(), proxy);
+    let mut h2 = pingora::protocols::http::v2::server::H2Options::new();
+    h2.max_header_list_size(config.max_header_bytes().min(u32::MAX as usize) as u32);
+    proxy.h2_options = Some(h2);
+    let app = GuardedApp {
+        inner: Arc::new(proxy),
+        timeouts: config.conn_timeouts(),
+    };
+    let mut service = pingora::services::listening::Service::new("spockfs gateway".into(), app);
     // Pingora's default L4 write buffer is one MSS (1460 bytes), so a
     // response header and a small body (a 4 KiB read) leave in two
     // syscalls; 16 KiB per connection sends them together. Bodies larger

@@ -15,6 +15,33 @@ fn example_config_is_valid() {
         pingora_gateway::Config::from_toml("bogus_key = 1").is_err(),
         "unknown keys are rejected"
     );
+    // Every commented-out key of [limits] is a real key (uncommented, the
+    // file still parses, unknown keys being rejected).
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"));
+    let limits_at = text
+        .find("[limits]")
+        .unwrap_or_else(|| panic!("no [limits]"));
+    let (head, tail) = text.split_at(limits_at);
+    let mut keys = 0;
+    let tail: String = tail
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(kv)
+                if kv.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                }) =>
+            {
+                keys += 1;
+                format!("{kv}\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert!(keys >= 12, "only {keys} commented [limits] keys found");
+    let cfg = pingora_gateway::Config::from_toml(&format!("{head}{tail}"))
+        .unwrap_or_else(|e| panic!("uncommented [limits]: {e}"));
+    assert_eq!(cfg.limits.max_requests, Some(1024));
+    assert_eq!(cfg.limits.body_timeout_ms, Some(30000));
     let both = "[[vhost]]\nhost = \"x\"\nroot = \"/tmp\"\nupstreams = [\"127.0.0.1:1\"]\n";
     assert!(pingora_gateway::build(
         &pingora_gateway::Config::from_toml(both).unwrap_or_else(|e| panic!("{e}"))

@@ -16,7 +16,9 @@
 //! a lazily opened `LocalFs` answers every request with `ENOSYS`: there is
 //! no silent fallback to unconfined resolution.
 
-use super::{mode, Backend, DirSink, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag};
+use super::{
+    mode, Backend, DirSink, DirStream, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag,
+};
 use crate::{Errno, FsPath, FsResult};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -534,7 +536,68 @@ fn link_proc(_fd: &OwnedFd, _dir: &OwnedFd, _name: &[u8]) -> FsResult<()> {
     Err(Errno::EOPNOTSUPP)
 }
 
+/// A directory listed in batches: the open directory (its fd and getdents
+/// buffer) is all that is kept between batches.
+struct LocalDir {
+    dir: rustix::fs::Dir,
+    attrs: bool,
+    done: bool,
+}
+
+impl DirStream for LocalDir {
+    fn next_batch(&mut self, max: usize, sink: &mut DirSink<'_>) -> FsResult<bool> {
+        let mut n = 0;
+        while n < max {
+            let Some(entry) = self.dir.read() else {
+                self.done = true;
+                return Ok(true);
+            };
+            let entry = entry.map_err(io_err)?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            n += 1;
+            if self.attrs {
+                match statat(&self.dir.fd().map_err(io_err)?, name) {
+                    Ok(st) => sink(name, Some(&st))?,
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                sink(name, None)?;
+            }
+        }
+        Ok(self.done)
+    }
+
+    fn count_and_rewind(&mut self) -> FsResult<u64> {
+        let mut n = 0u64;
+        while let Some(entry) = self.dir.read() {
+            let entry = entry.map_err(io_err)?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                n += 1;
+            }
+        }
+        self.dir.rewind();
+        self.done = false;
+        Ok(n)
+    }
+}
+
 impl Backend for LocalFs {
+    fn open_dir(&self, path: &FsPath, attrs: bool) -> FsResult<Box<dyn DirStream>> {
+        let fd = self.open_rel(path.relative(), OFlags::RDONLY | OFlags::DIRECTORY)?;
+        // Dir::new keeps this fd (see readdir).
+        let dir = rustix::fs::Dir::new(fd).map_err(io_err)?;
+        Ok(Box::new(LocalDir {
+            dir,
+            attrs,
+            done: false,
+        }))
+    }
+
     fn getattr(&self, path: &FsPath) -> FsResult<Stat> {
         let (dir, name) = self.at(path)?;
         statat(&dir, name)

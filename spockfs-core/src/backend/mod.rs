@@ -149,6 +149,60 @@ impl XattrFlag {
 /// Receives READDIR entries; return an error to stop early.
 pub type DirSink<'a> = dyn FnMut(&[u8], Option<&Stat>) -> FsResult<()> + 'a;
 
+/// An open directory being listed in batches (READDIR streams its body from
+/// one of these, so a directory of any size is listed with flat memory).
+/// Entries are never `.` or `..`; with `attrs`, each comes with its `lstat`
+/// (entries that vanish meanwhile are skipped).
+pub trait DirStream: Send {
+    /// Delivers up to `max` further entries to `sink`; `Ok(true)` once the
+    /// directory is exhausted.
+    fn next_batch(&mut self, max: usize, sink: &mut DirSink<'_>) -> FsResult<bool>;
+    /// Counts the entries from the current position to the end, then
+    /// starts over from the first entry (used to enforce an entry limit
+    /// before any of the listing is sent).
+    fn count_and_rewind(&mut self) -> FsResult<u64>;
+}
+
+/// A [`DirStream`] over entries already collected in memory: what
+/// [`Backend::open_dir`] returns unless a backend streams for real.
+pub struct CollectedDir {
+    entries: Vec<(Vec<u8>, Option<Stat>)>,
+    pos: usize,
+}
+
+impl CollectedDir {
+    /// Collects a whole listing with [`Backend::readdir`].
+    pub fn collect<B: Backend + ?Sized>(
+        b: &B,
+        path: &FsPath,
+        attrs: bool,
+    ) -> FsResult<CollectedDir> {
+        let mut entries = Vec::new();
+        b.readdir(path, attrs, &mut |name, st| {
+            entries.push((name.to_vec(), st.copied()));
+            Ok(())
+        })?;
+        Ok(CollectedDir { entries, pos: 0 })
+    }
+}
+
+impl DirStream for CollectedDir {
+    fn next_batch(&mut self, max: usize, sink: &mut DirSink<'_>) -> FsResult<bool> {
+        let end = self.entries.len().min(self.pos.saturating_add(max));
+        while self.pos < end {
+            let (name, st) = &self.entries[self.pos];
+            self.pos += 1;
+            sink(name, st.as_ref())?;
+        }
+        Ok(self.pos >= self.entries.len())
+    }
+    fn count_and_rewind(&mut self) -> FsResult<u64> {
+        let n = (self.entries.len() - self.pos) as u64;
+        self.pos = 0;
+        Ok(n)
+    }
+}
+
 /// An open regular file, for ranged reads and writes.
 pub trait FileHandle: Send + Sync {
     /// Size when it was opened.
@@ -193,6 +247,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Lists a directory (without `.` and `..`), with each entry's `lstat`
     /// when `attrs` is set (entries that vanish meanwhile are skipped).
     fn readdir(&self, path: &FsPath, attrs: bool, sink: &mut DirSink<'_>) -> FsResult<()>;
+    /// Opens a directory for a listing delivered in batches (same entries
+    /// and errors as [`readdir`](Backend::readdir)). The default collects
+    /// the whole listing with `readdir` ([`CollectedDir`]); backends whose
+    /// directories can be large should stream instead, as `LocalFs` does.
+    fn open_dir(&self, path: &FsPath, attrs: bool) -> FsResult<Box<dyn DirStream>> {
+        Ok(Box::new(CollectedDir::collect(self, path, attrs)?))
+    }
     /// `mknod(path, mode, dev)`, with `mode`'s permission bits applied
     /// exactly (no umask).
     fn mknod(&self, path: &FsPath, mode: u32, dev: u64) -> FsResult<()>;
