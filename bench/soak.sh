@@ -16,12 +16,19 @@ stamp=$(date +%Y%m%d-%H%M%S)
 out=bench/results/soak-$stamp.md
 rows=$(mktemp)
 log=$(mktemp)
-trap 'rm -f "$rows" "$log"' EXIT
 
 cargo build --release --locked -p axum-app -p pingora-gateway --bins
+cargo test --release --locked -p spockfs-tests --test soak --no-run
+# The servers run from a private copy: another checkout sharing the target
+# dir (CARGO_TARGET_DIR) cannot replace them mid-run.
+target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bins=$(mktemp -d)
+trap 'rm -rf "$rows" "$log" "$bins"' EXIT
+cp "$target/release/axum-app" "$target/release/pingora-gateway" "$bins/"
+status=0
 for s in ${servers//,/ }; do
-    SOAK_SECS=$secs SOAK_REPORT=$rows cargo test --release --locked -p spockfs-tests \
-        --test soak -- --exact "soak_$s" --nocapture 2>&1 | tee -a "$log"
+    SPOCKFS_BIN_DIR=$bins SOAK_SECS=$secs SOAK_REPORT=$rows cargo test --release --locked \
+        -p spockfs-tests --test soak -- --exact "soak_$s" --nocapture 2>&1 | tee -a "$log" || status=1
 done
 
 {
@@ -39,7 +46,8 @@ done
     cat "$rows"
     echo
     echo '```'
-    grep -E '^soak |^test soak_|test result' "$log" || true
+    grep -E '^soak |^  unexpected|^test soak_|test result|panicked|RSS grew|fds grew' "$log" || true
     echo '```'
 } > "$out"
 echo "wrote $out"
+exit $status

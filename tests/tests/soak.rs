@@ -1272,6 +1272,9 @@ async fn soak(kind: ServerKind) {
          {expected} expected errors, {unexpected} unexpected; RSS max first/last window {rss1}/{rss2} KiB; \
          fds {fd1}/{fd2}; threads {th1}/{th2}; idle {idle:?}; TIME_WAIT on the port at the end: {tw}"
     );
+    for m in messages.iter().take(20) {
+        eprintln!("  unexpected: {m}");
+    }
     if let Ok(p) = std::env::var("SOAK_REPORT") {
         use std::io::Write;
         if let Ok(mut f) = std::fs::OpenOptions::new()
