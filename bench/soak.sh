@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 secs=${SOAK_SECS:-120}
 servers=${SERVERS:-axum,gateway}
 stamp=$(date +%Y%m%d-%H%M%S)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 out=bench/results/soak-$stamp.md
 rows=$(mktemp)
 log=$(mktemp)
@@ -39,7 +40,7 @@ done
     echo
     echo "64 clients (one keep-alive connection each), every SpockFS method, own subtrees"
     echo "checked exactly and a shared subtree checked for whole versions; RSS/fds/threads"
-    echo "are the maxima of the first and last window (60 s, or a third of the run)."
+    echo "are the maxima of the first and last window (60 s, or half the run)."
     echo
     echo "| server | duration | requests | req/s | expected errors | unexpected | RSS first / last | fds first / last | threads first / last | server idle | TIME_WAIT at end |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -19,7 +19,7 @@
 //! exactly what was last acknowledged, every shared file one of the
 //! acknowledged versions, nothing missing, nothing extra. The server's RSS
 //! and open fds are sampled every second and must be flat: the maximum of
-//! the last window (a minute, or a third of the run if shorter) at most
+//! the last window (a minute, or half the run if shorter) at most
 //! 1.2× the first window's maximum plus a slack (8 MiB RSS, 16 fds). Fewer
 //! than 32 sockets in TIME_WAIT on the server's port at the end (a
 //! connection per request would leave thousands) shows the connections
@@ -1240,7 +1240,7 @@ async fn soak(kind: ServerKind) {
     }
 
     // Flat RSS and fds: the last window against the first.
-    let window = (secs as f64 / 3.0).min(60.0);
+    let window = (secs as f64 / 2.0).min(60.0);
     let first: Vec<&ProcSample> = samples
         .iter()
         .filter(|(t, _)| *t <= window)
