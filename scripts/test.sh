@@ -28,8 +28,10 @@ if ((${#need_pkgs[@]})); then
     fi
 fi
 
-# tests/tests/mount.rs runs the spockfs-mount and axum-app binaries from target/release/.
-cargo build --release --locked -p spockfs-client --bins -p axum-app --bins
+# tests/tests/mount.rs runs the spockfs-mount and axum-app binaries, and
+# tests/tests/{nginx,faults,soak}.rs the server binaries, from the test
+# executables' target dir.
+cargo build --release --locked -p spockfs-client -p axum-app -p pingora-gateway --bins
 
 if (($#)); then
     exec cargo test --release --locked "$@"

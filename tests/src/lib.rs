@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod procs;
 pub mod suite;
 
 /// A free TCP port on 127.0.0.1 for a server that binds by number (nginx,

@@ -38,7 +38,34 @@ use std::sync::OnceLock;
 /// ```
 pub struct LocalFs {
     path: PathBuf,
-    root: OnceLock<OwnedFd>,
+    root: OnceLock<RootFd>,
+    /// Milliseconds after `created` before which the root is not checked
+    /// for removal again.
+    next_check: AtomicU64,
+    created: std::time::Instant,
+}
+
+/// The open root directory, and the one that replaced it if it was removed
+/// and then restored. A replaced fd stays open (and unused) while the
+/// `LocalFs` lives: requests in flight may still hold it, and closing it
+/// could let its number be reused under them.
+struct RootFd {
+    fd: OwnedFd,
+    next: OnceLock<Box<RootFd>>,
+}
+
+impl RootFd {
+    fn new(fd: OwnedFd) -> RootFd {
+        RootFd {
+            fd,
+            next: OnceLock::new(),
+        }
+    }
+}
+
+/// True if `fd` is a directory that has been removed.
+fn is_removed(fd: &impl AsFd) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| st.st_nlink == 0)
 }
 
 impl std::fmt::Debug for LocalFs {
@@ -58,12 +85,17 @@ impl LocalFs {
     /// Until the directory can be opened, every request fails with the
     /// reason (`ENOENT`, `ENOTDIR`, or `ENOSYS` where confined resolution is
     /// unavailable) and the open is retried on the next request; once open,
-    /// the directory fd is kept. Use [`LocalFs::open`] to fail at start
-    /// instead.
+    /// the directory fd is kept (renaming the directory does not change what
+    /// is served). If that directory is removed, requests fail with
+    /// `ENOENT` until a directory exists at the path again (restored), which
+    /// is then served (checked at most once a second). Use
+    /// [`LocalFs::open`] to fail at start instead.
     pub fn new(dir: impl AsRef<Path>) -> LocalFs {
         LocalFs {
             path: dir.as_ref().to_path_buf(),
             root: OnceLock::new(),
+            next_check: AtomicU64::new(0),
+            created: std::time::Instant::now(),
         }
     }
 
@@ -86,13 +118,43 @@ impl LocalFs {
     }
 
     fn root(&self) -> FsResult<BorrowedFd<'_>> {
-        if let Some(fd) = self.root.get() {
-            return Ok(fd.as_fd());
+        let mut cur = match self.root.get() {
+            Some(r) => r,
+            None => {
+                let fd = open_root(&self.path)?;
+                // A concurrent first request may have won; either fd is the root.
+                let _ = self.root.set(RootFd::new(fd));
+                self.root.get().ok_or(Errno::EIO)?
+            }
+        };
+        while let Some(next) = cur.next.get() {
+            cur = next;
         }
-        let fd = open_root(&self.path)?;
-        // A concurrent first request may have won; either fd is the root.
-        let _ = self.root.set(fd);
-        self.root.get().map(|fd| fd.as_fd()).ok_or(Errno::EIO)
+        if self.recheck_due() && is_removed(&cur.fd) {
+            // Removed: serve the directory now at the path, if there is one.
+            if let Ok(fd) = open_root(&self.path) {
+                if !is_removed(&fd) {
+                    tracing::warn!(root = %self.path.display(),
+                        "the root directory was removed and is back: serving the new one");
+                    let _ = cur.next.set(Box::new(RootFd::new(fd)));
+                    while let Some(next) = cur.next.get() {
+                        cur = next;
+                    }
+                }
+            }
+        }
+        Ok(cur.fd.as_fd())
+    }
+
+    /// True at most once a second (a clock read per call otherwise).
+    fn recheck_due(&self) -> bool {
+        let now = self.created.elapsed().as_millis() as u64;
+        let next = self.next_check.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_check
+                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Opens `rel` (relative to the root, empty for the root itself)
@@ -944,10 +1006,13 @@ impl Backend for LocalFs {
                         committed: Default::default(),
                     }))
                 }
+                // EPERM: what O_TMPFILE says in a removed directory, where
+                // the named temporary below gets the right error (ENOENT).
                 Err(e)
                     if e == rustix::io::Errno::OPNOTSUPP
                         || e == rustix::io::Errno::ISDIR
-                        || e == rustix::io::Errno::INVAL => {}
+                        || e == rustix::io::Errno::INVAL
+                        || e == rustix::io::Errno::PERM => {}
                 Err(e) => return Err(io_err(e)),
             }
         }
