@@ -606,12 +606,15 @@ async fn disconnects_in_process_tasks() {
 // ---------------------------------------------------------------------------
 // the root removed or unreadable
 
-/// Every method, on the root, a file, a directory and new names.
-fn battery() -> Vec<(
+/// A request: method, path, headers.
+type Probe = (
     &'static str,
     &'static str,
     Vec<(&'static str, &'static str)>,
-)> {
+);
+
+/// Every method, on the root, a file, a directory and new names.
+fn battery() -> Vec<Probe> {
     vec![
         ("GETATTR", "/", vec![]),
         ("GETATTR", "/f", vec![]),
