@@ -18,8 +18,12 @@ out=bench/results/soak-$stamp.md
 rows=$(mktemp)
 log=$(mktemp)
 
-cargo build --release --locked -p axum-app -p pingora-gateway --bins
 cargo test --release --locked -p spockfs-tests --test soak --no-run
+# Touched so that this build relinks them: with a target dir shared by
+# several checkouts, an up-to-date build would leave in place whatever
+# another checkout linked last.
+touch examples/axum-app/src/main.rs examples/pingora-gateway/src/main.rs
+cargo build --release --locked -p axum-app -p pingora-gateway --bins
 # The servers run from a private copy: another checkout sharing the target
 # dir (CARGO_TARGET_DIR) cannot replace them mid-run.
 target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -36,7 +40,7 @@ done
     echo "# Soak, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "Command: \`SOAK_SECS=$secs SERVERS=$servers bench/soak.sh\` (commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ', dirty'))"
-    echo "on $(nproc) cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "on $(nproc) cores (shared with other work), load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     echo "64 clients (one keep-alive connection each), every SpockFS method, own subtrees"
     echo "checked exactly and a shared subtree checked for whole versions; RSS/fds/threads"
