@@ -110,7 +110,26 @@ pub struct GuardedIo<S> {
     timeouts: ConnTimeouts,
     sleep: Option<Pin<Box<Sleep>>>,
     first_read: bool,
+    /// Lingering close: set once our side is shut down.
+    linger: Option<Linger>,
 }
+
+/// After shutting down our side, the connection reads and discards what
+/// the client still sends — for up to [`LINGER_TIME`] or
+/// [`LINGER_BYTES`] — before it is closed. Closing a socket with unread
+/// data makes the kernel send a reset, which can destroy a response the
+/// client has not read yet: typically the 4xx that refused a large request
+/// body early. (nginx's `lingering_close` does the same.)
+#[derive(Debug)]
+struct Linger {
+    deadline: Pin<Box<Sleep>>,
+    discarded: usize,
+}
+
+/// Longest a closing connection lingers to let the client read the answer.
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// Most bytes a closing connection discards while lingering.
+pub const LINGER_BYTES: usize = 64 << 20;
 
 impl<S> GuardedIo<S> {
     /// Wraps a freshly accepted connection (the idle timer starts now).
@@ -129,6 +148,7 @@ impl<S> GuardedIo<S> {
             timeouts,
             sleep: None,
             first_read: true,
+            linger: None,
         }
     }
 
@@ -224,7 +244,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
 
 use std::future::Future;
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -235,8 +255,40 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
+    /// Shuts down our side, then lingers (see [`LINGER_TIME`]): done when
+    /// the client closes too, errs, or the time or byte budget runs out.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.linger = Some(Linger {
+                deadline: Box::pin(tokio::time::sleep(LINGER_TIME)),
+                discarded: 0,
+            });
+        }
+        let Some(l) = this.linger.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            let mut rb = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    l.discarded += rb.filled().len();
+                    if l.discarded >= LINGER_BYTES {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    return match l.deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            }
+        }
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,

@@ -867,3 +867,65 @@ async fn root_unreadable_axum() {
 async fn root_unreadable_gateway() {
     root_unreadable(ServerKind::Gateway).await;
 }
+
+/// A PUT refused before its (large) body is read — here the parent is
+/// missing — is answered and the connection closed with the body unread.
+/// Closing a socket with unread data sends a reset, which can destroy the
+/// answer before the client reads it: the servers linger (shut down their
+/// side, discard what still arrives) so the client always gets the 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_refusal_of_a_large_body_reaches_the_client() {
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).unwrap_or_else(|e| panic!("{e}"));
+    let body_len: usize = 64 << 20;
+    for kind in ServerKind::ALL {
+        let mut srv = ServerProcess::start(kind, work.path(), &root, &Opts::default());
+        let mut got = std::collections::BTreeMap::<String, usize>::new();
+        for i in 0..20 {
+            let mut s = TcpStream::connect(srv.addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let head = format!(
+                "PUT /fs/missing/f{i} HTTP/1.1\r\nHost: h\r\nContent-Length: {body_len}\r\n\r\n"
+            );
+            let (mut rd, mut wr) = s.split();
+            let send = async {
+                let _ = wr.write_all(head.as_bytes()).await;
+                let chunk = vec![7u8; 256 << 10];
+                let mut sent = 0;
+                while sent < body_len {
+                    if wr.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+            };
+            let recv = async {
+                // Let the client be busy sending when the answer comes.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut buf = Vec::new();
+                match tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut buf)).await
+                {
+                    Ok(Ok(_)) => String::from_utf8_lossy(&buf)
+                        .lines()
+                        .next()
+                        .unwrap_or("(empty)")
+                        .to_string(),
+                    Ok(Err(e)) => format!("error: {:?}", e.kind()),
+                    Err(_) => "timeout".to_string(),
+                }
+            };
+            let ((), line) = tokio::join!(send, recv);
+            *got.entry(line).or_default() += 1;
+        }
+        eprintln!("{kind:?}: 20 early refusals of a 64 MiB body: {got:?}");
+        assert_eq!(
+            got.get("HTTP/1.1 404 Not Found"),
+            Some(&20),
+            "{kind:?}: {got:?}"
+        );
+        assert!(srv.alive());
+        srv.stop();
+    }
+}

@@ -382,8 +382,10 @@ impl tokio::io::AsyncWrite for GuardedStream {
 
 #[async_trait]
 impl Shutdown for GuardedStream {
+    /// Through [`GuardedIo`]'s lingering close, so a response is not lost
+    /// to a reset when the client is still sending.
     async fn shutdown(&mut self) {
-        self.0.get_mut().shutdown().await
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.0).await;
     }
 }
 
