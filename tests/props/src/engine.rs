@@ -270,7 +270,8 @@ pub fn check_response(q: &Req, r: &Resp) {
 
 /// The fixture tree, as requests (for the MemFs) or direct calls (LocalFs).
 async fn mem_fixture(engine: &Engine) {
-    let setup: &[(&str, &str, &[(&str, &str)], &[u8])] = &[
+    type Setup<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a [u8]);
+    let setup: &[Setup<'_>] = &[
         ("MKDIR", "/dir", &[("x-spock-mode", "493")], b""),
         ("MKDIR", "/dir/sub", &[("x-spock-mode", "493")], b""),
         ("PUT", "/dir/file", &[], b"inside"),

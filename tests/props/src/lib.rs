@@ -26,9 +26,12 @@ pub mod parsers;
 pub use engine::{check_engine_local, check_engine_mem};
 pub use parsers::{check_client, check_headers, check_listing, check_path, check_range};
 
+/// A property: panics if it does not hold for the input.
+pub type Property = fn(&[u8]);
+
 /// Every target: its name (the directory under `fuzz/corpus/`) and its
 /// property.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Property)] = &[
     ("path", check_path),
     ("headers", check_headers),
     ("range", check_range),

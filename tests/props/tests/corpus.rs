@@ -3,7 +3,7 @@
 //! regressions), then random inputs from proptest — half fresh bytes, half
 //! mutations of corpus files.
 //!
-//! `SPOCKFS_PROPTEST_CASES` sets the random cases per target (default 2048;
+//! `SPOCKFS_PROPTEST_CASES` sets the random cases per target (default 4096;
 //! the LocalFs target runs a quarter of it, it does real disk I/O).
 
 use proptest::prelude::*;
@@ -39,7 +39,7 @@ fn cases() -> u32 {
     std::env::var("SPOCKFS_PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2048)
+        .unwrap_or(4096)
 }
 
 /// Runs `check` on the corpus of `target`, then on `n` random inputs.
