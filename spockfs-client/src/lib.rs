@@ -252,29 +252,11 @@ fn hv(n: impl std::fmt::Display) -> HeaderValue {
     HeaderValue::from_str(&n.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// The attributes in GETATTR's response headers.
-fn stat_of(r: &Response<Bytes>) -> Stat {
-    Stat {
-        mode: num(r, |h: XSpockMode| h.0),
-        uid: num(r, |h: XSpockUid| h.0 as u32),
-        gid: num(r, |h: XSpockGid| h.0 as u32),
-        size: num(r, |h: XSpockSize| h.0),
-        mtime: num(r, |h: XSpockMtime| h.0),
-        atime: num(r, |h: XSpockAtime| h.0),
-        ctime: num(r, |h: XSpockCtime| h.0),
-        nlink: num(r, |h: XSpockNlink| h.0),
-        blocks: num(r, |h: XSpockBlocks| h.0),
-        dev: num(r, |h: XSpockDev| h.0 as u64),
-        ino: num(r, |h: XSpockIno| h.0),
-        rdev: 0,
-    }
-}
-
 /// A typed `X-Spock-*` response header, decoded by spockfs-core's
 /// definitions; missing or malformed reads as 0, as the original client does.
-fn num<H: headers::Header, T: Default>(r: &Response<Bytes>, get: impl FnOnce(H) -> T) -> T {
+fn num<H: headers::Header, T: Default>(h: &http::HeaderMap, get: impl FnOnce(H) -> T) -> T {
     use headers::HeaderMapExt;
-    r.headers().typed_get::<H>().map(get).unwrap_or_default()
+    h.typed_get::<H>().map(get).unwrap_or_default()
 }
 
 /// Parses one `readdir-attrs` line (`mode ino nlink uid gid size blocks
@@ -285,6 +267,89 @@ pub fn parse_attrs_line(line: &[u8]) -> Option<DirEntry> {
         name: name.to_vec(),
         stat: Some(st),
     })
+}
+
+/// The `lstat` a GETATTR response carries in its `X-Spock-*` headers
+/// (missing or malformed fields read as 0, as the original client does).
+pub fn parse_stat(h: &http::HeaderMap) -> Stat {
+    Stat {
+        mode: num(h, |h: XSpockMode| h.0),
+        uid: num(h, |h: XSpockUid| h.0 as u32),
+        gid: num(h, |h: XSpockGid| h.0 as u32),
+        size: num(h, |h: XSpockSize| h.0),
+        mtime: num(h, |h: XSpockMtime| h.0),
+        atime: num(h, |h: XSpockAtime| h.0),
+        ctime: num(h, |h: XSpockCtime| h.0),
+        nlink: num(h, |h: XSpockNlink| h.0),
+        blocks: num(h, |h: XSpockBlocks| h.0),
+        dev: num(h, |h: XSpockDev| h.0 as u64),
+        ino: num(h, |h: XSpockIno| h.0),
+        rdev: 0,
+    }
+}
+
+/// The `statvfs` a STATFS response carries in its `X-Spock-*` headers.
+pub fn parse_statfs(h: &http::HeaderMap) -> StatFs {
+    StatFs {
+        bsize: num(h, |h: XSpockBsize| h.0),
+        frsize: num(h, |h: XSpockFrsize| h.0),
+        blocks: num(h, |h: XSpockBlocks| h.0),
+        bfree: num(h, |h: XSpockBfree| h.0),
+        bavail: num(h, |h: XSpockBavail| h.0),
+        files: num(h, |h: XSpockFiles| h.0),
+        ffree: num(h, |h: XSpockFfree| h.0),
+        favail: num(h, |h: XSpockFavail| h.0),
+        fsid: num(h, |h: XSpockFsid| h.0),
+        flag: num(h, |h: XSpockFlag| h.0 as u64),
+        namemax: num(h, |h: XSpockNamemax| h.0),
+    }
+}
+
+/// The extensions an `OPTIONS` response advertises in
+/// `X-Spock-extensions`.
+pub fn parse_extensions(h: &http::HeaderMap) -> Extensions {
+    let list = h
+        .get("x-spock-extensions")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let has = |x: &str| list.split(',').any(|e| e.trim() == x);
+    Extensions {
+        errno: has("errno"),
+        readdir_attrs: has("readdir-attrs"),
+        fsync: has("fsync"),
+        stat: has("stat"),
+    }
+}
+
+/// A READDIR body: one name per line (`.` and `..` skipped), or with
+/// `attrs` the `readdir-attrs` lines; a malformed attrs line is `EIO`.
+pub fn parse_readdir(body: &[u8], attrs: bool) -> FsResult<Vec<DirEntry>> {
+    let mut out = Vec::new();
+    for line in body.split(|&b| b == b'\n') {
+        if line.is_empty() || line == b"." || line == b".." {
+            continue;
+        }
+        if attrs {
+            match parse_attrs_line(line) {
+                Some(e) => out.push(e),
+                None => return Err(Errno::EIO),
+            }
+        } else {
+            out.push(DirEntry {
+                name: line.to_vec(),
+                stat: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A LISTXATTR body: one name per line.
+pub fn parse_xattr_list(body: &[u8]) -> Vec<Vec<u8>> {
+    body.split(|&b| b == b'\n')
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 impl Client {
@@ -323,7 +388,7 @@ impl Client {
         if ok.contains(&resp.status().as_u16()) {
             return Ok(resp);
         }
-        Err(errno_of(&resp, ext.errno))
+        Err(errno_of(resp.status(), resp.headers(), ext.errno))
     }
 
     async fn raw(
@@ -368,20 +433,7 @@ impl Client {
             .extensions
             .get_or_try_init(|| async {
                 match self.raw("OPTIONS", b"/", &[], Bytes::new()).await {
-                    Ok(r) if r.status() == StatusCode::OK => {
-                        let list = r
-                            .headers()
-                            .get("x-spock-extensions")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("");
-                        let has = |x: &str| list.split(',').any(|e| e.trim() == x);
-                        Ok(Extensions {
-                            errno: has("errno"),
-                            readdir_attrs: has("readdir-attrs"),
-                            fsync: has("fsync"),
-                            stat: has("stat"),
-                        })
-                    }
+                    Ok(r) if r.status() == StatusCode::OK => Ok(parse_extensions(r.headers())),
                     Ok(_) => Ok(Extensions::default()),
                     Err(e) => Err(e),
                 }
@@ -395,7 +447,7 @@ impl Client {
         let r = self
             .call("GETATTR", path, &[], Bytes::new(), &[200])
             .await?;
-        Ok(stat_of(&r))
+        Ok(parse_stat(r.headers()))
     }
 
     /// A call that creates or changes the entry at `path`: with the `stat`
@@ -417,7 +469,7 @@ impl Client {
         // Absent if the entry vanished between the change and the stat.
         Ok(r.headers()
             .contains_key("x-spock-mode")
-            .then(|| stat_of(&r)))
+            .then(|| parse_stat(r.headers())))
     }
 
     /// Lists a directory (without `.`/`..`); with `readdir-attrs`, each
@@ -432,24 +484,7 @@ impl Client {
         let r = self
             .call("READDIR", path, hdrs, Bytes::new(), &[200])
             .await?;
-        let mut out = Vec::new();
-        for line in r.body().split(|&b| b == b'\n') {
-            if line.is_empty() || line == b"." || line == b".." {
-                continue;
-            }
-            if attrs {
-                match parse_attrs_line(line) {
-                    Some(e) => out.push(e),
-                    None => return Err(Errno::EIO),
-                }
-            } else {
-                out.push(DirEntry {
-                    name: line.to_vec(),
-                    stat: None,
-                });
-            }
-        }
-        Ok(out)
+        parse_readdir(r.body(), attrs)
     }
 
     /// `mknod`.
@@ -591,19 +626,7 @@ impl Client {
     /// `statvfs`.
     pub async fn statfs(&self, path: &[u8]) -> FsResult<StatFs> {
         let r = self.call("STATFS", path, &[], Bytes::new(), &[200]).await?;
-        Ok(StatFs {
-            bsize: num(&r, |h: XSpockBsize| h.0),
-            frsize: num(&r, |h: XSpockFrsize| h.0),
-            blocks: num(&r, |h: XSpockBlocks| h.0),
-            bfree: num(&r, |h: XSpockBfree| h.0),
-            bavail: num(&r, |h: XSpockBavail| h.0),
-            files: num(&r, |h: XSpockFiles| h.0),
-            ffree: num(&r, |h: XSpockFfree| h.0),
-            favail: num(&r, |h: XSpockFavail| h.0),
-            fsid: num(&r, |h: XSpockFsid| h.0),
-            flag: num(&r, |h: XSpockFlag| h.0 as u64),
-            namemax: num(&r, |h: XSpockNamemax| h.0),
-        })
+        Ok(parse_statfs(r.headers()))
     }
 
     /// `listxattr`: the names.
@@ -617,11 +640,7 @@ impl Client {
                 &[200],
             )
             .await?;
-        Ok(r.body()
-            .split(|&b| b == b'\n')
-            .filter(|n| !n.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect())
+        Ok(parse_xattr_list(r.body()))
     }
 
     /// `getxattr`: the value.
@@ -752,10 +771,9 @@ impl Client {
 
 /// The errno a response stands for: the spec's status table, refined by
 /// `X-Spock-errno` when the server speaks the `errno` extension.
-fn errno_of(r: &Response<Bytes>, use_header: bool) -> Errno {
+pub fn errno_of(status: StatusCode, headers: &http::HeaderMap, use_header: bool) -> Errno {
     if use_header {
-        if let Some(e) = r
-            .headers()
+        if let Some(e) = headers
             .get("x-spock-errno")
             .and_then(|v| v.to_str().ok())
             .and_then(Errno::from_name)
@@ -763,7 +781,7 @@ fn errno_of(r: &Response<Bytes>, use_header: bool) -> Errno {
             return e;
         }
     }
-    Errno::from_status(r.status())
+    Errno::from_status(status)
 }
 
 #[cfg(test)]

@@ -30,32 +30,73 @@ pub fn write_attrs_prefix(out: &mut Vec<u8>, st: &Stat) {
 /// assert_eq!(parse_attrs_line(b"1 2 3"), None);
 /// ```
 pub fn parse_attrs_line(line: &[u8]) -> Option<(&[u8], Stat)> {
-    let mut fields = [0i64; 10];
+    let mut fields = [0i128; 10];
     let mut rest = line;
     for f in &mut fields {
         let sp = rest.iter().position(|&b| b == b' ')?;
-        *f = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
+        *f = crate::headers::parse_decimal_i128(&rest[..sp])?;
         rest = &rest[sp + 1..];
     }
     if rest.is_empty() {
         return None;
     }
+    // Each field in the range of its own type: unsigned fields up to
+    // u64::MAX (inode numbers above i64::MAX exist), no negative sizes.
     let [mode, ino, nlink, uid, gid, size, blocks, atime, mtime, ctime] = fields;
     Some((
         rest,
         Stat {
-            mode: mode as u32,
-            ino: ino as u64,
-            nlink: nlink as u64,
-            uid: uid as u32,
-            gid: gid as u32,
-            size: size as u64,
-            blocks: blocks as u64,
-            atime,
-            mtime,
-            ctime,
+            mode: mode.try_into().ok()?,
+            ino: ino.try_into().ok()?,
+            nlink: nlink.try_into().ok()?,
+            uid: uid.try_into().ok()?,
+            gid: gid.try_into().ok()?,
+            size: size.try_into().ok()?,
+            blocks: blocks.try_into().ok()?,
+            atime: atime.try_into().ok()?,
+            mtime: mtime.try_into().ok()?,
+            ctime: ctime.try_into().ok()?,
             dev: 0,
             rdev: 0,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `listing` fuzz target: unsigned fields above i64::MAX
+    /// (a 64-bit inode number) did not parse back, so one such entry made
+    /// the client's whole READDIR fail; negative values were wrapped into
+    /// unsigned fields instead of being refused.
+    #[test]
+    fn full_range_fields_round_trip_and_negatives_are_refused() {
+        let st = Stat {
+            mode: u32::MAX,
+            ino: u64::MAX,
+            nlink: 1 << 63,
+            uid: u32::MAX,
+            gid: 0,
+            size: i64::MAX as u64,
+            blocks: u64::MAX,
+            atime: i64::MIN,
+            mtime: -1,
+            ctime: i64::MAX,
+            dev: 0,
+            rdev: 0,
+        };
+        let mut line = Vec::new();
+        write_attrs_prefix(&mut line, &st);
+        line.extend_from_slice(b"n");
+        assert_eq!(parse_attrs_line(&line), Some((&b"n"[..], st)));
+        assert_eq!(parse_attrs_line(b"-1 2 3 4 5 6 7 8 9 10 n"), None);
+        assert_eq!(parse_attrs_line(b"1 -2 3 4 5 6 7 8 9 10 n"), None);
+        assert_eq!(parse_attrs_line(b"4294967296 2 3 4 5 6 7 8 9 10 n"), None);
+        assert_eq!(parse_attrs_line(b"+1 2 3 4 5 6 7 8 9 10 n"), None);
+        assert_eq!(
+            parse_attrs_line(b"1 2 3 4 5 6 7 -8 9 10 n").map(|(_, s)| s.atime),
+            Some(-8)
+        );
+    }
 }
