@@ -1060,12 +1060,12 @@ impl Engine {
             Outcome::Status(s) => status_response(s),
             Outcome::Stat(st) => {
                 let mut r = status_response(StatusCode::OK);
-                put_stat(r.headers_mut(), &st);
+                h::put_stat(r.headers_mut(), &st);
                 r
             }
             Outcome::StatusStat(s, st) => {
                 let mut r = status_response(s);
-                put_stat(r.headers_mut(), &st);
+                h::put_stat(r.headers_mut(), &st);
                 r
             }
             Outcome::StatFs(s) => {
@@ -1638,20 +1638,6 @@ fn sized(data: Vec<u8>, size: Option<u64>) -> FsResult<Outcome> {
         Some(n) if (data.len() as u64) > n => Err(Errno::ERANGE),
         _ => Ok(Outcome::Body(Bytes::from(data))),
     }
-}
-
-fn put_stat(hm: &mut HeaderMap, st: &Stat) {
-    hm.typed_insert(h::XSpockMode(st.mode));
-    hm.typed_insert(h::XSpockUid(st.uid as i64));
-    hm.typed_insert(h::XSpockGid(st.gid as i64));
-    hm.typed_insert(h::XSpockSize(st.size));
-    hm.typed_insert(h::XSpockMtime(st.mtime));
-    hm.typed_insert(h::XSpockAtime(st.atime));
-    hm.typed_insert(h::XSpockCtime(st.ctime));
-    hm.typed_insert(h::XSpockNlink(st.nlink));
-    hm.typed_insert(h::XSpockBlocks(st.blocks));
-    hm.typed_insert(h::XSpockDev(st.dev as i64));
-    hm.typed_insert(h::XSpockIno(st.ino));
 }
 
 /// `X-Spock-stat: 1` (the `stat` extension).

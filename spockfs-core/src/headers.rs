@@ -169,6 +169,23 @@ pub enum BadHeader {
     },
 }
 
+/// Writes `st` as GETATTR's response headers (`X-Spock-mode`, `-uid`,
+/// `-gid`, `-size`, `-mtime`, `-atime`, `-ctime`, `-nlink`, `-blocks`,
+/// `-dev`, `-ino`): the one place the set is defined on the server side.
+pub fn put_stat(hm: &mut HeaderMap, st: &crate::backend::Stat) {
+    hm.typed_insert(XSpockMode(st.mode));
+    hm.typed_insert(XSpockUid(st.uid as i64));
+    hm.typed_insert(XSpockGid(st.gid as i64));
+    hm.typed_insert(XSpockSize(st.size));
+    hm.typed_insert(XSpockMtime(st.mtime));
+    hm.typed_insert(XSpockAtime(st.atime));
+    hm.typed_insert(XSpockCtime(st.ctime));
+    hm.typed_insert(XSpockNlink(st.nlink));
+    hm.typed_insert(XSpockBlocks(st.blocks));
+    hm.typed_insert(XSpockDev(st.dev as i64));
+    hm.typed_insert(XSpockIno(st.ino));
+}
+
 /// Reads a required typed header; the error names it.
 pub fn required<H: Header>(headers: &HeaderMap, display: &'static str) -> Result<H, BadHeader> {
     if !headers.contains_key(H::name()) {

@@ -2,7 +2,7 @@
 //! the client's response parsers.
 
 use crate::input::{Cursor, NUMBERS};
-use headers::{Header, HeaderMapExt};
+use headers::Header;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use spockfs_core::engine::{self, Op};
 use spockfs_core::headers::{self as h, ByteRange};
@@ -499,16 +499,6 @@ pub fn check_client(data: &[u8]) {
     // Server-written stat headers round-trip through the client.
     let st = stat_from(&mut c);
     let mut sh = HeaderMap::new();
-    sh.typed_insert(h::XSpockMode(st.mode));
-    sh.typed_insert(h::XSpockUid(st.uid as i64));
-    sh.typed_insert(h::XSpockGid(st.gid as i64));
-    sh.typed_insert(h::XSpockSize(st.size));
-    sh.typed_insert(h::XSpockMtime(st.mtime));
-    sh.typed_insert(h::XSpockAtime(st.atime));
-    sh.typed_insert(h::XSpockCtime(st.ctime));
-    sh.typed_insert(h::XSpockNlink(st.nlink));
-    sh.typed_insert(h::XSpockBlocks(st.blocks));
-    sh.typed_insert(h::XSpockDev(st.dev as i64));
-    sh.typed_insert(h::XSpockIno(st.ino));
+    h::put_stat(&mut sh, &st);
     assert_eq!(spockfs_client::parse_stat(&sh), st);
 }
