@@ -8,6 +8,7 @@
 
 use spockfs_client::fuse::{spawn_mount, MountConfig, Mounted};
 use spockfs_client::Client;
+use spockfs_tests::procs::{Opts, ServerKind, ServerProcess};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -733,6 +734,34 @@ fn the_binary_mounts_and_unmounts() {
     }
 }
 
+/// Serves `app` on 127.0.0.1 (until the returned sender fires or is
+/// dropped) and mounts it at `mnt` with the default options.
+fn serve_and_mount(
+    rt: &tokio::runtime::Runtime,
+    app: axum::Router,
+    mnt: &Path,
+) -> (tokio::sync::oneshot::Sender<()>, Mounted) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    let client = {
+        let _g = rt.enter();
+        Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let m = spawn_mount(client, rt.handle().clone(), mnt, MountConfig::default())
+        .unwrap_or_else(|e| panic!("mount: {e}"));
+    (tx, m)
+}
+
 /// The axum router with `SpockFs` behind a layer that records every
 /// request's method, and a mount of it.
 fn counted_mount(
@@ -755,24 +784,7 @@ fn counted_mount(
         })
         .service(spockfs_tower::SpockFs::new(root));
     let app = axum::Router::new().nest_service("/fs", svc);
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    let client = {
-        let _g = rt.enter();
-        Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
-    };
-    let m = spawn_mount(client, rt.handle().clone(), mnt, MountConfig::default())
-        .unwrap_or_else(|e| panic!("mount: {e}"));
+    let (tx, m) = serve_and_mount(rt, app, mnt);
     (seen, tx, m)
 }
 
@@ -975,24 +987,7 @@ fn a_slow_request_does_not_hold_up_others() {
                 next.run(req).await
             },
         ));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    let client = {
-        let _g = rt.enter();
-        Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
-    };
-    let m = spawn_mount(client, rt.handle().clone(), &mnt, MountConfig::default())
-        .unwrap_or_else(|e| panic!("mount: {e}"));
+    let (tx, m) = serve_and_mount(&rt, app, &mnt);
 
     let slow_path = mnt.join("slow");
     let t0 = Instant::now();
@@ -1067,24 +1062,7 @@ fn an_interrupted_lookup_is_cancelled() {
                 }
             },
         ));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    let client = {
-        let _g = rt.enter();
-        Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
-    };
-    let m = spawn_mount(client, rt.handle().clone(), &mnt, MountConfig::default())
-        .unwrap_or_else(|e| panic!("mount: {e}"));
+    let (tx, m) = serve_and_mount(&rt, app, &mnt);
 
     let mut child = Command::new("stat")
         .arg(mnt.join("slow"))
@@ -1111,32 +1089,6 @@ fn an_interrupted_lookup_is_cancelled() {
     let _ = tx.send(());
 }
 
-/// The `axum-app` binary next to this test's executable (`scripts/test.sh`
-/// builds it), to run the server as another user.
-fn axum_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("axum-app");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    let msg = format!("{} not built (cargo build -p axum-app)", bin.display());
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
-/// Kills the server child on every exit path.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `access(2)` through the mount answers what the *server's* user may do:
 /// the server runs as `nobody` (root would pass every check), the mount as
 /// root; after `chmod 0` nothing but existence, after `chmod 0400` reading
@@ -1153,7 +1105,6 @@ fn access_after_chmod_with_an_unprivileged_server() {
         eprintln!("SKIPPED: {msg}");
         return;
     }
-    let Some(bin) = axum_binary() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
     fs::create_dir(&root).unwrap_or_else(|e| panic!("{e}"));
@@ -1162,22 +1113,13 @@ fn access_after_chmod_with_an_unprivileged_server() {
         .unwrap_or_else(|e| panic!("{e}"));
     let nobody = 65534;
     std::os::unix::fs::chown(&root, Some(nobody), Some(nobody)).unwrap_or_else(|e| panic!("{e}"));
-
-    let port = spockfs_tests::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let _server = Child(
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&bin)
-            .args(["--listen", &listen, "--root"])
-            .arg(&root)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("setpriv {}: {e}", bin.display())),
-    );
-    wait_for("server", || std::net::TcpStream::connect(&listen).is_ok());
+    let opts = Opts {
+        user: Some((nobody, nobody)),
+        ..Opts::default()
+    };
+    let server = ServerProcess::start(ServerKind::Axum, dir.path(), &root, &opts);
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
-    let url = format!("http://{listen}/fs");
+    let url = server.base();
     let client = {
         let _g = rt.enter();
         Client::builder(&url)

@@ -124,6 +124,8 @@ fn worker_user() -> String {
 }
 
 use spockfs_tests::free_port;
+// SIGTERM (nginx: fast shutdown; the master stops its workers), SIGKILL after 5 s.
+use spockfs_tests::procs::stop_child;
 
 fn chmod(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
@@ -343,30 +345,6 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         stop_child(&mut self.child);
     }
-}
-
-/// SIGTERM (nginx: fast shutdown; the master stops its workers), then
-/// SIGKILL after 5 s.
-fn stop_child(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) on the PID of a child we spawned and have not
-        // reaped yet (so the PID cannot have been reused).
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn workers_of(pid: u32) -> Vec<u32> {
