@@ -457,6 +457,20 @@ impl SpockFuse {
         });
     }
 
+    /// Runs `f` and answers its entry (or error) with the entry timeout.
+    fn spawn_entry<F>(&self, reply: ReplyEntry, f: F)
+    where
+        F: std::future::Future<Output = Result<FileAttr, Errno>> + Send + 'static,
+    {
+        let ttl = self.s.cfg.entry_timeout;
+        self.spawn(async move {
+            match f.await {
+                Ok(a) => reply.entry(&ttl, &a, Generation(0)),
+                Err(e) => reply.error(fe(e)),
+            }
+        });
+    }
+
     fn ro(&self) -> bool {
         self.s.cfg.read_only
     }
@@ -580,6 +594,13 @@ impl Shared {
                 names,
             },
         );
+    }
+
+    /// After a call that creates `path`: the name exists if it succeeded
+    /// or was refused with `EEXIST`.
+    fn made(&self, path: &[u8], r: Result<Option<Stat>, Errno>) -> Result<Option<Stat>, Errno> {
+        self.listed_name(path, r.is_ok() || r == Err(Errno::EEXIST));
+        r
     }
 
     /// `path` exists now (or, with `false`, no longer does).
@@ -831,19 +852,11 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.spawn(async move {
-            let r = async {
-                // MKNOD, also for S_IFREG: exact mode and EEXIST, where POST
-                // would be creat() and truncate a file created meanwhile.
-                let st = s.client.mknod(&path, mode, u64::from(rdev)).await;
-                s.listed_name(&path, st.is_ok() || st == Err(Errno::EEXIST));
-                Self::entry(&s, &path, st?).await
-            }
-            .await;
-            match r {
-                Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
-                Err(e) => reply.error(fe(e)),
-            }
+        self.spawn_entry(reply, async move {
+            // MKNOD, also for S_IFREG: exact mode and EEXIST, where POST
+            // would be creat() and truncate a file created meanwhile.
+            let st = s.made(&path, s.client.mknod(&path, mode, u64::from(rdev)).await)?;
+            Self::entry(&s, &path, st).await
         });
     }
 
@@ -861,21 +874,13 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.spawn(async move {
-            let r = async {
-                let st = s.client.mkdir(&path, mode & 0o7777).await;
-                s.listed_name(&path, st.is_ok() || st == Err(Errno::EEXIST));
-                let a = Self::entry(&s, &path, st?).await?;
-                // Just created: empty, whatever a stale listing said.
-                s.unlist_tree(&path);
-                s.listed(&path, HashSet::new());
-                Ok(a)
-            }
-            .await;
-            match r {
-                Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
-                Err(e) => reply.error(fe(e)),
-            }
+        self.spawn_entry(reply, async move {
+            let st = s.made(&path, s.client.mkdir(&path, mode & 0o7777).await)?;
+            let a = Self::entry(&s, &path, st).await?;
+            // Just created: empty, whatever a stale listing said.
+            s.unlist_tree(&path);
+            s.listed(&path, HashSet::new());
+            Ok(a)
         });
     }
 
@@ -901,17 +906,9 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.child(parent, link_name), reply);
         let target = target.as_os_str().as_bytes().to_vec();
         let s = self.s.clone();
-        self.spawn(async move {
-            let r = async {
-                let st = s.client.symlink(&path, &target).await;
-                s.listed_name(&path, st.is_ok() || st == Err(Errno::EEXIST));
-                Self::entry(&s, &path, st?).await
-            }
-            .await;
-            match r {
-                Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
-                Err(e) => reply.error(fe(e)),
-            }
+        self.spawn_entry(reply, async move {
+            let st = s.made(&path, s.client.symlink(&path, &target).await)?;
+            Self::entry(&s, &path, st).await
         });
     }
 
@@ -980,26 +977,18 @@ impl Filesystem for SpockFuse {
         let existing = path_or!(self, self.path(ino), reply);
         let path = path_or!(self, self.child(newparent, newname), reply);
         let s = self.s.clone();
-        self.spawn(async move {
-            let r = async {
-                let st = s.client.link(&path, &existing).await;
-                s.listed_name(&path, st.is_ok() || st == Err(Errno::EEXIST));
-                let st = match st? {
-                    Some(st) => st,
-                    None => s.client.getattr(&path).await?,
-                };
-                let i = s
-                    .inodes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .link(ino.0, &path);
-                Ok(attr_of(i, &st))
-            }
-            .await;
-            match r {
-                Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
-                Err(e) => reply.error(fe(e)),
-            }
+        self.spawn_entry(reply, async move {
+            let st = s.made(&path, s.client.link(&path, &existing).await)?;
+            let st = match st {
+                Some(st) => st,
+                None => s.client.getattr(&path).await?,
+            };
+            let i = s
+                .inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .link(ino.0, &path);
+            Ok(attr_of(i, &st))
         });
     }
 
@@ -1040,9 +1029,8 @@ impl Filesystem for SpockFuse {
         self.spawn(async move {
             let perm = mode & 0o7777;
             let r = async {
-                let st = s.client.create(&path, perm).await;
-                s.listed_name(&path, st.is_ok());
-                Self::entry(&s, &path, st?).await
+                let st = s.made(&path, s.client.create(&path, perm).await)?;
+                Self::entry(&s, &path, st).await
             }
             .await;
             match r {
