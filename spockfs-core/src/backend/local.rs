@@ -603,7 +603,6 @@ fn link_proc(_fd: &OwnedFd, _dir: &OwnedFd, _name: &[u8]) -> FsResult<()> {
 struct LocalDir {
     dir: rustix::fs::Dir,
     attrs: bool,
-    done: bool,
 }
 
 impl DirStream for LocalDir {
@@ -611,7 +610,6 @@ impl DirStream for LocalDir {
         let mut n = 0;
         while n < max {
             let Some(entry) = self.dir.read() else {
-                self.done = true;
                 return Ok(true);
             };
             let entry = entry.map_err(io_err)?;
@@ -630,7 +628,8 @@ impl DirStream for LocalDir {
                 sink(name, None)?;
             }
         }
-        Ok(self.done)
+        // Full batch; the end shows on the next call.
+        Ok(false)
     }
 
     fn count_and_rewind(&mut self) -> FsResult<u64> {
@@ -643,7 +642,6 @@ impl DirStream for LocalDir {
             }
         }
         self.dir.rewind();
-        self.done = false;
         Ok(n)
     }
 }
@@ -651,13 +649,10 @@ impl DirStream for LocalDir {
 impl Backend for LocalFs {
     fn open_dir(&self, path: &FsPath, attrs: bool) -> FsResult<Box<dyn DirStream>> {
         let fd = self.open_rel(path.relative(), OFlags::RDONLY | OFlags::DIRECTORY)?;
-        // Dir::new keeps this fd (see readdir).
+        // Dir::new keeps this fd; Dir::read_from would reopen "." and need
+        // search permission that listing a directory does not need.
         let dir = rustix::fs::Dir::new(fd).map_err(io_err)?;
-        Ok(Box::new(LocalDir {
-            dir,
-            attrs,
-            done: false,
-        }))
+        Ok(Box::new(LocalDir { dir, attrs }))
     }
 
     fn getattr(&self, path: &FsPath) -> FsResult<Stat> {
@@ -666,26 +661,9 @@ impl Backend for LocalFs {
     }
 
     fn readdir(&self, path: &FsPath, attrs: bool, sink: &mut DirSink<'_>) -> FsResult<()> {
-        let fd = self.open_rel(path.relative(), OFlags::RDONLY | OFlags::DIRECTORY)?;
-        // Dir::new keeps this fd; Dir::read_from would reopen "." and need
-        // search permission that listing a directory does not need.
-        let mut dir = rustix::fs::Dir::new(fd).map_err(io_err)?;
-        while let Some(entry) = dir.read() {
-            let entry = entry.map_err(io_err)?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            if attrs {
-                match statat(&dir.fd().map_err(io_err)?, name) {
-                    Ok(st) => sink(name, Some(&st))?,
-                    Err(Errno::ENOENT) => continue,
-                    Err(e) => return Err(e),
-                }
-            } else {
-                sink(name, None)?;
-            }
-        }
+        // The same reading as the streamed listing, in one go.
+        let mut dir = self.open_dir(path, attrs)?;
+        while !dir.next_batch(usize::MAX, sink)? {}
         Ok(())
     }
 
