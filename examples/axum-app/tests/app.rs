@@ -424,21 +424,11 @@ async fn streaming_2gib_keeps_memory_flat() {
         .unwrap_or(2 << 30);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let port = free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_axum-app"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
-        .arg(dir.path().join("data"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(child);
+    let child = spawn_app(
+        env!("CARGO_BIN_EXE_axum-app"),
+        port,
+        &dir.path().join("data"),
+    );
     let pid = child.0.id();
     let url = format!("http://127.0.0.1:{port}/fs/big");
     let c: hyper_util::client::legacy::Client<_, Pattern> =
@@ -534,21 +524,7 @@ async fn readdir_200k_names_keeps_memory_flat() {
     }
     eprintln!("created {n} files in {:.1} s", t.elapsed().as_secs_f64());
     let port = free_port();
-    let child = std::process::Command::new(&bin)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
-        .arg(dir.path().join("data"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e}"));
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(child);
+    let child = spawn_app(&bin, port, &dir.path().join("data"));
     let pid = child.0.id();
     let c: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -610,4 +586,25 @@ async fn readdir_200k_names_keeps_memory_flat() {
         "server peak RSS {hwm} KiB, {} KiB over its {baseline} KiB before the listings",
         hwm - baseline
     );
+}
+
+/// The server binary, quiet, killed (SIGKILL, by PID) and reaped on drop.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_app(bin: &str, port: u16, root: &std::path::Path) -> Kill {
+    let child = std::process::Command::new(bin)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"));
+    Kill(child)
 }
