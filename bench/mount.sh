@@ -158,29 +158,26 @@ SSHFS_OPTS="IdentityFile=$SSHDIR/client_key,StrictHostKeyChecking=no,UserKnownHo
 
 # ---------------------------------------------------------------- mounts
 # -f (foreground, otherwise default options) only so the script knows sshfs's PID
+# wait_mounted MNT PID LOG NAME: up to 10 s for MNT to be mounted while PID lives
+wait_mounted() {
+  local i
+  for i in $(seq 100); do
+    mountpoint -q "$1" && return 0
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$3" >&2
+  die "$4 did not mount"
+}
 mount_sshfs() {
   sshfs -f -p "$SSH_PORT" -o "$SSHFS_OPTS" "root@127.0.0.1:$BACK_SSHFS" "$MNT_SSHFS" >>"$TMP/sshfs.log" 2>&1 &
   SSHFS_PID=$!
-  local i
-  for i in $(seq 100); do
-    mountpoint -q "$MNT_SSHFS" && return 0
-    kill -0 "$SSHFS_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$TMP/sshfs.log" >&2
-  die "sshfs did not mount"
+  wait_mounted "$MNT_SSHFS" "$SSHFS_PID" "$TMP/sshfs.log" sshfs
 }
 mount_spock() {
   "$MOUNT" --foreground "$URL" "$MNT_SPOCK" >>"$TMP/spockfs-mount.log" 2>&1 &
   MOUNT_PID=$!
-  local i
-  for i in $(seq 100); do
-    mountpoint -q "$MNT_SPOCK" && return 0
-    kill -0 "$MOUNT_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$TMP/spockfs-mount.log" >&2
-  die "spockfs-mount did not mount"
+  wait_mounted "$MNT_SPOCK" "$MOUNT_PID" "$TMP/spockfs-mount.log" spockfs-mount
 }
 umount_sshfs() {
   unmount "$MNT_SSHFS"
