@@ -36,6 +36,18 @@
 //!   give the same guarantee for the same time.
 //! - attributes after a change. With the server's `stat` extension,
 //!   creating or changing an entry answers with its attributes.
+//! - attributes and listings the kernel dropped although nothing changed.
+//!   The kernel forgets a directory's cached attributes whenever it reads
+//!   the directory (its atime may have moved), and `rm -r`/`fts` open each
+//!   directory twice. The mount keeps what the server last said (attributes
+//!   by inode, the last few listings) for the attribute timeout, the same
+//!   staleness the kernel's own caches allow, and answers from it unless a
+//!   change went through the mount meanwhile: every change drops what it
+//!   touched (the entry, its directory), a listing is reused only if no
+//!   change at all was sent since it was fetched, and nothing fetched while
+//!   a change was in flight is kept. Reading a file drops its attributes
+//!   (atime); listing a directory does not, so a directory's atime seen
+//!   through the mount may lag by up to the attribute timeout.
 
 use crate::{Client, DirEntry, Errno, Stat, XattrFlag};
 use bytes::Bytes;
@@ -45,10 +57,11 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -240,6 +253,30 @@ struct Probes {
 const MAX_PROBE_NAMES: usize = 256;
 const MAX_LISTED_DIRS: usize = 1024;
 const MAX_LISTED_NAMES: usize = 100_000;
+const MAX_FRESH_ATTRS: usize = 100_000;
+const MAX_RECENT_LISTINGS: usize = 8;
+
+/// A directory's entries as fetched by one READDIR.
+struct Listing {
+    entries: Vec<DirEntry>,
+    /// When it was fetched.
+    at: Instant,
+    /// The change epoch it is valid for: `None` if a change was in flight
+    /// while it was fetched.
+    epoch: Option<u64>,
+}
+
+/// What the server said lately and may be said again while nothing changes
+/// (see the module documentation).
+#[derive(Default)]
+struct Fresh {
+    /// Moves when a change is sent and when it is answered.
+    epoch: AtomicU64,
+    /// Attributes by inode, and when they were fetched.
+    attrs: Mutex<HashMap<u64, (Stat, Instant)>>,
+    /// The last few listings, by directory path.
+    listings: Mutex<VecDeque<(Vec<u8>, Arc<Listing>)>>,
+}
 
 /// A directory's names as of `at`, with this mount's changes since.
 struct Listed {
@@ -280,7 +317,9 @@ struct Shared {
     /// applied on release, by handle.
     pending_mode: Mutex<HashMap<u64, (u64, u32)>>,
     /// Open directory listings, by handle.
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// Recent attributes and listings.
+    fresh: Fresh,
     next_fh: Mutex<u64>,
 }
 
@@ -375,6 +414,7 @@ impl SpockFuse {
                 inflight: Mutex::new(HashMap::new()),
                 pending_mode: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
+                fresh: Fresh::default(),
                 next_fh: Mutex::new(1),
             }),
         }
@@ -478,7 +518,15 @@ impl SpockFuse {
     /// After a successful create-like call: stat `path` (unless the server
     /// already answered with its attributes), register it and answer the
     /// entry.
-    async fn entry(s: &Shared, path: &[u8], known: Option<Stat>) -> Result<FileAttr, Errno> {
+    /// `epoch` is the change epoch the call (or the change that answered
+    /// `known`) started in: the attributes are kept if it has not moved.
+    async fn entry(
+        s: &Shared,
+        path: &[u8],
+        known: Option<Stat>,
+        epoch: u64,
+    ) -> Result<FileAttr, Errno> {
+        let at = Instant::now();
         let st = match known {
             Some(st) => st,
             None => s.client.getattr(path).await?,
@@ -488,6 +536,7 @@ impl SpockFuse {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert(path);
+        s.keep(ino, &st, at, epoch);
         Ok(attr_of(ino, &st))
     }
 
@@ -622,6 +671,131 @@ impl Shared {
         let mut l = self.listed.lock().unwrap_or_else(|e| e.into_inner());
         l.retain(|k, _| !(k.starts_with(path) && (k.len() == path.len() || k[path.len()] == b'/')));
     }
+
+    /// The change epoch: read before fetching something, and the result is
+    /// kept only if it has not moved by the time the answer is in.
+    fn epoch(&self) -> u64 {
+        self.fresh.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Runs `change`, a call that may change `paths` (and, with `parents`,
+    /// their directories) on the server: nothing fetched meanwhile is kept,
+    /// and what was known of those entries is dropped once it is answered,
+    /// whatever the outcome. `change` gets the epoch it runs in, to keep
+    /// the attributes the server answered with (see [`Shared::keep`]).
+    async fn change<T>(
+        &self,
+        paths: &[&[u8]],
+        parents: bool,
+        change: impl std::future::Future<Output = T>,
+    ) -> T {
+        let touched: Vec<u64> = {
+            let t = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = Vec::with_capacity(paths.len() * 2);
+            for p in paths {
+                v.extend(t.by_path.get(*p).copied());
+                if parents {
+                    v.extend(t.by_path.get(split_parent(p).0).copied());
+                }
+            }
+            v
+        };
+        self.fresh.epoch.fetch_add(1, Ordering::SeqCst);
+        let r = change.await;
+        {
+            let mut a = self.fresh.attrs.lock().unwrap_or_else(|e| e.into_inner());
+            for ino in touched {
+                a.remove(&ino);
+            }
+        }
+        self.fresh.epoch.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+
+    /// Keeps `st` as inode `ino`'s attributes as of `at`, if no change was
+    /// sent or answered since `epoch`.
+    fn keep(&self, ino: u64, st: &Stat, at: Instant, epoch: u64) {
+        if self.cfg.attr_timeout.is_zero() || ino == 0 {
+            return;
+        }
+        let mut a = self.fresh.attrs.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock: a change drops entries under it too.
+        if self.epoch() != epoch {
+            return;
+        }
+        if a.len() >= MAX_FRESH_ATTRS && !a.contains_key(&ino) {
+            let ttl = self.cfg.attr_timeout;
+            a.retain(|_, (_, t)| t.elapsed() < ttl);
+            if a.len() >= MAX_FRESH_ATTRS {
+                return;
+            }
+        }
+        a.insert(ino, (*st, at));
+    }
+
+    /// Inode `ino`'s attributes, if fetched within the attribute timeout
+    /// and untouched by any change through the mount since, and how much
+    /// longer they may be cached.
+    fn kept(&self, ino: u64) -> Option<(Stat, Duration)> {
+        let mut a = self.fresh.attrs.lock().unwrap_or_else(|e| e.into_inner());
+        match a.get(&ino) {
+            Some((st, t)) if t.elapsed() < self.cfg.attr_timeout => {
+                Some((*st, self.cfg.attr_timeout - t.elapsed()))
+            }
+            Some(_) => {
+                a.remove(&ino);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Forgets inode `ino`'s attributes (read: its atime may move).
+    fn drop_kept(&self, ino: u64) {
+        self.fresh
+            .attrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+    }
+
+    /// `dir`'s listing, if one was fetched within both timeouts and no
+    /// change at all went through the mount since.
+    fn recent_listing(&self, dir: &[u8]) -> Option<Arc<Listing>> {
+        let ttl = self.cfg.attr_timeout.min(self.cfg.entry_timeout);
+        let epoch = self.epoch();
+        let l = self
+            .fresh
+            .listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        l.iter()
+            .rev()
+            .find(|(p, _)| p == dir)
+            .map(|(_, l)| l)
+            .filter(|l| l.epoch == Some(epoch) && l.at.elapsed() < ttl)
+            .cloned()
+    }
+
+    /// Remembers `listing` as `dir`'s most recent one.
+    fn keep_listing(&self, dir: &[u8], listing: &Arc<Listing>) {
+        if listing.epoch.is_none()
+            || listing.entries.len() > MAX_LISTED_NAMES
+            || self.cfg.attr_timeout.min(self.cfg.entry_timeout).is_zero()
+        {
+            return;
+        }
+        let mut l = self
+            .fresh
+            .listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        l.retain(|(p, _)| p != dir);
+        if l.len() >= MAX_RECENT_LISTINGS {
+            l.pop_front();
+        }
+        l.push_back((dir.to_vec(), listing.clone()));
+    }
 }
 
 /// A reply that can answer an error (every fuser reply type).
@@ -694,7 +868,10 @@ impl Filesystem for SpockFuse {
         self.spawn_ro(
             req,
             reply,
-            async move { Self::entry(&c, &path, None).await },
+            async move {
+                let epoch = c.epoch();
+                Self::entry(&c, &path, None, epoch).await
+            },
             move |reply, r| match r {
                 Ok(a) => reply.entry(&s.cfg.entry_timeout, &a, Generation(0)),
                 // A negative entry (ino 0): the kernel remembers the name
@@ -741,17 +918,28 @@ impl Filesystem for SpockFuse {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&ino.0);
+            self.s.drop_kept(ino.0);
         }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some((st, ttl)) = self.s.kept(ino.0) {
+            return reply.attr(&ttl, &attr_of(ino.0, &st));
+        }
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         let c = s.clone();
         self.spawn_ro(
             req,
             reply,
-            async move { c.client.getattr(&path).await },
+            async move {
+                let (epoch, at) = (c.epoch(), Instant::now());
+                let r = c.client.getattr(&path).await;
+                if let Ok(st) = &r {
+                    c.keep(ino.0, st, at, epoch);
+                }
+                r
+            },
             move |reply, r| match r {
                 Ok(st) => reply.attr(&s.cfg.attr_timeout, &attr_of(ino.0, &st)),
                 Err(e) => reply.error(fe(e)),
@@ -783,38 +971,42 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         self.spawn(async move {
-            let r = async {
-                // The attributes after the last change, when the server
-                // answers with them (`stat` extension).
-                let mut last = None;
-                if let Some(m) = mode {
-                    last = s.client.chmod(&path, m & 0o7777).await?;
-                }
-                if uid.is_some() || gid.is_some() {
-                    last = s.client.chown(&path, uid, gid).await?;
-                }
-                if let Some(sz) = size {
-                    last = s.client.truncate(&path, sz).await?;
-                }
-                if atime.is_some() || mtime.is_some() {
-                    let (a, m) = match (atime, mtime) {
-                        (Some(a), Some(m)) => (secs(a), secs(m)),
-                        _ => {
-                            let st = match last {
-                                Some(st) => st,
-                                None => s.client.getattr(&path).await?,
-                            };
-                            (atime.map_or(st.atime, secs), mtime.map_or(st.mtime, secs))
-                        }
+            let r = s
+                .change(&[&path], false, async {
+                    let (epoch, at) = (s.epoch(), Instant::now());
+                    // The attributes after the last change, when the server
+                    // answers with them (`stat` extension).
+                    let mut last = None;
+                    if let Some(m) = mode {
+                        last = s.client.chmod(&path, m & 0o7777).await?;
+                    }
+                    if uid.is_some() || gid.is_some() {
+                        last = s.client.chown(&path, uid, gid).await?;
+                    }
+                    if let Some(sz) = size {
+                        last = s.client.truncate(&path, sz).await?;
+                    }
+                    if atime.is_some() || mtime.is_some() {
+                        let (a, m) = match (atime, mtime) {
+                            (Some(a), Some(m)) => (secs(a), secs(m)),
+                            _ => {
+                                let st = match last {
+                                    Some(st) => st,
+                                    None => s.client.getattr(&path).await?,
+                                };
+                                (atime.map_or(st.atime, secs), mtime.map_or(st.mtime, secs))
+                            }
+                        };
+                        last = s.client.utimens(&path, a, m).await?;
+                    }
+                    let st = match last {
+                        Some(st) => st,
+                        None => s.client.getattr(&path).await?,
                     };
-                    last = s.client.utimens(&path, a, m).await?;
-                }
-                match last {
-                    Some(st) => Ok(st),
-                    None => s.client.getattr(&path).await,
-                }
-            }
-            .await;
+                    s.keep(ino.0, &st, at, epoch);
+                    Ok(st)
+                })
+                .await;
             match r {
                 Ok(st) => reply.attr(&s.cfg.attr_timeout, &attr_of(ino.0, &st)),
                 Err(e) => reply.error(fe(e)),
@@ -853,10 +1045,15 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
         self.spawn_entry(reply, async move {
-            // MKNOD, also for S_IFREG: exact mode and EEXIST, where POST
-            // would be creat() and truncate a file created meanwhile.
-            let st = s.made(&path, s.client.mknod(&path, mode, u64::from(rdev)).await)?;
-            Self::entry(&s, &path, st).await
+            s.change(&[&path], true, async {
+                let epoch = s.epoch();
+                // MKNOD, also for S_IFREG: exact mode and EEXIST, where
+                // POST would be creat() and truncate a file created
+                // meanwhile.
+                let st = s.made(&path, s.client.mknod(&path, mode, u64::from(rdev)).await)?;
+                Self::entry(&s, &path, st, epoch).await
+            })
+            .await
         });
     }
 
@@ -875,8 +1072,13 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
         self.spawn_entry(reply, async move {
-            let st = s.made(&path, s.client.mkdir(&path, mode & 0o7777).await)?;
-            let a = Self::entry(&s, &path, st).await?;
+            let a = s
+                .change(&[&path], true, async {
+                    let epoch = s.epoch();
+                    let st = s.made(&path, s.client.mkdir(&path, mode & 0o7777).await)?;
+                    Self::entry(&s, &path, st, epoch).await
+                })
+                .await?;
             // Just created: empty, whatever a stale listing said.
             s.unlist_tree(&path);
             s.listed(&path, HashSet::new());
@@ -907,8 +1109,12 @@ impl Filesystem for SpockFuse {
         let target = target.as_os_str().as_bytes().to_vec();
         let s = self.s.clone();
         self.spawn_entry(reply, async move {
-            let st = s.made(&path, s.client.symlink(&path, &target).await)?;
-            Self::entry(&s, &path, st).await
+            s.change(&[&path], true, async {
+                let epoch = s.epoch();
+                let st = s.made(&path, s.client.symlink(&path, &target).await)?;
+                Self::entry(&s, &path, st, epoch).await
+            })
+            .await
         });
     }
 
@@ -934,18 +1140,19 @@ impl Filesystem for SpockFuse {
         let to = path_or!(self, self.child(newparent, newname), reply);
         let s = self.s.clone();
         self.spawn(async move {
-            let r = async {
-                if noreplace {
-                    // Best effort: SpockFS has no atomic no-replace rename.
-                    match s.client.getattr(&to).await {
-                        Ok(_) => return Err(Errno::EEXIST),
-                        Err(e) if e == Errno::ENOENT => {}
-                        Err(e) => return Err(e),
+            let r = s
+                .change(&[&from, &to], true, async {
+                    if noreplace {
+                        // Best effort: SpockFS has no atomic no-replace rename.
+                        match s.client.getattr(&to).await {
+                            Ok(_) => return Err(Errno::EEXIST),
+                            Err(e) if e == Errno::ENOENT => {}
+                            Err(e) => return Err(e),
+                        }
                     }
-                }
-                s.client.rename(&from, &to).await
-            }
-            .await;
+                    s.client.rename(&from, &to).await
+                })
+                .await;
             match r {
                 Ok(()) => {
                     s.unlist_tree(&from);
@@ -978,17 +1185,22 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.child(newparent, newname), reply);
         let s = self.s.clone();
         self.spawn_entry(reply, async move {
-            let st = s.made(&path, s.client.link(&path, &existing).await)?;
-            let st = match st {
-                Some(st) => st,
-                None => s.client.getattr(&path).await?,
-            };
-            let i = s
-                .inodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .link(ino.0, &path);
-            Ok(attr_of(i, &st))
+            s.change(&[&existing, &path], true, async {
+                let (epoch, at) = (s.epoch(), Instant::now());
+                let st = s.made(&path, s.client.link(&path, &existing).await)?;
+                let st = match st {
+                    Some(st) => st,
+                    None => s.client.getattr(&path).await?,
+                };
+                let i = s
+                    .inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .link(ino.0, &path);
+                s.keep(i, &st, at, epoch);
+                Ok(attr_of(i, &st))
+            })
+            .await
         });
     }
 
@@ -1028,11 +1240,13 @@ impl Filesystem for SpockFuse {
         let s = self.s.clone();
         self.spawn(async move {
             let perm = mode & 0o7777;
-            let r = async {
-                let st = s.made(&path, s.client.create(&path, perm).await)?;
-                Self::entry(&s, &path, st).await
-            }
-            .await;
+            let r = s
+                .change(&[&path], true, async {
+                    let epoch = s.epoch();
+                    let st = s.made(&path, s.client.create(&path, perm).await)?;
+                    Self::entry(&s, &path, st, epoch).await
+                })
+                .await;
             match r {
                 Ok(mut a) => {
                     let mut fh = 0;
@@ -1079,7 +1293,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(INodeNo(ino)), reply);
         let s = self.s.clone();
         self.spawn(async move {
-            match s.client.chmod(&path, perm).await {
+            match s.change(&[&path], false, s.client.chmod(&path, perm)).await {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(fe(e)),
             }
@@ -1105,7 +1319,11 @@ impl Filesystem for SpockFuse {
             reply,
             async move { c.client.read(&path, offset, u64::from(size)).await },
             move |reply, r| match r {
-                Ok(b) => reply.data(&b),
+                Ok(b) => {
+                    // The read may have moved the file's atime.
+                    s.drop_kept(ino.0);
+                    reply.data(&b)
+                }
                 Err(e) => reply.error(fe(e)),
             },
         );
@@ -1131,7 +1349,10 @@ impl Filesystem for SpockFuse {
         let s = self.s.clone();
         self.spawn(async move {
             let n = data.len() as u32;
-            match s.client.write(&path, offset, data).await {
+            match s
+                .change(&[&path], false, s.client.write(&path, offset, data))
+                .await
+            {
                 Ok(()) => reply.written(n),
                 Err(e) => reply.error(fe(e)),
             }
@@ -1170,22 +1391,43 @@ impl Filesystem for SpockFuse {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let path = path_or!(self, self.path(ino), reply);
+        let open = |s: &Shared, listing: Arc<Listing>, reply: ReplyOpen| {
+            let fh = next_fh(s);
+            s.dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(fh, listing);
+            reply.opened(FileHandle(fh), FopenFlags::empty())
+        };
+        // Opened again right after a listing (`rm -r`, `fts`), nothing
+        // changed since: the same listing.
+        if let Some(listing) = self.s.recent_listing(&path) {
+            return open(&self.s, listing, reply);
+        }
         let dir = path.clone();
         let s = self.s.clone();
         let c = s.clone();
         self.spawn_ro(
             req,
             reply,
-            async move { c.client.readdir(&dir).await },
+            async move {
+                let (epoch, at) = (c.epoch(), Instant::now());
+                let r = c.client.readdir(&dir).await;
+                r.map(|entries| Listing {
+                    entries,
+                    at,
+                    epoch: Some(epoch).filter(|&e| e == c.epoch()),
+                })
+            },
             move |reply, r| match r {
-                Ok(list) => {
-                    s.listed(&path, list.iter().map(|e| e.name.clone()).collect());
-                    let fh = next_fh(&s);
-                    s.dirs
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(fh, Arc::new(list));
-                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                Ok(listing) => {
+                    s.listed(
+                        &path,
+                        listing.entries.iter().map(|e| e.name.clone()).collect(),
+                    );
+                    let listing = Arc::new(listing);
+                    s.keep_listing(&path, &listing);
+                    open(&s, listing, reply)
                 }
                 Err(e) => reply.error(fe(e)),
             },
@@ -1200,9 +1442,10 @@ impl Filesystem for SpockFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(list) = self.listing(fh) else {
+        let Some(listing) = self.listing(fh) else {
             return reply.error(fuser::Errno::EBADF);
         };
+        let list = &listing.entries;
         let dir = path_or!(self, self.path(ino), reply);
         // Offsets: 1 = ".", 2 = "..", 2 + i + 1 = list[i].
         let mut off = offset;
@@ -1246,13 +1489,15 @@ impl Filesystem for SpockFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(list) = self.listing(fh) else {
+        let Some(listing) = self.listing(fh) else {
             return reply.error(fuser::Errno::EBADF);
         };
         let dir = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         self.spawn(async move {
-            let ttl = s.cfg.attr_timeout;
+            let list = &listing.entries;
+            // A reused listing is as old as its fetch.
+            let ttl = s.cfg.attr_timeout.saturating_sub(listing.at.elapsed());
             let mut off = offset;
             while off < list.len() as u64 + 2 {
                 if off < 2 {
@@ -1275,16 +1520,19 @@ impl Filesystem for SpockFuse {
                 }
                 let e = &list[(off - 2) as usize];
                 let path = join(&dir, OsStr::from_bytes(&e.name));
-                let st = match &e.stat {
-                    Some(st) => *st,
+                let (st, epoch, at) = match &e.stat {
+                    Some(st) => (*st, listing.epoch, listing.at),
                     // A server without readdir-attrs: one GETATTR per name.
-                    None => match s.client.getattr(&path).await {
-                        Ok(st) => st,
-                        Err(_) => {
-                            off += 1;
-                            continue;
+                    None => {
+                        let (epoch, at) = (s.epoch(), Instant::now());
+                        match s.client.getattr(&path).await {
+                            Ok(st) => (st, Some(epoch), at),
+                            Err(_) => {
+                                off += 1;
+                                continue;
+                            }
                         }
-                    },
+                    }
                 };
                 // Take the reference first; give it back if the entry did
                 // not fit.
@@ -1306,6 +1554,9 @@ impl Filesystem for SpockFuse {
                         .unwrap_or_else(|e| e.into_inner())
                         .forget(i, 1);
                     break;
+                }
+                if let Some(epoch) = epoch {
+                    s.keep(i, &st, at, epoch);
                 }
                 off += 1;
             }
@@ -1388,7 +1639,13 @@ impl Filesystem for SpockFuse {
         let value = Bytes::copy_from_slice(value);
         let s = self.s.clone();
         self.spawn(async move {
-            let r = s.client.setxattr(&path, &name, value, flag).await;
+            let r = s
+                .change(
+                    &[&path],
+                    false,
+                    s.client.setxattr(&path, &name, value, flag),
+                )
+                .await;
             // Whatever happened, the name may exist now.
             mark_absent(&s, ino.0, &name, false);
             match r {
@@ -1471,7 +1728,10 @@ impl Filesystem for SpockFuse {
         let name = name.as_bytes().to_vec();
         let s = self.s.clone();
         self.spawn(async move {
-            match s.client.removexattr(&path, &name).await {
+            match s
+                .change(&[&path], false, s.client.removexattr(&path, &name))
+                .await
+            {
                 Ok(()) => {
                     // It existed (seen: never absent mount-wide); now it
                     // is absent from this inode.
@@ -1521,7 +1781,14 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         self.spawn(async move {
-            match s.client.fallocate(&path, mode, offset, length).await {
+            match s
+                .change(
+                    &[&path],
+                    false,
+                    s.client.fallocate(&path, mode, offset, length),
+                )
+                .await
+            {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(fe(e)),
             }
@@ -1530,7 +1797,7 @@ impl Filesystem for SpockFuse {
 }
 
 impl SpockFuse {
-    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
+    fn listing(&self, fh: FileHandle) -> Option<Arc<Listing>> {
         self.s
             .dirs
             .lock()
@@ -1546,11 +1813,15 @@ impl SpockFuse {
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
         self.spawn(async move {
-            let r = if dir {
-                s.client.rmdir(&path).await
-            } else {
-                s.client.unlink(&path).await
-            };
+            let r = s
+                .change(&[&path], true, async {
+                    if dir {
+                        s.client.rmdir(&path).await
+                    } else {
+                        s.client.unlink(&path).await
+                    }
+                })
+                .await;
             match r {
                 Ok(()) => {
                     s.listed_name(&path, false);

@@ -961,6 +961,123 @@ fn request_counts_readdirplus_and_xattr_negative_cache() {
 }
 
 #[test]
+fn kept_attributes_and_listings_stay_exact() {
+    if fuse_missing().is_some() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
+    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    let mut dirs = 0;
+    for a in 0..4 {
+        for b in 0..3 {
+            let d = root.join(format!("t/a{a}/b{b}"));
+            fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+            dirs += 1;
+            for i in 0..5 {
+                fs::write(d.join(format!("f{i}")), b"x").unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        dirs += 1;
+    }
+    dirs += 1;
+    let (seen, stop, m) = counted_mount(&root, &mnt, &rt);
+    let summary = |v: &[String]| {
+        let mut m = std::collections::BTreeMap::<&str, usize>::new();
+        for x in v {
+            *m.entry(x.as_str()).or_default() += 1;
+        }
+        format!("{m:?}")
+    };
+
+    // `rm -r` opens every directory twice and fstat()s it after reading
+    // it: one READDIR per directory, no GETATTR per directory.
+    let _ = fs::metadata(mnt.join("t"));
+    take(&seen);
+    sh(&mnt, "rm -r t");
+    let rm = take(&seen);
+    eprintln!("rm -r of {dirs} directories, 60 files: {}", summary(&rm));
+    assert_eq!(count(&rm, "READDIR"), dirs, "{rm:?}");
+    assert_eq!(count(&rm, "DELETE"), 60, "{rm:?}");
+    assert_eq!(count(&rm, "RMDIR"), dirs, "{rm:?}");
+    assert!(count(&rm, "GETATTR") <= 2, "{rm:?}");
+    assert!(!root.join("t").exists());
+
+    // A listing is reused only while nothing changed through the mount.
+    fs::create_dir(root.join("d")).unwrap_or_else(|e| panic!("{e}"));
+    fs::write(root.join("d/one"), b"1").unwrap_or_else(|e| panic!("{e}"));
+    let names = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(p)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|e| {
+                e.unwrap_or_else(|e| panic!("{e}"))
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let _ = fs::metadata(mnt.join("d"));
+    take(&seen);
+    assert_eq!(names(&mnt.join("d")), ["one"]);
+    assert_eq!(names(&mnt.join("d")), ["one"]);
+    assert_eq!(count(&take(&seen), "READDIR"), 1);
+    fs::write(mnt.join("d/two"), b"22").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&mnt.join("d")), ["one", "two"]);
+    fs::remove_file(mnt.join("d/one")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&mnt.join("d")), ["two"]);
+    assert_eq!(count(&take(&seen), "READDIR"), 2);
+    // A change made behind the mount's back shows within the timeouts.
+    fs::write(root.join("d/three"), b"333").unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(names(&mnt.join("d")), ["three", "two"]);
+
+    // Attributes: every change through the mount is seen at once (size,
+    // mode, times, link count, the directory's mtime), while a stat after
+    // reading a directory costs no request.
+    let f = mnt.join("d/two");
+    let meta = |p: &Path| fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(meta(&f).len(), 2);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut h| h.write_all(b"more"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(meta(&f).len(), 6);
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(meta(&f).mode() & 0o7777, 0o600);
+    fs::hard_link(&f, mnt.join("d/link")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(meta(&f).nlink(), 2);
+    fs::remove_file(mnt.join("d/link")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(meta(&f).nlink(), 1);
+    sh(&mnt, "touch -m -d @1000000000 d/two");
+    assert_eq!(meta(&f).mtime(), 1_000_000_000);
+    let before = meta(&mnt.join("d")).mtime();
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(mnt.join("d/four"), b"4").unwrap_or_else(|e| panic!("{e}"));
+    assert!(meta(&mnt.join("d")).mtime() > before);
+    let dir_meta = || {
+        let d = fs::File::open(mnt.join("d")).unwrap_or_else(|e| panic!("{e}"));
+        let _ = names(&mnt.join("d"));
+        d.metadata().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let _ = dir_meta();
+    take(&seen);
+    let _ = dir_meta();
+    let again = take(&seen);
+    assert_eq!(count(&again, "GETATTR"), 0, "{again:?}");
+    // Changed behind the mount's back: seen after the attribute timeout.
+    fs::write(root.join("d/two"), b"0123456789").unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(meta(&f).len(), 10);
+    m.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
+    let _ = stop.send(());
+}
+
+#[test]
 fn a_slow_request_does_not_hold_up_others() {
     use axum::extract::Request;
     use axum::middleware::Next;
