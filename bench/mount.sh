@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Mount benchmark: the Rust FUSE client `spockfs-mount` (against axum-app)
 # side by side with sshfs (against an sshd started here), same workloads,
-# same kind of backing directory on the same disk.
+# same kind of backing directory on the same disk. The same workloads also
+# run on a plain directory of that disk ("local disk" column): the floor both
+# network filesystems stand on.
 #
 #   bench/mount.sh
 #
@@ -65,8 +67,8 @@ fi
 TMP=$(mktemp -d /tmp/mountbench.XXXXXX)
 SERVER_PID="" MOUNT_PID="" SSHD_PID="" SSHFS_PID=""
 MNT_SSHFS=$TMP/mnt-sshfs MNT_SPOCK=$TMP/mnt-spockfs
-BACK_SSHFS=$TMP/back-sshfs BACK_SPOCK=$TMP/back-spockfs
-mkdir -p "$MNT_SSHFS" "$MNT_SPOCK" "$BACK_SSHFS" "$BACK_SPOCK"
+BACK_SSHFS=$TMP/back-sshfs BACK_SPOCK=$TMP/back-spockfs LOCAL_DIR=$TMP/local
+mkdir -p "$MNT_SSHFS" "$MNT_SPOCK" "$BACK_SSHFS" "$BACK_SPOCK" "$LOCAL_DIR"
 
 stop_pid() { # pid
   local p=$1 i
@@ -199,10 +201,19 @@ umount_spock() {
     MOUNT_PID=""
   fi
 }
-remount() { # sshfs|spockfs
-  if [ "$1" = sshfs ]; then umount_sshfs; mount_sshfs; else umount_spock; mount_spock; fi
+remount() { # sshfs|spockfs|local (nothing to remount)
+  case $1 in
+    sshfs) umount_sshfs; mount_sshfs ;;
+    spockfs) umount_spock; mount_spock ;;
+  esac
 }
-mnt_of() { if [ "$1" = sshfs ]; then echo "$MNT_SSHFS"; else echo "$MNT_SPOCK"; fi; }
+mnt_of() {
+  case $1 in
+    sshfs) echo "$MNT_SSHFS" ;;
+    spockfs) echo "$MNT_SPOCK" ;;
+    *) echo "$LOCAL_DIR" ;;
+  esac
+}
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || DROP_OK=0; }
 DROP_OK=1
 
@@ -367,7 +378,7 @@ declare -A DU_KB=()
 
 START=$(date +%s)
 for r in $(seq "$RUNS"); do
-  for fs in sshfs spockfs; do one_run "$fs" "$r"; done
+  for fs in sshfs spockfs local; do one_run "$fs" "$r"; done
 done
 TOTAL=$(($(date +%s) - START))
 
@@ -414,22 +425,33 @@ SSH_VER=$(ssh -V 2>&1)
   echo "- Backing dirs: two dirs under one temp dir on $FSTYPE"
   echo "- spockfs: \`axum-app --listen 127.0.0.1:PORT --root DIR\` + \`spockfs-mount http://127.0.0.1:PORT/fs MNT\` (default options: attr/entry timeout 1 s)"
   echo "- sshfs: $SSHFS_VER, $SSH_VER; \`sshfs -p PORT -o IdentityFile=…,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,LogLevel=ERROR root@127.0.0.1:DIR MNT\`, otherwise sshfs defaults (run with \`-f\` so the script holds its PID); sshd started by the script with its own config (\`internal-sftp\`, ed25519 keys, 127.0.0.1 only)"
-  echo "- Tree: $TREE_DESC; du -sk through the mounts: sshfs ${DU_KB[sshfs]:-?} KiB, spockfs ${DU_KB[spockfs]:-?} KiB"
+  echo "- Tree: $TREE_DESC; du -sk: local ${DU_KB[local]:-?} KiB, through the mounts: sshfs ${DU_KB[sshfs]:-?} KiB, spockfs ${DU_KB[spockfs]:-?} KiB"
   echo "- Runs: $RUNS per row, $( [ "$RUNS" -gt 1 ] && echo "median shown" || echo "single run (the whole benchmark in one run takes ${TOTAL}s)")"
   echo "- Caches: the mount is remounted before the sequential read, ls -l, find, du and each fio run, and \`echo 3 > /proc/sys/vm/drop_caches\` is run after the remount$( [ "$DROP_OK" = 1 ] || echo " (**drop_caches failed; page cache of the backing files not dropped**)"), so reads are cold at the server's disk too; fio runs time-based, so after the first pass the 256 MiB file may be served from the client page cache, depending on each client's caching"
   echo
-  echo "| workload | sshfs | spockfs-mount | spockfs speedup (×, >1 = spockfs faster) |"
-  echo "|---|---:|---:|---:|"
+  echo "| workload | local disk | sshfs | spockfs-mount | spockfs speedup (×, >1 = spockfs faster) |"
+  echo "|---|---:|---:|---:|---:|"
   for row in "${ROWS[@]}"; do
+    # shellcheck disable=SC2086
+    l=$(median ${RES["$row|local"]:-0})
     # shellcheck disable=SC2086
     a=$(median ${RES["$row|sshfs"]:-0})
     # shellcheck disable=SC2086
     b=$(median ${RES["$row|spockfs"]:-0})
     SPEED[$row]=$(speedup "$row" "$a" "$b")
-    echo "| ${LABEL[$row]} | $a | $b | ${SPEED[$row]} |"
+    echo "| ${LABEL[$row]} | $l | $a | $b | ${SPEED[$row]} |"
   done
   echo
-  echo "Speedup: throughput rows spockfs/sshfs, time rows sshfs/spockfs."
+  echo "Speedup: throughput rows spockfs/sshfs, time rows sshfs/spockfs. Local disk: the same workload on a plain directory of the same disk (no network filesystem; \"fresh mount\" rows only drop caches)."
+  echo
+  echo "Time over the local disk (time rows: each client's time minus the disk's, medians; the part a network filesystem adds):"
+  echo
+  for row in create delete cp rmtree; do
+    # shellcheck disable=SC2086
+    over=$(awk -v l="$(median ${RES["$row|local"]:-0})" -v a="$(median ${RES["$row|sshfs"]:-0})" -v b="$(median ${RES["$row|spockfs"]:-0})" \
+      'BEGIN{ oa=a-l; ob=b-l; printf "sshfs +%.3f s, spockfs +%.3f s", oa, ob; if (ob>0) printf " (%.2f× less)", oa/ob }')
+    echo "- ${LABEL[$row]%%,*}: $over"
+  done
   echo
   echo "## Targets"
   echo
@@ -459,7 +481,7 @@ SSH_VER=$(ssh -V 2>&1)
   echo "## Notes"
   echo
   echo "- Checks: $( [ "$FAILED" = 0 ] && echo "all passed (sizes, file counts, find entry counts)" || echo "**some failed, see the log of the run**")"
-  echo "- Raw values per run: $(for row in "${ROWS[@]}"; do printf '%s sshfs[%s] spockfs[%s]; ' "$row" "${RES["$row|sshfs"]# }" "${RES["$row|spockfs"]# }"; done)"
+  echo "- Raw values per run: $(for row in "${ROWS[@]}"; do printf '%s local[%s] sshfs[%s] spockfs[%s]; ' "$row" "${RES["$row|local"]# }" "${RES["$row|sshfs"]# }" "${RES["$row|spockfs"]# }"; done)"
 } | tee "$OUT"
 log "saved $OUT"
 exit "$FAILED"
