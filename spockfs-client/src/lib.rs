@@ -195,28 +195,41 @@ impl ClientBuilder {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        let mut b = HyperClient::builder(TokioExecutor::new());
-        b.pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .http2_only(self.http2_prior_knowledge);
         Ok(Client {
             inner: Arc::new(Inner {
-                http: b.build(https),
+                http: pool(https.clone(), self.http2_prior_knowledge),
+                connector: https,
+                http2_only: self.http2_prior_knowledge,
                 base: format!("{scheme}://{hostport}{prefix}"),
                 auth,
                 timeout: self.timeout,
-                extensions: OnceCell::new(),
+                extensions: Arc::new(OnceCell::new()),
             }),
         })
     }
 }
 
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A connection pool. Idle connections are dropped after 30 s, before the
+/// usual server idle timeouts (60 s here, 75 s in nginx) close them under a
+/// request.
+fn pool(connector: Connector, http2_only: bool) -> HyperClient<Connector, Full<Bytes>> {
+    HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .http2_only(http2_only)
+        .build(connector)
+}
+
 struct Inner {
-    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HyperClient<Connector, Full<Bytes>>,
+    connector: Connector,
+    http2_only: bool,
     base: String,
     auth: Option<HeaderValue>,
     timeout: Duration,
-    extensions: OnceCell<Extensions>,
+    extensions: Arc<OnceCell<Extensions>>,
 }
 
 /// A SpockFS client. Cheap to clone; clones share the connection pool.
@@ -420,6 +433,35 @@ impl Client {
         match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(Errno::EIO),
+        }
+    }
+
+    /// The same client (server, credentials, TLS roots, timeout, the
+    /// extensions learnt so far) with a connection pool of its own.
+    ///
+    /// Connections run on the runtime that opened them: a thread that
+    /// drives its own single-threaded runtime (as `spockfs-mount`'s FUSE
+    /// threads do) takes its own pool, so no call ever waits on a
+    /// connection whose runtime is not running.
+    ///
+    /// ```
+    /// let shared = spockfs_client::Client::new("http://127.0.0.1:8080/fs")?;
+    /// let mine = shared.with_own_pool();
+    /// # drop(mine);
+    /// # Ok::<(), spockfs_client::BuildError>(())
+    /// ```
+    pub fn with_own_pool(&self) -> Client {
+        let i = &self.inner;
+        Client {
+            inner: Arc::new(Inner {
+                http: pool(i.connector.clone(), i.http2_only),
+                connector: i.connector.clone(),
+                http2_only: i.http2_only,
+                base: i.base.clone(),
+                auth: i.auth.clone(),
+                timeout: i.timeout,
+                extensions: i.extensions.clone(),
+            }),
         }
     }
 

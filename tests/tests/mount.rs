@@ -88,10 +88,7 @@ impl Fixture {
             fsname: f.url(),
             ..MountConfig::default()
         };
-        f.mount = Some(
-            spawn_mount(client, f.rt.handle().clone(), &f.mnt(), cfg)
-                .unwrap_or_else(|e| panic!("mount: {e}")),
-        );
+        f.mount = Some(spawn_mount(client, &f.mnt(), cfg).unwrap_or_else(|e| panic!("mount: {e}")));
         Some(f)
     }
 
@@ -757,8 +754,8 @@ fn serve_and_mount(
         let _g = rt.enter();
         Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
     };
-    let m = spawn_mount(client, rt.handle().clone(), mnt, MountConfig::default())
-        .unwrap_or_else(|e| panic!("mount: {e}"));
+    let m =
+        spawn_mount(client, mnt, MountConfig::default()).unwrap_or_else(|e| panic!("mount: {e}"));
     (tx, m)
 }
 
@@ -1248,8 +1245,7 @@ fn access_after_chmod_with_an_unprivileged_server() {
         fsname: url.clone(),
         ..MountConfig::default()
     };
-    let m = spawn_mount(client, rt.handle().clone(), &mnt, cfg)
-        .unwrap_or_else(|e| panic!("mount: {e}"));
+    let m = spawn_mount(client, &mnt, cfg).unwrap_or_else(|e| panic!("mount: {e}"));
     let p = mnt.join("secret");
     fs::write(&p, b"data").unwrap_or_else(|e| panic!("write: {e}"));
     // Created by the server's user, not the mounting root.

@@ -52,6 +52,10 @@ struct Args {
     /// with EIO
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// Requests served at once: FUSE threads, each with its own
+    /// connections (Linux; elsewhere 1)
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
@@ -161,8 +165,10 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
         b = b.ca_file(f);
     }
     let client = b.build().map_err(|e| e.to_string())?;
+    // For the check below and the signal handler; the FUSE threads run
+    // requests on runtimes of their own.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
@@ -180,8 +186,9 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
         entry_timeout: secs(args.entry_timeout, "entry-timeout")?,
         allow_other: args.allow_other,
         fsname: public_url(&args.url),
+        threads: usize::from(args.threads),
     };
-    let fs = SpockFuse::new(client, rt.handle().clone(), cfg);
+    let fs = SpockFuse::new(client, cfg);
     let config = fs.fuser_config();
     let mp: PathBuf = args
         .mountpoint
