@@ -15,10 +15,11 @@
 //! request goes from `/dev/fuse` to the socket and back without waking any
 //! other thread — measured on 2 cores, 1000 file creates took 25% less
 //! time than with every request spawned on a shared multi-threaded
-//! runtime. A slow call holds up only its own thread. A request that changes nothing is
-//! cancelled when the kernel interrupts it (`FUSE_INTERRUPT`: the waiting
-//! process got a signal, e.g. was killed): its HTTP call is dropped and it
-//! is answered `EINTR` at once. Changes are never cancelled mid-flight: their
+//! runtime. A slow call holds up only its own thread. A request that
+//! changes nothing is cancelled when the kernel interrupts it
+//! (`FUSE_INTERRUPT`, read by another thread: the waiting process got a
+//! signal, e.g. was killed): its HTTP call is dropped and it is answered
+//! `EINTR` at once. Changes are never cancelled mid-flight: their
 //! outcome on the server would be unknown. Writes go straight to the server
 //! (no writeback cache: a SpockFS `PUT` is the only copy, and the kernel's
 //! writeback would delay errors past `close`), reads use the page cache
@@ -466,7 +467,7 @@ impl SpockFuse {
     }
 
     /// Runs a request to completion on this FUSE thread's runtime.
-    fn spawn<F>(&self, f: F)
+    fn run<F>(&self, f: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -500,7 +501,7 @@ impl SpockFuse {
     /// signal), the HTTP call is dropped and the request answered `EINTR`.
     /// Calls that change something are never cancelled: once sent, their
     /// outcome on the server is unknown until the answer arrives.
-    fn spawn_ro<R, T, F>(
+    fn run_ro<R, T, F>(
         &self,
         req: &Request,
         reply: R,
@@ -519,7 +520,7 @@ impl SpockFuse {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             tokio::select! {
                 r = fut => done(reply, r),
                 Ok(()) = rx => {
@@ -535,12 +536,12 @@ impl SpockFuse {
     }
 
     /// Runs `f` and answers its entry (or error) with the entry timeout.
-    fn spawn_entry<F>(&self, reply: ReplyEntry, f: F)
+    fn run_entry<F>(&self, reply: ReplyEntry, f: F)
     where
         F: std::future::Future<Output = Result<FileAttr, Errno>> + Send + 'static,
     {
         let ttl = self.s.cfg.entry_timeout;
-        self.spawn(async move {
+        self.run(async move {
             match f.await {
                 Ok(a) => reply.entry(&ttl, &a, Generation(0)),
                 Err(e) => reply.error(fe(e)),
@@ -935,7 +936,7 @@ impl Filesystem for SpockFuse {
         }
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             async move {
@@ -999,7 +1000,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             async move {
@@ -1040,7 +1041,7 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             let r = s
                 .change(&[&path], false, async {
                     let (epoch, at) = (s.epoch(), Instant::now());
@@ -1088,7 +1089,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             async move { c.client().readlink(&path).await },
@@ -1114,7 +1115,7 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.spawn_entry(reply, async move {
+        self.run_entry(reply, async move {
             s.change(&[&path], true, async {
                 let epoch = s.epoch();
                 // MKNOD, also for S_IFREG: exact mode and EEXIST, where
@@ -1141,7 +1142,7 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.spawn_entry(reply, async move {
+        self.run_entry(reply, async move {
             let a = s
                 .change(&[&path], true, async {
                     let epoch = s.epoch();
@@ -1178,7 +1179,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.child(parent, link_name), reply);
         let target = target.as_os_str().as_bytes().to_vec();
         let s = self.s.clone();
-        self.spawn_entry(reply, async move {
+        self.run_entry(reply, async move {
             s.change(&[&path], true, async {
                 let epoch = s.epoch();
                 let st = s.made(&path, s.client().symlink(&path, &target).await)?;
@@ -1209,7 +1210,7 @@ impl Filesystem for SpockFuse {
         let from = path_or!(self, self.child(parent, name), reply);
         let to = path_or!(self, self.child(newparent, newname), reply);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             let r = s
                 .change(&[&from, &to], true, async {
                     if noreplace {
@@ -1254,7 +1255,7 @@ impl Filesystem for SpockFuse {
         let existing = path_or!(self, self.path(ino), reply);
         let path = path_or!(self, self.child(newparent, newname), reply);
         let s = self.s.clone();
-        self.spawn_entry(reply, async move {
+        self.run_entry(reply, async move {
             s.change(&[&existing, &path], true, async {
                 let (epoch, at) = (s.epoch(), Instant::now());
                 let st = s.made(&path, s.client().link(&path, &existing).await)?;
@@ -1282,7 +1283,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             async move { c.client().open(&path, flags.0).await },
@@ -1308,7 +1309,7 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             let perm = mode & 0o7777;
             let r = s
                 .change(&[&path], true, async {
@@ -1362,7 +1363,7 @@ impl Filesystem for SpockFuse {
         };
         let path = path_or!(self, self.path(INodeNo(ino)), reply);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             match s
                 .change(&[&path], false, s.client().chmod(&path, perm))
                 .await
@@ -1387,7 +1388,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             async move { c.client().read(&path, offset, u64::from(size)).await },
@@ -1420,7 +1421,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let data = Bytes::copy_from_slice(data);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             let n = data.len() as u32;
             match s
                 .change(&[&path], false, s.client().write(&path, offset, data))
@@ -1454,7 +1455,7 @@ impl Filesystem for SpockFuse {
     ) {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             match s.client().fsync(&path, datasync).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(fe(e)),
@@ -1480,7 +1481,7 @@ impl Filesystem for SpockFuse {
         let dir = path.clone();
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             async move {
@@ -1567,7 +1568,7 @@ impl Filesystem for SpockFuse {
         };
         let dir = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             let list = &listing.entries;
             // A reused listing is as old as its fetch.
             let ttl = s.cfg.attr_timeout.saturating_sub(listing.at.elapsed());
@@ -1668,7 +1669,7 @@ impl Filesystem for SpockFuse {
         let path = self.path(ino).unwrap_or_else(|_| b"/".to_vec());
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             async move { c.client().statfs(&path).await },
@@ -1711,7 +1712,7 @@ impl Filesystem for SpockFuse {
         let name = name.as_bytes().to_vec();
         let value = Bytes::copy_from_slice(value);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             let r = s
                 .change(
                     &[&path],
@@ -1736,7 +1737,7 @@ impl Filesystem for SpockFuse {
         let name = name.as_bytes().to_vec();
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             {
@@ -1768,7 +1769,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             async move { c.client().listxattr(&path).await },
@@ -1800,7 +1801,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let name = name.as_bytes().to_vec();
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             match s
                 .change(&[&path], false, s.client().removexattr(&path, &name))
                 .await
@@ -1827,7 +1828,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
         let c = s.clone();
-        self.spawn_ro(
+        self.run_ro(
             req,
             reply,
             async move { c.client().access(&path, mask.bits() as u32).await },
@@ -1853,7 +1854,7 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             match s
                 .change(
                     &[&path],
@@ -1885,7 +1886,7 @@ impl SpockFuse {
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.spawn(async move {
+        self.run(async move {
             let r = s
                 .change(&[&path], true, async {
                     if dir {
