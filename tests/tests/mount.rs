@@ -633,9 +633,7 @@ fn the_binary_mounts_and_unmounts() {
     }
     let Some(bin) = mount_binary() else { return };
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
-    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, root, mnt) = workdir();
     let (addr, _srv) = rt.block_on(spockfs_tests::start_axum(spockfs_tests::axum_args(&root)));
     let mnt = mnt.canonicalize().unwrap_or_else(|e| panic!("{e}"));
     let url = format!("http://{addr}/fs");
@@ -785,6 +783,25 @@ fn counted_mount(
     (seen, tx, m)
 }
 
+/// A tempdir with `root/` (served) and `mnt/` (mount point), both made.
+fn workdir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
+    for d in [&root, &mnt] {
+        fs::create_dir(d).unwrap_or_else(|e| panic!("{e}"));
+    }
+    (dir, root, mnt)
+}
+
+/// Requests seen, counted by method.
+fn summary(v: &[String]) -> String {
+    let mut m = std::collections::BTreeMap::<&str, usize>::new();
+    for x in v {
+        *m.entry(x.as_str()).or_default() += 1;
+    }
+    format!("{m:?}")
+}
+
 fn take(seen: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
     std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()))
 }
@@ -811,10 +828,8 @@ fn request_counts_readdirplus_and_xattr_negative_cache() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
+    let (_dir, root, mnt) = workdir();
     fs::create_dir_all(root.join("many")).unwrap_or_else(|e| panic!("{e}"));
-    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
     for i in 0..50 {
         fs::write(root.join(format!("many/f{i}")), format!("{i}"))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -833,13 +848,6 @@ fn request_counts_readdirplus_and_xattr_negative_cache() {
     // answered from the negative cache.
     sh(&mnt, "ls -l many > /dev/null");
     let again = take(&seen);
-    let summary = |v: &[String]| {
-        let mut m = std::collections::BTreeMap::<&str, usize>::new();
-        for x in v {
-            *m.entry(x.as_str()).or_default() += 1;
-        }
-        format!("{m:?}")
-    };
     eprintln!(
         "ls -l of 50 files: {}; again: {}",
         summary(&first),
@@ -963,9 +971,7 @@ fn kept_attributes_and_listings_stay_exact() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
-    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, root, mnt) = workdir();
     let mut dirs = 0;
     for a in 0..4 {
         for b in 0..3 {
@@ -980,13 +986,6 @@ fn kept_attributes_and_listings_stay_exact() {
     }
     dirs += 1;
     let (seen, stop, m) = counted_mount(&root, &mnt, &rt);
-    let summary = |v: &[String]| {
-        let mut m = std::collections::BTreeMap::<&str, usize>::new();
-        for x in v {
-            *m.entry(x.as_str()).or_default() += 1;
-        }
-        format!("{m:?}")
-    };
 
     // `rm -r` opens every directory twice and fstat()s it after reading
     // it: one READDIR per directory, no GETATTR per directory.
@@ -1082,10 +1081,7 @@ fn a_slow_request_does_not_hold_up_others() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
-    fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
-    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, root, mnt) = workdir();
     fs::write(root.join("slow"), b"slow body").unwrap_or_else(|e| panic!("{e}"));
     for i in 0..20 {
         fs::write(root.join(format!("fast{i}")), b"fast").unwrap_or_else(|e| panic!("{e}"));
@@ -1145,10 +1141,7 @@ fn an_interrupted_lookup_is_cancelled() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
-    fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
-    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, root, mnt) = workdir();
     fs::write(root.join("slow"), b"slow body").unwrap_or_else(|e| panic!("{e}"));
     // GETATTR /slow takes 20 s; count the ones dropped before answering.
     struct OnDrop(Arc<AtomicUsize>, bool);
@@ -1219,10 +1212,7 @@ fn access_after_chmod_with_an_unprivileged_server() {
         eprintln!("SKIPPED: {msg}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
-    fs::create_dir(&root).unwrap_or_else(|e| panic!("{e}"));
-    fs::create_dir(&mnt).unwrap_or_else(|e| panic!("{e}"));
+    let (dir, root, mnt) = workdir();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("{e}"));
     let nobody = 65534;
