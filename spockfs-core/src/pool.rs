@@ -11,11 +11,22 @@
 //! parks, so under load a job is picked up without a wake-up syscall, and
 //! when idle the pool costs nothing. Threads are created on demand up to a
 //! maximum, and exit after a keep-alive period without work.
+//!
+//! How long the idle thread yields adapts to the traffic: three times the
+//! recent gap between jobs (a moving average), between 50 µs and 1 ms. A
+//! client that sends one request at a time (a FUSE mount running `cp -r`
+//! or a shell loop: a job every ~300 µs) finds the thread still awake
+//! instead of paying a futex wake-up and a cold start on every request;
+//! traffic sparser than 1 ms apart gets the 50 µs minimum, less than the
+//! fixed 100 µs this pool used before. Measured through `spockfs-mount`
+//! on a tmpfs-backed server (2 cores, 9 runs each, medians): 1000
+//! `printf > f` creates 683 -> 564 ms together with the mount's FLUSH
+//! change, 1000 deletes 203 -> 185 ms.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -48,9 +59,50 @@ struct Inner {
     parked: AtomicUsize,
     /// Threads yielding while waiting for work (at most one).
     spinning: AtomicUsize,
+    /// When the last job was submitted, ns since `start`.
+    last_submit: AtomicU64,
+    /// Moving average of the gap between submissions, ns.
+    gap_avg: AtomicU64,
+    start: Instant,
     max_threads: usize,
-    spin: Duration,
+    spin: SpinWindow,
     keep_alive: Duration,
+}
+
+/// Bounds of the idle thread's yielding window.
+#[derive(Debug, Clone, Copy)]
+struct SpinWindow {
+    min: Duration,
+    max: Duration,
+}
+
+impl SpinWindow {
+    const DEFAULT: SpinWindow = SpinWindow {
+        min: Duration::from_micros(50),
+        max: Duration::from_millis(1),
+    };
+
+    /// The next moving average of the gap between jobs, given the last
+    /// one. Gaps are capped at twice the window's maximum, so one long
+    /// idle period is forgotten after a few jobs (weight 1/8 per job).
+    fn next_avg(self, avg: u64, gap: u64) -> u64 {
+        let cap = 2 * self.max.as_nanos() as u64;
+        (avg.min(cap) * 7 + gap.min(cap)) / 8
+    }
+
+    /// How long to wait for the next job: three times the average gap
+    /// (gaps vary: a shell loop's are spread over 2x around the mean),
+    /// within the window's bounds; just the minimum when jobs come more
+    /// than the maximum apart on average (the next one is unlikely to come
+    /// soon enough to be worth the CPU).
+    fn window(self, avg: u64) -> Duration {
+        let avg = Duration::from_nanos(avg);
+        if avg > self.max {
+            self.min
+        } else {
+            (avg * 3).clamp(self.min, self.max)
+        }
+    }
 }
 
 impl BlockingPool {
@@ -64,8 +116,11 @@ impl BlockingPool {
                 threads: AtomicUsize::new(0),
                 parked: AtomicUsize::new(0),
                 spinning: AtomicUsize::new(0),
+                last_submit: AtomicU64::new(0),
+                gap_avg: AtomicU64::new(u64::MAX),
+                start: Instant::now(),
                 max_threads: max_threads.max(1),
-                spin: Duration::from_micros(100),
+                spin: SpinWindow::DEFAULT,
                 keep_alive: Duration::from_secs(10),
             }),
         }
@@ -95,6 +150,12 @@ impl BlockingPool {
 
     fn submit(&self, job: Job) {
         let inner = &self.inner;
+        // A heuristic: racing submitters may lose an update, which only
+        // nudges the average.
+        let now = inner.start.elapsed().as_nanos() as u64;
+        let gap = now.saturating_sub(inner.last_submit.swap(now, Relaxed));
+        let avg = inner.gap_avg.load(Relaxed);
+        inner.gap_avg.store(inner.spin.next_avg(avg, gap), Relaxed);
         lock(&inner.queue).push_back(job);
         inner.pending.fetch_add(1, SeqCst);
         if inner.spinning.load(SeqCst) > 0 {
@@ -153,7 +214,8 @@ fn worker(inner: Arc<Inner>) {
             .is_ok()
         {
             let start = Instant::now();
-            while inner.pending.load(SeqCst) == 0 && start.elapsed() < inner.spin {
+            let window = inner.spin.window(inner.gap_avg.load(Relaxed));
+            while inner.pending.load(SeqCst) == 0 && start.elapsed() < window {
                 std::thread::yield_now();
             }
             inner.spinning.fetch_sub(1, SeqCst);
@@ -224,6 +286,55 @@ mod tests {
         assert!(pool.run(|| panic!("boom")).await.is_err());
         assert_eq!(pool.run(|| 7).await, Ok(7));
         assert!(pool.inner.threads.load(SeqCst) <= 4);
+    }
+
+    #[test]
+    fn spin_window_follows_the_gap_between_jobs() {
+        let w = SpinWindow::DEFAULT;
+        let us = |n: u64| n * 1000;
+        // Fresh pool: the average starts "very sparse".
+        assert_eq!(w.window(u64::MAX), w.min);
+        // One request at a time, ~200 us apart: the window settles at
+        // three times that, so the next job finds the thread awake.
+        let mut avg = u64::MAX;
+        for _ in 0..80 {
+            avg = w.next_avg(avg, us(200));
+        }
+        let win = w.window(avg);
+        assert!(
+            (Duration::from_micros(590)..=Duration::from_micros(610)).contains(&win),
+            "{win:?}"
+        );
+        // Slower (a disk-backed server): capped at the maximum.
+        for _ in 0..80 {
+            avg = w.next_avg(avg, us(700));
+        }
+        assert_eq!(w.window(avg), w.max);
+        // Saturating load: jobs back to back, the minimum.
+        for _ in 0..40 {
+            avg = w.next_avg(avg, us(2));
+        }
+        assert_eq!(w.window(avg), w.min);
+        // Sparse traffic (10 ms apart) is not worth waiting for.
+        for _ in 0..40 {
+            avg = w.next_avg(avg, us(10_000));
+        }
+        assert_eq!(w.window(avg), w.min);
+        // A long idle period is forgotten within a few jobs.
+        avg = w.next_avg(avg, us(60_000_000));
+        assert_eq!(w.window(avg), w.min);
+        for _ in 0..12 {
+            avg = w.next_avg(avg, us(100));
+        }
+        assert!(w.window(avg) > w.min, "{:?}", w.window(avg));
+        for _ in 0..40 {
+            avg = w.next_avg(avg, us(100));
+        }
+        let win = w.window(avg);
+        assert!(
+            (Duration::from_micros(290)..=Duration::from_micros(320)).contains(&win),
+            "{win:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
