@@ -933,6 +933,20 @@ impl Engine {
                             "Content-Range covers {len} bytes but the body has {n}"
                         ))))
                     }
+                    // Up to one chunk (a typical FUSE write): read it all
+                    // first, then open, write and close in one blocking
+                    // call instead of three.
+                    Some(_) if len as usize <= chunk => {
+                        let clock = BodyClock::new(timeout, chunk);
+                        let data = read_limited(body.as_mut(), len as usize, clock).await?;
+                        if data.len() as u64 != len {
+                            return Err(Fail::Reject(Reject::bad(format!(
+                                "request body ended after {} of {len} bytes",
+                                data.len()
+                            ))));
+                        }
+                        Some(data)
+                    }
                     Some(_) => None,
                     None if len as usize <= self.limits.max_unsized_range_put => {
                         let clock = BodyClock::new(timeout, chunk);
@@ -954,18 +968,21 @@ impl Engine {
                     }
                 };
                 let p = path.clone();
+                if let Some(data) = prebuffered {
+                    // The file is closed (dropped) on the blocking thread.
+                    blocking(&self.pool, mount.backend(), move |b| {
+                        precheck(b, &p, DirRule::NotDir)?;
+                        b.open_write(&p)?.write_at(&data, offset)
+                    })
+                    .await??;
+                    return Ok(Outcome::Status(StatusCode::OK));
+                }
                 let file: Arc<dyn FileHandle> = blocking(&self.pool, mount.backend(), move |b| {
                     precheck(b, &p, DirRule::NotDir)?;
                     b.open_write(&p).map(Arc::from)
                 })
                 .await??;
-                if let Some(data) = prebuffered {
-                    let f = file.clone();
-                    blocking(&self.pool, mount.backend(), move |_| {
-                        f.write_at(&data, offset)
-                    })
-                    .await??;
-                } else {
+                {
                     let rules = BodyRules {
                         chunk,
                         announced: len,

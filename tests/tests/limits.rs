@@ -486,10 +486,15 @@ async fn readdir_streams_and_entry_cap_answers_413() {
 }
 
 /// A PUT body that stalls: 408 ETIMEDOUT after `body_timeout`, the
-/// connection closed, the previous content intact.
+/// connection closed, the previous content intact. Both a whole-file PUT
+/// and a ranged one small enough to be read before the file is opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_body_answers_408() {
-    for srv in BOTH {
+    let heads: [&[u8]; 2] = [
+        b"PUT /fs/f HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+        b"PUT /fs/f HTTP/1.1\r\nHost: x\r\nContent-Range: bytes=0-99\r\nContent-Length: 100\r\n\r\nabc",
+    ];
+    for (srv, head) in BOTH.into_iter().flat_map(|s| heads.map(|h| (s, h))) {
         let s = up(
             srv,
             &Conf {
@@ -501,9 +506,7 @@ async fn stalled_body_answers_408() {
         std::fs::write(s.root.join("f"), b"previous").unwrap_or_else(|e| panic!("{e}"));
         let mut c = connect(s.addr).await;
         let t = Instant::now();
-        c.write_all(b"PUT /fs/f HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        c.write_all(head).await.unwrap_or_else(|e| panic!("{e}"));
         let r = read_raw(&mut c, Duration::from_secs(5))
             .await
             .unwrap_or_else(|e| panic!("{srv:?}: {e}"));
