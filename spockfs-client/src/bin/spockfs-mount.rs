@@ -52,9 +52,11 @@ struct Args {
     /// with EIO
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// Requests served at once: FUSE threads, each with its own
-    /// connections (Linux; elsewhere 1)
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// FUSE event-loop threads, each with its own /dev/fuse descriptor and
+    /// connections (Linux; elsewhere 1). Each serves any number of requests
+    /// at once; more than one only helps when the mount itself runs out of
+    /// CPU
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
 }
 

@@ -390,6 +390,19 @@ impl KernelConfig {
     }
 }
 
+/// What one step of a session loop did (see [`Filesystem::session_loop`]).
+/// Patch carried by spockfs-rs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A request was read and dispatched (or the read was interrupted):
+    /// step again.
+    Dispatched,
+    /// The descriptor is non-blocking and no request is queued.
+    WouldBlock,
+    /// The session ended (unmounted, or `FUSE_DESTROY`).
+    Done,
+}
+
 /// Filesystem trait.
 ///
 /// This trait must be implemented to provide a userspace filesystem via FUSE.
@@ -431,6 +444,26 @@ pub trait Filesystem: Send + Sync + 'static {
     /// call and answers the request normally. (Patch carried by spockfs-rs:
     /// upstream fuser 0.18 answers every interrupt with `ENOSYS`.)
     fn interrupt(&self, _req: &Request, _unique: RequestId) {}
+
+    /// Runs one session thread's request loop (patch carried by spockfs-rs).
+    /// `fd` is the `/dev/fuse` descriptor the thread reads; `step` reads one
+    /// request from it and dispatches it to this filesystem's methods. If
+    /// the implementation made `fd` non-blocking, `step` answers
+    /// [`Step::WouldBlock`] when no request is queued, so the loop can wait
+    /// for `fd` to become readable in an event loop (and run the work the
+    /// methods started) instead of blocking in `read`. The default blocks in
+    /// `step` until the session ends.
+    fn session_loop(
+        &self,
+        _fd: std::os::fd::BorrowedFd<'_>,
+        step: &mut dyn FnMut() -> std::io::Result<Step>,
+    ) -> std::io::Result<()> {
+        loop {
+            if step()? == Step::Done {
+                return Ok(());
+            }
+        }
+    }
 
     /// Like [`forget`](Self::forget), but take multiple forget requests at once for performance. The default
     /// implementation will fallback to `forget`.

@@ -522,6 +522,43 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
     fn event_loop(&self) -> io::Result<()> {
+        // spockfs-rs patch: the filesystem drives the loop (`Filesystem::session_loop`),
+        // one `step` at a time.
+        let mut buf = FuseReadBuf::new();
+        let buf = buf.as_mut();
+        let Some(fs) = self.filesystem.fs.as_ref() else {
+            return Err(io::Error::other("BUG: filesystem missing in the event loop"));
+        };
+        let mut step = || -> io::Result<crate::Step> {
+            match self.ch.receive(buf) {
+                Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
+                    Some(req) => {
+                        if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                            req.reply::<ReplyEmpty>().ok();
+                            Ok(crate::Step::Done)
+                        } else {
+                            req.dispatch(self);
+                            Ok(crate::Step::Dispatched)
+                        }
+                    }
+                    None => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "Invalid request",
+                    )),
+                },
+                Err(nix::errno::Errno::ENOENT | nix::errno::Errno::EINTR) => {
+                    Ok(crate::Step::Dispatched)
+                }
+                Err(nix::errno::Errno::EAGAIN) => Ok(crate::Step::WouldBlock),
+                Err(nix::errno::Errno::ENODEV) => Ok(crate::Step::Done),
+                Err(err) => Err(err.into()),
+            }
+        };
+        fs.session_loop(self.ch.as_fd(), &mut step)
+    }
+
+    #[allow(dead_code)]
+    fn blocking_event_loop(&self) -> io::Result<()> {
         // Buffer for receiving requests from the kernel. Only one is allocated and
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
