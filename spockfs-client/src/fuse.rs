@@ -484,7 +484,11 @@ impl SpockFuse {
     {
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
-                h.spawn(f);
+                let guard = InFlight::start();
+                h.spawn(async move {
+                    f.await;
+                    drop(guard);
+                });
             }
             // Only the event loop calls in here. Dropping `f` drops its
             // reply, which answers EIO.
@@ -644,14 +648,93 @@ fn mark_absent(s: &Shared, ino: u64, name: &[u8], absent: bool) {
 /// A FUSE thread's connection pool.
 struct Local {
     client: std::cell::OnceCell<Client>,
+    /// Requests started as tasks on this thread and not yet answered.
+    in_flight: std::cell::Cell<usize>,
+    /// When the thread last ran out of requests (none in flight).
+    idle_since: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 thread_local! {
     static LOCAL: Local = const {
         Local {
             client: std::cell::OnceCell::new(),
+            in_flight: std::cell::Cell::new(0),
+            idle_since: std::cell::Cell::new(None),
         }
     };
+}
+
+/// Counts a request task in flight on this thread, until dropped (the task
+/// finished or was dropped with the runtime).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        LOCAL.with(|l| l.in_flight.set(l.in_flight.get() + 1));
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let _ = LOCAL.try_with(|l| {
+            let n = l.in_flight.get().saturating_sub(1);
+            l.in_flight.set(n);
+            if n == 0 {
+                l.idle_since.set(Some(std::time::Instant::now()));
+            }
+        });
+    }
+}
+
+/// How long the event loop keeps polling `/dev/fuse` after it ran out of
+/// work, before it sleeps in epoll. A process making one call after
+/// another sends its next request microseconds after its answer (`ls -l`
+/// asks for two xattrs per file, answered from the negative cache), and
+/// when the process and a sleeping loop thread sit on different CPUs every
+/// call pays cross-CPU wake-ups: measured on 2 cores, ~18 us per call with
+/// both pinned to one CPU, 50-65 us on two. Polling (with `sched_yield`, so
+/// a caller on the same CPU gets it) catches the next request awake: a
+/// fresh-mount `ls -l | grep` of 1000 files went from 51.5 ms (median of
+/// 15; tail to 137 ms) to 44.4 ms (tail 52 ms). The window follows the
+/// recent gap between running out of work and the next request (3x its
+/// moving average, at most `SPIN_MAX`); when that gap averages over
+/// `SPIN_IF_UNDER` (a caller that thinks between calls) the loop sleeps at
+/// once.
+#[derive(Debug)]
+struct Spin {
+    /// Moving average of the idle gap, in nanoseconds (weight 1/8).
+    avg_ns: u64,
+}
+
+/// Longest poll before sleeping.
+const SPIN_MAX: Duration = Duration::from_micros(200);
+/// No polling when the average gap is longer than this.
+const SPIN_IF_UNDER: Duration = Duration::from_micros(300);
+/// Gaps are counted up to this long (a pause does not wipe the history).
+const SPIN_GAP_CAP: Duration = Duration::from_millis(1);
+
+impl Spin {
+    fn new() -> Self {
+        Spin {
+            avg_ns: SPIN_GAP_CAP.as_nanos() as u64,
+        }
+    }
+
+    /// A request arrived `gap` after the thread ran out of work.
+    fn record(&mut self, gap: Duration) {
+        let g = gap.min(SPIN_GAP_CAP).as_nanos() as u64;
+        self.avg_ns = self.avg_ns - self.avg_ns / 8 + g / 8;
+    }
+
+    /// How long to poll now (zero: sleep at once).
+    fn window(&self) -> Duration {
+        if self.avg_ns > SPIN_IF_UNDER.as_nanos() as u64 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.avg_ns.saturating_mul(3)).min(SPIN_MAX)
+        }
+    }
 }
 
 /// Requests read in a row before the event loop lets the tasks it started
@@ -984,11 +1067,48 @@ impl Filesystem for SpockFuse {
             // this whole call (the session lends it), and `dev` is dropped
             // before the call returns.
             let dev = unsafe { AsyncFd::register_with_interest(fd, interest) }?;
+            let mut spin = Spin::new();
+            // A request was read: learn the gap since the thread ran out
+            // of work, if it had.
+            let arrived = |spin: &mut Spin| {
+                let idle = LOCAL.with(|l| l.idle_since.take());
+                if let Some(t) = idle {
+                    spin.record(t.elapsed());
+                }
+            };
             loop {
+                // Out of work: poll for a while before sleeping (see `Spin`).
+                if LOCAL.with(|l| l.in_flight.get()) == 0 {
+                    LOCAL.with(|l| {
+                        if l.idle_since.get().is_none() {
+                            l.idle_since.set(Some(std::time::Instant::now()));
+                        }
+                    });
+                    let window = spin.window();
+                    if !window.is_zero() {
+                        let start = std::time::Instant::now();
+                        let mut got = false;
+                        while start.elapsed() < window {
+                            match step()? {
+                                fuser::Step::Dispatched => {
+                                    arrived(&mut spin);
+                                    got = true;
+                                    break;
+                                }
+                                fuser::Step::WouldBlock => std::thread::yield_now(),
+                                fuser::Step::Done => return Ok(()),
+                            }
+                        }
+                        if got {
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                    }
+                }
                 let mut ready = dev.ready(interest).await?;
                 for _ in 0..READ_BURST {
                     match step()? {
-                        fuser::Step::Dispatched => {}
+                        fuser::Step::Dispatched => arrived(&mut spin),
                         fuser::Step::WouldBlock => {
                             ready.clear_ready();
                             break;
@@ -2088,6 +2208,32 @@ pub fn spawn_mount(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spin_window_follows_the_gap_between_requests() {
+        use super::{Spin, SPIN_MAX};
+        use std::time::Duration;
+        let mut s = Spin::new();
+        // Starts asleep: nothing learned yet.
+        assert!(s.window().is_zero());
+        for _ in 0..64 {
+            s.record(Duration::from_micros(10));
+        }
+        let w = s.window();
+        assert!(
+            w >= Duration::from_micros(25) && w <= Duration::from_micros(40),
+            "{w:?}"
+        );
+        for _ in 0..64 {
+            s.record(Duration::from_micros(90));
+        }
+        assert_eq!(s.window(), SPIN_MAX);
+        // A caller that pauses between calls: no polling at all.
+        for _ in 0..64 {
+            s.record(Duration::from_secs(1));
+        }
+        assert!(s.window().is_zero());
+    }
+
     use super::*;
 
     #[test]
