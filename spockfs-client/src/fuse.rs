@@ -29,9 +29,11 @@
 //! signal, e.g. was killed): its HTTP call is dropped and it is answered
 //! `EINTR` at once. Changes are never cancelled mid-flight: their
 //! outcome on the server would be unknown. Writes go straight to the server
-//! (no writeback cache: a SpockFS `PUT` is the only copy, and the kernel's
-//! writeback would delay errors past `close`), reads use the page cache
-//! with large readahead; `flush` has nothing to do.
+//! (no writeback cache: with it a `write` succeeds before the server has
+//! the data, so `ENOSPC`/`EIO` surface only at `close` or `fsync`, and the
+//! kernel becomes the authority on the file's size and mtime, overwriting
+//! what other clients of the same server changed), reads use the page
+//! cache with large readahead; `flush` has nothing to do.
 //!
 //! Round trips the kernel would otherwise cost:
 //!
