@@ -926,39 +926,19 @@ impl Engine {
             Some((offset, len)) => {
                 // Check the body length against the range before writing
                 // anything: a mismatch is a client bug, and writing part of
-                // it would corrupt the file.
-                let prebuffered = match exact {
+                // it would corrupt the file. Read whole before the file is
+                // opened: bodies of up to one chunk with a length (a FUSE
+                // write: open, write and close are then one blocking call
+                // instead of three), and small ones without a length (so a
+                // short body writes nothing).
+                let read_first = match exact {
                     Some(n) if n != len => {
                         return Err(Fail::Reject(Reject::bad(format!(
                             "Content-Range covers {len} bytes but the body has {n}"
                         ))))
                     }
-                    // Up to one chunk (a typical FUSE write): read it all
-                    // first, then open, write and close in one blocking
-                    // call instead of three.
-                    Some(_) if len as usize <= chunk => {
-                        let clock = BodyClock::new(timeout, chunk);
-                        let data = read_limited(body.as_mut(), len as usize, clock).await?;
-                        if data.len() as u64 != len {
-                            return Err(Fail::Reject(Reject::bad(format!(
-                                "request body ended after {} of {len} bytes",
-                                data.len()
-                            ))));
-                        }
-                        Some(data)
-                    }
-                    Some(_) => None,
-                    None if len as usize <= self.limits.max_unsized_range_put => {
-                        let clock = BodyClock::new(timeout, chunk);
-                        let data = read_limited(body.as_mut(), len as usize, clock).await?;
-                        if data.len() as u64 != len {
-                            return Err(Fail::Reject(Reject::bad(format!(
-                                "Content-Range covers {len} bytes but the body has {}",
-                                data.len()
-                            ))));
-                        }
-                        Some(data)
-                    }
+                    Some(_) => len as usize <= chunk,
+                    None if len as usize <= self.limits.max_unsized_range_put => true,
                     None => {
                         return Err(Fail::Reject(Reject {
                             status: StatusCode::LENGTH_REQUIRED,
@@ -968,7 +948,15 @@ impl Engine {
                     }
                 };
                 let p = path.clone();
-                if let Some(data) = prebuffered {
+                if read_first {
+                    let clock = BodyClock::new(timeout, chunk);
+                    let data = read_limited(body.as_mut(), len as usize, clock).await?;
+                    if data.len() as u64 != len {
+                        return Err(Fail::Reject(Reject::bad(format!(
+                            "Content-Range covers {len} bytes but the body has {}",
+                            data.len()
+                        ))));
+                    }
                     // The file is closed (dropped) on the blocking thread.
                     blocking(&self.pool, mount.backend(), move |b| {
                         precheck(b, &p, DirRule::NotDir)?;
@@ -982,24 +970,21 @@ impl Engine {
                     b.open_write(&p).map(Arc::from)
                 })
                 .await??;
-                {
-                    let rules = BodyRules {
-                        chunk,
-                        announced: len,
-                        cap,
-                        timeout,
-                    };
-                    let written =
-                        stream_to(&self.pool, mount.backend(), body, rules, |buf, off| {
-                            let f = file.clone();
-                            move || f.write_at(&buf, offset + off)
-                        })
-                        .await?;
-                    if written != len {
-                        return Err(Fail::Reject(Reject::bad(format!(
-                            "request body ended after {written} of {len} bytes"
-                        ))));
-                    }
+                let rules = BodyRules {
+                    chunk,
+                    announced: len,
+                    cap,
+                    timeout,
+                };
+                let written = stream_to(&self.pool, mount.backend(), body, rules, |buf, off| {
+                    let f = file.clone();
+                    move || f.write_at(&buf, offset + off)
+                })
+                .await?;
+                if written != len {
+                    return Err(Fail::Reject(Reject::bad(format!(
+                        "request body ended after {written} of {len} bytes"
+                    ))));
                 }
                 drop_blocking(&self.pool, mount.backend(), file);
                 Ok(Outcome::Status(StatusCode::OK))
