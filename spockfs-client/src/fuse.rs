@@ -700,43 +700,24 @@ impl Drop for InFlight {
 /// fresh-mount `ls -l | grep` of 1000 files went from 51.5 ms (median of
 /// 15; tail to 137 ms) to 44.4 ms (tail 52 ms). The window follows the
 /// recent gap between running out of work and the next request (3x its
-/// moving average, at most `SPIN_MAX`); when that gap averages over
-/// `SPIN_IF_UNDER` (a caller that thinks between calls) the loop sleeps at
-/// once.
-#[derive(Debug)]
-struct Spin {
-    /// Moving average of the idle gap, in nanoseconds (weight 1/8).
-    avg_ns: u64,
-}
+/// moving average, at most 200 us); when that gap averages over 300 us (a
+/// caller that thinks between calls) the loop sleeps at once.
+const SPIN: spockfs_core::pool::SpinWindow = spockfs_core::pool::SpinWindow {
+    min: Duration::ZERO,
+    max: Duration::from_micros(200),
+    sparse: Duration::from_micros(300),
+};
 
-/// Longest poll before sleeping.
-const SPIN_MAX: Duration = Duration::from_micros(200);
-/// No polling when the average gap is longer than this.
-const SPIN_IF_UNDER: Duration = Duration::from_micros(300);
-/// Gaps are counted up to this long (a pause does not wipe the history).
-const SPIN_GAP_CAP: Duration = Duration::from_millis(1);
-
-impl Spin {
-    fn new() -> Self {
-        Spin {
-            avg_ns: SPIN_GAP_CAP.as_nanos() as u64,
+/// True if this thread has no request in flight; marks when it ran out of
+/// work, unless already marked.
+fn went_idle() -> bool {
+    LOCAL.with(|l| {
+        let idle = l.in_flight.get() == 0;
+        if idle && l.idle_since.get().is_none() {
+            l.idle_since.set(Some(std::time::Instant::now()));
         }
-    }
-
-    /// A request arrived `gap` after the thread ran out of work.
-    fn record(&mut self, gap: Duration) {
-        let g = gap.min(SPIN_GAP_CAP).as_nanos() as u64;
-        self.avg_ns = self.avg_ns - self.avg_ns / 8 + g / 8;
-    }
-
-    /// How long to poll now (zero: sleep at once).
-    fn window(&self) -> Duration {
-        if self.avg_ns > SPIN_IF_UNDER.as_nanos() as u64 {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(self.avg_ns.saturating_mul(3)).min(SPIN_MAX)
-        }
-    }
+        idle
+    })
 }
 
 /// Requests read in a row before the event loop lets the tasks it started
@@ -1045,16 +1026,8 @@ impl Filesystem for SpockFuse {
         fd: std::os::fd::BorrowedFd<'_>,
         step: &mut dyn FnMut() -> std::io::Result<fuser::Step>,
     ) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
         use tokio::io::{unix::AsyncFd, Interest};
-        // SAFETY: fcntl on a descriptor the session keeps open for the
-        // duration of this call.
-        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-        if flags < 0
-            || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
+        rustix::io::ioctl_fionbio(fd, true)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -1069,48 +1042,40 @@ impl Filesystem for SpockFuse {
             // this whole call (the session lends it), and `dev` is dropped
             // before the call returns.
             let dev = unsafe { AsyncFd::register_with_interest(fd, interest) }?;
-            let mut spin = Spin::new();
-            // A request was read: learn the gap since the thread ran out
-            // of work, if it had.
-            let arrived = |spin: &mut Spin| {
-                let idle = LOCAL.with(|l| l.idle_since.take());
-                if let Some(t) = idle {
-                    spin.record(t.elapsed());
+            // Moving average of the gap between running out of work and
+            // the next request (see `SPIN`).
+            let mut avg = u64::MAX;
+            let arrived = |avg: &mut u64| {
+                if let Some(t) = LOCAL.with(|l| l.idle_since.take()) {
+                    *avg = SPIN.next_avg(*avg, t.elapsed().as_nanos() as u64);
                 }
             };
             loop {
-                // Out of work: poll for a while before sleeping (see `Spin`).
-                if LOCAL.with(|l| l.in_flight.get()) == 0 {
-                    LOCAL.with(|l| {
-                        if l.idle_since.get().is_none() {
-                            l.idle_since.set(Some(std::time::Instant::now()));
+                // Out of work: poll for a while before sleeping.
+                if went_idle() {
+                    let window = SPIN.window(avg);
+                    let start = std::time::Instant::now();
+                    let mut got = fuser::Step::WouldBlock;
+                    while got == fuser::Step::WouldBlock && start.elapsed() < window {
+                        got = step()?;
+                        if got == fuser::Step::WouldBlock {
+                            std::thread::yield_now();
                         }
-                    });
-                    let window = spin.window();
-                    if !window.is_zero() {
-                        let start = std::time::Instant::now();
-                        let mut got = false;
-                        while start.elapsed() < window {
-                            match step()? {
-                                fuser::Step::Dispatched => {
-                                    arrived(&mut spin);
-                                    got = true;
-                                    break;
-                                }
-                                fuser::Step::WouldBlock => std::thread::yield_now(),
-                                fuser::Step::Done => return Ok(()),
-                            }
-                        }
-                        if got {
+                    }
+                    match got {
+                        fuser::Step::Dispatched => {
+                            arrived(&mut avg);
                             tokio::task::yield_now().await;
                             continue;
                         }
+                        fuser::Step::Done => return Ok(()),
+                        fuser::Step::WouldBlock => {}
                     }
                 }
                 let mut ready = dev.ready(interest).await?;
                 for _ in 0..READ_BURST {
                     match step()? {
-                        fuser::Step::Dispatched => arrived(&mut spin),
+                        fuser::Step::Dispatched => arrived(&mut avg),
                         fuser::Step::WouldBlock => {
                             ready.clear_ready();
                             break;
@@ -2212,28 +2177,25 @@ pub fn spawn_mount(
 mod tests {
     #[test]
     fn spin_window_follows_the_gap_between_requests() {
-        use super::{Spin, SPIN_MAX};
+        use super::SPIN;
         use std::time::Duration;
-        let mut s = Spin::new();
+        let mut avg = u64::MAX;
+        let mut record = |gap: Duration, n: usize| {
+            for _ in 0..n {
+                avg = SPIN.next_avg(avg, gap.as_nanos() as u64);
+            }
+            SPIN.window(avg)
+        };
         // Starts asleep: nothing learned yet.
-        assert!(s.window().is_zero());
-        for _ in 0..64 {
-            s.record(Duration::from_micros(10));
-        }
-        let w = s.window();
+        assert!(record(Duration::ZERO, 0).is_zero());
+        let w = record(Duration::from_micros(10), 64);
         assert!(
             w >= Duration::from_micros(25) && w <= Duration::from_micros(40),
             "{w:?}"
         );
-        for _ in 0..64 {
-            s.record(Duration::from_micros(90));
-        }
-        assert_eq!(s.window(), SPIN_MAX);
+        assert_eq!(record(Duration::from_micros(90), 64), SPIN.max);
         // A caller that pauses between calls: no polling at all.
-        for _ in 0..64 {
-            s.record(Duration::from_secs(1));
-        }
-        assert!(s.window().is_zero());
+        assert!(record(Duration::from_secs(1), 64).is_zero());
     }
 
     use super::*;

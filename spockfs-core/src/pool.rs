@@ -68,35 +68,64 @@ struct Inner {
     keep_alive: Duration,
 }
 
-/// Bounds of the idle thread's yielding window.
-#[derive(Debug, Clone, Copy)]
-struct SpinWindow {
-    min: Duration,
-    max: Duration,
+/// How long a thread waiting for work keeps polling before it sleeps,
+/// learned from the gaps between arrivals: three times their moving
+/// average (weight 1/8 per arrival), within `min..=max`; just `min` when
+/// arrivals average more than `sparse` apart (the next one is unlikely to
+/// come soon enough to be worth the CPU). Gaps count up to `2 * sparse`, so
+/// one long pause is forgotten after a few arrivals.
+///
+/// Used by this pool's idle thread and by `spockfs-mount`'s FUSE event
+/// loop.
+///
+/// ```
+/// use spockfs_core::pool::SpinWindow;
+/// use std::time::Duration;
+///
+/// let w = SpinWindow {
+///     min: Duration::ZERO,
+///     max: Duration::from_micros(200),
+///     sparse: Duration::from_micros(300),
+/// };
+/// // Nothing learned yet: no polling.
+/// let mut avg = u64::MAX;
+/// assert_eq!(w.window(avg), Duration::ZERO);
+/// // Arrivals 20 us apart: poll for about 60 us.
+/// for _ in 0..64 {
+///     avg = w.next_avg(avg, 20_000);
+/// }
+/// let win = w.window(avg);
+/// assert!(win > Duration::from_micros(55) && win < Duration::from_micros(65));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpinWindow {
+    /// Shortest poll (also the poll for sparse arrivals).
+    pub min: Duration,
+    /// Longest poll.
+    pub max: Duration,
+    /// Average gap above which arrivals count as sparse.
+    pub sparse: Duration,
 }
 
 impl SpinWindow {
+    /// The pool's window: 50 µs to 1 ms.
     const DEFAULT: SpinWindow = SpinWindow {
         min: Duration::from_micros(50),
         max: Duration::from_millis(1),
+        sparse: Duration::from_millis(1),
     };
 
-    /// The next moving average of the gap between jobs, given the last
-    /// one. Gaps are capped at twice the window's maximum, so one long
-    /// idle period is forgotten after a few jobs (weight 1/8 per job).
-    fn next_avg(self, avg: u64, gap: u64) -> u64 {
-        let cap = 2 * self.max.as_nanos() as u64;
+    /// The next moving average of the gap between arrivals (ns), given the
+    /// last one (start from `u64::MAX`: nothing learned) and the new gap.
+    pub fn next_avg(self, avg: u64, gap: u64) -> u64 {
+        let cap = 2 * self.sparse.as_nanos() as u64;
         (avg.min(cap) * 7 + gap.min(cap)) / 8
     }
 
-    /// How long to wait for the next job: three times the average gap
-    /// (gaps vary: a shell loop's are spread over 2x around the mean),
-    /// within the window's bounds; just the minimum when jobs come more
-    /// than the maximum apart on average (the next one is unlikely to come
-    /// soon enough to be worth the CPU).
-    fn window(self, avg: u64) -> Duration {
+    /// How long to poll, given the average gap (ns).
+    pub fn window(self, avg: u64) -> Duration {
         let avg = Duration::from_nanos(avg);
-        if avg > self.max {
+        if avg > self.sparse {
             self.min
         } else {
             (avg * 3).clamp(self.min, self.max)
@@ -290,50 +319,41 @@ mod tests {
     #[test]
     fn spin_window_follows_the_gap_between_jobs() {
         let w = SpinWindow::DEFAULT;
-        let us = |n: u64| n * 1000;
+        let feed = |avg: &mut u64, n: usize, gap_us: u64| {
+            for _ in 0..n {
+                *avg = w.next_avg(*avg, gap_us * 1000);
+            }
+        };
+        let assert_within = |avg: u64, lo_us: u64, hi_us: u64| {
+            let win = w.window(avg);
+            assert!(
+                (Duration::from_micros(lo_us)..=Duration::from_micros(hi_us)).contains(&win),
+                "{win:?}"
+            );
+        };
         // Fresh pool: the average starts "very sparse".
         assert_eq!(w.window(u64::MAX), w.min);
         // One request at a time, ~200 us apart: the window settles at
         // three times that, so the next job finds the thread awake.
         let mut avg = u64::MAX;
-        for _ in 0..80 {
-            avg = w.next_avg(avg, us(200));
-        }
-        let win = w.window(avg);
-        assert!(
-            (Duration::from_micros(590)..=Duration::from_micros(610)).contains(&win),
-            "{win:?}"
-        );
+        feed(&mut avg, 80, 200);
+        assert_within(avg, 590, 610);
         // Slower (a disk-backed server): capped at the maximum.
-        for _ in 0..80 {
-            avg = w.next_avg(avg, us(700));
-        }
+        feed(&mut avg, 80, 700);
         assert_eq!(w.window(avg), w.max);
         // Saturating load: jobs back to back, the minimum.
-        for _ in 0..40 {
-            avg = w.next_avg(avg, us(2));
-        }
+        feed(&mut avg, 40, 2);
         assert_eq!(w.window(avg), w.min);
         // Sparse traffic (10 ms apart) is not worth waiting for.
-        for _ in 0..40 {
-            avg = w.next_avg(avg, us(10_000));
-        }
+        feed(&mut avg, 40, 10_000);
         assert_eq!(w.window(avg), w.min);
         // A long idle period is forgotten within a few jobs.
-        avg = w.next_avg(avg, us(60_000_000));
+        feed(&mut avg, 1, 60_000_000);
         assert_eq!(w.window(avg), w.min);
-        for _ in 0..12 {
-            avg = w.next_avg(avg, us(100));
-        }
+        feed(&mut avg, 12, 100);
         assert!(w.window(avg) > w.min, "{:?}", w.window(avg));
-        for _ in 0..40 {
-            avg = w.next_avg(avg, us(100));
-        }
-        let win = w.window(avg);
-        assert!(
-            (Duration::from_micros(290)..=Duration::from_micros(320)).contains(&win),
-            "{win:?}"
-        );
+        feed(&mut avg, 40, 100);
+        assert_within(avg, 290, 320);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
