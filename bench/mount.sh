@@ -10,6 +10,11 @@
 # Env: RUNS          runs per row, the median is reported (default 3; RUNS=1 takes
 #                    about a third of the time)
 #      FIO_RUNTIME   seconds per fio run (default 10)
+#      LS_REPS       fresh-mount `ls -l` measurements per run (default 5; the row is
+#                    the median of all RUNS x LS_REPS: a ~60 ms measurement
+#                    dominated by cold-disk and wake-up jitter needs more samples)
+#      PHASES        run only these phases (default "seq create lsl delete cp walk
+#                    rmtree fio"; rows of phases not run are left out)
 #      COUNT_REQUESTS=1  run axum-app with RUST_LOG=spockfs_core=debug and
 #                    summarise the server's HTTP methods per spockfs phase
 #      SPOCKFS_BIN / MOUNT_BIN  use these binaries instead of
@@ -29,6 +34,7 @@ REPO=$(cd "$BENCH_DIR/.." && pwd)
 RUNS=${RUNS:-3}
 FIO_RUNTIME=${FIO_RUNTIME:-10}
 COUNT_REQUESTS=${COUNT_REQUESTS:-0}
+LS_REPS=${LS_REPS:-5}
 TREE_TARGET=10000 # entries
 
 log() { printf '[mount.sh] %s\n' "$*" >&2; }
@@ -68,6 +74,12 @@ TMP=$(mktemp -d /tmp/mountbench.XXXXXX)
 SERVER_PID="" MOUNT_PID="" SSHD_PID="" SSHFS_PID=""
 MNT_SSHFS=$TMP/mnt-sshfs MNT_SPOCK=$TMP/mnt-spockfs
 BACK_SSHFS=$TMP/back-sshfs BACK_SPOCK=$TMP/back-spockfs LOCAL_DIR=$TMP/local
+# ext4 "top of hierarchy" flag: the allocator spreads the directories made
+# here over different block groups, so one client's creates do not scan
+# inodes the other just freed (on an ext4 without a journal, inodes freed in
+# the last 30-60 s are skipped one by one at allocation).
+SPREAD=0
+chattr +T "$TMP" 2>/dev/null && SPREAD=1
 mkdir -p "$MNT_SSHFS" "$MNT_SPOCK" "$BACK_SSHFS" "$BACK_SPOCK" "$LOCAL_DIR"
 
 stop_pid() { # pid
@@ -215,6 +227,10 @@ mnt_of() {
   esac
 }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || DROP_OK=0; }
+# Before a write phase: the previous phases' dirty data written back (not
+# flushed in the middle of this one) and the page cache dropped, the same
+# starting point for every client.
+settle() { drop_caches; }
 DROP_OK=1
 
 mount_sshfs
@@ -265,13 +281,15 @@ count_reqs() { # phase
 
 BLK=$(head -c 4096 /dev/zero | tr '\0' 'x')
 
-one_run() { # fs run
-  local fs=$1 r=$2 m t s n
+# The phases. Each takes the filesystem (sshfs|spockfs|local) and runs one
+# workload on it; the run loop below runs each phase on every filesystem
+# before the next phase, so the two clients' numbers for a row are taken
+# seconds apart (a slow spell of the machine hits both, not one), in
+# alternating order from run to run.
+phase_seq() { # 1. sequential write, then read on a fresh mount + dropped caches
+  local fs=$1 m t s n
   m=$(mnt_of "$fs")
-  CUR_FS=$fs
-  log "run $r: $fs"
-
-  # 1. sequential write
+  settle
   mark
   t=$(now)
   dd if=/dev/zero of="$m/f" bs=1M count=256 conv=fsync status=none || fail "$fs: dd write"
@@ -280,7 +298,6 @@ one_run() { # fs run
   count_reqs seqw
   [ "$(stat -c %s "$m/f")" = 268435456 ] || fail "$fs: written file has wrong size"
 
-  # 2. sequential read, fresh mount + dropped caches
   remount "$fs"; m=$(mnt_of "$fs"); drop_caches
   mark
   t=$(now)
@@ -290,40 +307,62 @@ one_run() { # fs run
   add seqr "$fs" "$(awk -v s="$s" 'BEGIN{printf "%.1f", 256/s}')"
   count_reqs seqr
   rm -f "$m/f"
+}
 
-  # 3. create 1000 x 4 KiB
+phase_create() { # 3. create 1000 x 4 KiB
+  local fs=$1 m t i
+  m=$(mnt_of "$fs")
   mkdir "$m/small"
+  settle
   mark
   t=$(now)
   for i in $(seq 1000); do printf '%s' "$BLK" >"$m/small/f$i" || { fail "$fs: create f$i"; break; }; done
   add create "$fs" "$(elapsed "$t")"
   count_reqs create
+}
 
-  # 4. ls -l on a fresh mount
-  remount "$fs"; m=$(mnt_of "$fs"); drop_caches
-  mark
-  t=$(now)
-  n=$(ls -l "$m/small" | grep -c '^-' || true)
-  add lsl "$fs" "$(elapsed "$t")"
-  count_reqs lsl
-  [ "$n" = 1000 ] || fail "$fs: ls -l listed $n files"
+phase_lsl() { # 4. ls -l on a fresh mount, LS_REPS times
+  local fs=$1 m t n k
+  for k in $(seq "$LS_REPS"); do
+    remount "$fs"; m=$(mnt_of "$fs"); drop_caches
+    mark
+    t=$(now)
+    n=$(ls -l "$m/small" | grep -c '^-' || true)
+    add lsl "$fs" "$(elapsed "$t")"
+    count_reqs lsl
+    [ "$n" = 1000 ] || fail "$fs: ls -l listed $n files"
+  done
   n=$(find "$m/small" -type f -size 4k | wc -l)
   [ "$n" = 1000 ] || fail "$fs: $n files of 4 KiB, expected 1000"
+}
 
-  # 5. delete them
+phase_delete() { # 5. delete them
+  local fs=$1 m t
+  m=$(mnt_of "$fs")
   mark
   t=$(now)
   rm -f "$m"/small/f* || fail "$fs: rm"
   add delete "$fs" "$(elapsed "$t")"
   count_reqs delete
   rmdir "$m/small" || fail "$fs: rmdir small"
+}
 
-  # 6. source tree
+phase_cp() { # 6. copy the source tree in; its files read once after the
+  # settle, so the copy measures writing into the mount, not reading the
+  # source from a cold disk
+  local fs=$1 m t
+  m=$(mnt_of "$fs")
+  settle
+  find "$SRC" -type f -exec cat {} + >/dev/null
   mark
   t=$(now)
   cp -r "$SRC" "$m/tree" || fail "$fs: cp -r tree"
   add cp "$fs" "$(elapsed "$t")"
   count_reqs cp
+}
+
+phase_walk() { # 7. find and du of the tree, each on a fresh mount
+  local fs=$1 m t n
   remount "$fs"; m=$(mnt_of "$fs"); drop_caches
   mark
   t=$(now)
@@ -339,19 +378,26 @@ one_run() { # fs run
   count_reqs du
   log "$fs: du -sk tree = $n KiB"
   DU_KB[$fs]=$n
+}
+
+phase_rmtree() { # 8. rm -rf the tree
+  local fs=$1 m t
+  m=$(mnt_of "$fs")
   mark
   t=$(now)
   rm -rf "$m/tree" || fail "$fs: rm -rf tree"
   add rmtree "$fs" "$(elapsed "$t")"
   count_reqs rmtree
   [ ! -e "$m/tree" ] || fail "$fs: tree still there"
+}
 
-  # 7. fio random reads
+phase_fio() { # 9. fio random reads, 1 and 4 jobs, each on a fresh mount
+  local fs=$1 m j key
+  m=$(mnt_of "$fs")
   fio --name=layout --filename="$m/fio" --rw=write --bs=1M --size=256M --create_only=1 \
     --output=/dev/null >/dev/null 2>&1 || fail "$fs: fio layout"
   [ "$(stat -c %s "$m/fio" 2>/dev/null || echo 0)" = 268435456 ] ||
     dd if=/dev/zero of="$m/fio" bs=1M count=256 conv=fsync status=none
-  local j key
   for j in 1 4; do
     key=fio$j
     remount "$fs"; m=$(mnt_of "$fs"); drop_caches
@@ -376,14 +422,28 @@ one_run() { # fs run
 }
 declare -A DU_KB=()
 
+# PHASES: a subset to run (space-separated, in this order; lsl and delete
+# need create before them, walk and rmtree need cp)
+read -r -a PHASES <<<"${PHASES:-seq create lsl delete cp walk rmtree fio}"
 START=$(date +%s)
 for r in $(seq "$RUNS"); do
-  for fs in sshfs spockfs local; do one_run "$fs" "$r"; done
+  # sshfs first in odd runs, spockfs first in even ones; the local disk last
+  if [ $((r % 2)) = 1 ]; then ORDER=(sshfs spockfs local); else ORDER=(spockfs sshfs local); fi
+  log "run $r: ${ORDER[*]}"
+  for ph in "${PHASES[@]}"; do
+    for fs in "${ORDER[@]}"; do
+      CUR_FS=$fs
+      "phase_$ph" "$fs"
+    done
+  done
 done
 TOTAL=$(($(date +%s) - START))
 
 # ---------------------------------------------------------------- report
-ROWS=(seqw seqr create lsl delete cp find du rmtree fio1 fio4)
+ROWS=()
+for row in seqw seqr create lsl delete cp find du rmtree fio1 fio4; do
+  [ -n "${RES["$row|spockfs"]:-}" ] && ROWS+=("$row") # phases not run (PHASES) left out
+done
 declare -A LABEL=(
   [seqw]="sequential write 256 MiB (dd conv=fsync), MiB/s"
   [seqr]="sequential read 256 MiB (fresh mount, caches dropped), MiB/s"
@@ -422,12 +482,13 @@ SSH_VER=$(ssh -V 2>&1)
   echo "Reproduce: \`bench/mount.sh\` (RUNS=$RUNS FIO_RUNTIME=$FIO_RUNTIME COUNT_REQUESTS=$COUNT_REQUESTS)"
   echo
   echo "- Machine: $CPU, $(nproc) cores, $MEM RAM, kernel $(uname -r)"
-  echo "- Backing dirs: two dirs under one temp dir on $FSTYPE"
+  echo "- Backing dirs: two dirs under one temp dir on $FSTYPE$( [ "$SPREAD" = 1 ] && echo ", the temp dir flagged \`chattr +T\` so each client's directory gets its own block group" || echo " (chattr +T not supported: directories not spread over block groups)")"
   echo "- spockfs: \`axum-app --listen 127.0.0.1:PORT --root DIR\` + \`spockfs-mount http://127.0.0.1:PORT/fs MNT\` (default options: attr/entry timeout 1 s)"
   echo "- sshfs: $SSHFS_VER, $SSH_VER; \`sshfs -p PORT -o IdentityFile=…,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,LogLevel=ERROR root@127.0.0.1:DIR MNT\`, otherwise sshfs defaults (run with \`-f\` so the script holds its PID); sshd started by the script with its own config (\`internal-sftp\`, ed25519 keys, 127.0.0.1 only)"
   echo "- Tree: $TREE_DESC; du -sk: local ${DU_KB[local]:-?} KiB, through the mounts: sshfs ${DU_KB[sshfs]:-?} KiB, spockfs ${DU_KB[spockfs]:-?} KiB"
-  echo "- Runs: $RUNS per row, $( [ "$RUNS" -gt 1 ] && echo "median shown" || echo "single run (the whole benchmark in one run takes ${TOTAL}s)")"
-  echo "- Caches: the mount is remounted before the sequential read, ls -l, find, du and each fio run, and \`echo 3 > /proc/sys/vm/drop_caches\` is run after the remount$( [ "$DROP_OK" = 1 ] || echo " (**drop_caches failed; page cache of the backing files not dropped**)"), so reads are cold at the server's disk too; fio runs time-based, so after the first pass the 256 MiB file may be served from the client page cache, depending on each client's caching"
+  echo "- Order: each phase runs on every filesystem back to back before the next phase (sshfs, spockfs, local in odd runs; spockfs, sshfs, local in even ones), so a slow spell of the machine hits both clients' numbers for a row"
+  echo "- Runs: $RUNS per row, $( [ "$RUNS" -gt 1 ] && echo "median shown; ls -l: $RUNS × $LS_REPS fresh mounts, median" || echo "single run (the whole benchmark in one run takes ${TOTAL}s)")"
+  echo "- Caches: the mount is remounted before the sequential read, ls -l, find, du and each fio run, and \`echo 3 > /proc/sys/vm/drop_caches\` is run after the remount$( [ "$DROP_OK" = 1 ] || echo " (**drop_caches failed; page cache of the backing files not dropped**)"), so reads are cold at the server's disk too; before the sequential write, the creates and the tree copy: \`sync\` + drop_caches (every client starts with no dirty data of earlier phases), then the source tree's files are read once so the copy is not timed reading a cold source; fio runs time-based, so after the first pass the 256 MiB file may be served from the client page cache, depending on each client's caching"
   echo
   echo "| workload | local disk | sshfs | spockfs-mount | spockfs speedup (×, >1 = spockfs faster) |"
   echo "|---|---:|---:|---:|---:|"
@@ -447,6 +508,7 @@ SSH_VER=$(ssh -V 2>&1)
   echo "Time over the local disk (time rows: each client's time minus the disk's, medians; the part a network filesystem adds):"
   echo
   for row in create delete cp rmtree; do
+    [ -n "${RES["$row|spockfs"]:-}" ] || continue
     # shellcheck disable=SC2086
     over=$(awk -v l="$(median ${RES["$row|local"]:-0})" -v a="$(median ${RES["$row|sshfs"]:-0})" -v b="$(median ${RES["$row|spockfs"]:-0})" \
       'BEGIN{ oa=a-l; ob=b-l; printf "sshfs +%.3f s, spockfs +%.3f s", oa, ob; if (ob>0) printf " (%.2f× less)", oa/ob }')
@@ -456,6 +518,7 @@ SSH_VER=$(ssh -V 2>&1)
   echo "## Targets"
   echo
   tgt() { # label row min
+    [ -n "${SPEED[$2]:-}" ] || return 0
     local v=${SPEED[$2]} ok
     ok=$(awk -v v="$v" -v m="$3" 'BEGIN{ print (v!="-" && v+0>=m+0) ? "met" : "NOT met" }')
     echo "- $1: ${v}× — **$ok**"
