@@ -16,7 +16,7 @@ use crate::headers::{
 };
 use crate::method::{Method, ALLOW, EXTENSIONS};
 use crate::mount::{Mount, MountTable, SelectError};
-use crate::pool::BlockingPool;
+use crate::pool::{BlockingPool, JobHandle};
 use crate::{Errno, FsPath, FsResult};
 use bytes::{Buf, Bytes, BytesMut};
 use headers::HeaderMapExt;
@@ -1357,6 +1357,7 @@ where
     let mut written: u64 = 0;
     let mut eof = false;
     let mut clock = BodyClock::new(rules.timeout, chunk);
+    let mut pending: Option<JobHandle<FsResult<()>>> = None;
     while !eof {
         // Fill one chunk.
         while buf.len() < chunk {
@@ -1392,15 +1393,34 @@ where
         }
         let data = buf.split().freeze();
         let n = data.len() as u64;
-        blocking(pool, backend, {
-            let f = write(data, written);
-            move |_| f()
-        })
-        .await??;
+        let job = write(data, written);
+        // One write in flight: the previous chunk's must have succeeded
+        // before this one is submitted (so a failed write stops the
+        // stream), and this one runs while the next chunk arrives.
+        if let Some(p) = pending.take() {
+            finish(p).await?;
+        }
+        if backend.is_blocking() {
+            pending = Some(pool.run(job));
+        } else {
+            job()?;
+        }
         written += n;
         buf.reserve(chunk);
     }
+    if let Some(p) = pending.take() {
+        finish(p).await?;
+    }
     Ok(written)
+}
+
+/// The outcome of a chunk's write on the pool.
+async fn finish(job: JobHandle<FsResult<()>>) -> Result<(), Fail> {
+    job.await.map_err(|()| {
+        tracing::error!("a filesystem call panicked");
+        Fail::Errno(Errno::EIO)
+    })??;
+    Ok(())
 }
 
 /// How a trailing slash constrains the object.
