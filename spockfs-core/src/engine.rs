@@ -970,6 +970,7 @@ impl Engine {
                     b.open_write(&p).map(Arc::from)
                 })
                 .await??;
+                let file = DropOnPool::new(file, &self.pool, mount.backend());
                 let rules = BodyRules {
                     chunk,
                     announced: len,
@@ -977,7 +978,7 @@ impl Engine {
                     timeout,
                 };
                 let written = stream_to(&self.pool, mount.backend(), body, rules, |buf, off| {
-                    let f = file.clone();
+                    let f = file.get().clone();
                     move || f.write_at(&buf, offset + off)
                 })
                 .await?;
@@ -986,7 +987,6 @@ impl Engine {
                         "request body ended after {written} of {len} bytes"
                     ))));
                 }
-                drop_blocking(&self.pool, mount.backend(), file);
                 Ok(Outcome::Status(StatusCode::OK))
             }
             None => {
@@ -996,6 +996,7 @@ impl Engine {
                     b.replace(&p).map(Arc::from)
                 })
                 .await??;
+                let rep = DropOnPool::new(rep, &self.pool, mount.backend());
                 let expected = exact.unwrap_or(u64::MAX);
                 let rules = BodyRules {
                     chunk,
@@ -1004,7 +1005,7 @@ impl Engine {
                     timeout,
                 };
                 let r = stream_to(&self.pool, mount.backend(), body, rules, |buf, off| {
-                    let r = rep.clone();
+                    let r = rep.get().clone();
                     move || r.write_at(&buf, off)
                 })
                 .await;
@@ -1013,7 +1014,7 @@ impl Engine {
                         format!("request body ended after {n} of {expected} bytes"),
                     ))),
                     Ok(_) => {
-                        let r2 = rep.clone();
+                        let r2 = rep.get().clone();
                         blocking(&self.pool, mount.backend(), move |_| r2.commit())
                             .await
                             .and_then(|r| r)
@@ -1028,7 +1029,6 @@ impl Engine {
                     }
                     Err(e) => Err(e),
                 };
-                drop_blocking(&self.pool, mount.backend(), rep);
                 result
             }
         }
@@ -1212,14 +1212,37 @@ where
     })
 }
 
-/// Drops a file handle on a blocking thread (closing a file can flush).
-fn drop_blocking<T: Send + Sync + 'static + ?Sized>(
-    pool: &BlockingPool,
-    backend: &Arc<dyn Backend>,
-    v: Arc<T>,
-) {
-    if backend.is_blocking() && Arc::strong_count(&v) == 1 {
-        pool.detach(move || drop(v));
+/// Holds a file handle (or a replacement) and drops it on a blocking thread
+/// however the request ends, done, failed or cancelled mid-body: closing a
+/// file can flush, dropping an uncommitted replacement unlinks its
+/// temporary file. A clone still held by a write running on the pool is
+/// dropped there.
+struct DropOnPool<T: ?Sized + Send + Sync + 'static> {
+    v: Option<Arc<T>>,
+    pool: Option<BlockingPool>,
+}
+
+impl<T: ?Sized + Send + Sync + 'static> DropOnPool<T> {
+    fn new(v: Arc<T>, pool: &BlockingPool, backend: &Arc<dyn Backend>) -> Self {
+        DropOnPool {
+            v: Some(v),
+            pool: backend.is_blocking().then(|| pool.clone()),
+        }
+    }
+
+    fn get(&self) -> &Arc<T> {
+        // Only `drop` takes it.
+        self.v.as_ref().expect("held until dropped")
+    }
+}
+
+impl<T: ?Sized + Send + Sync + 'static> Drop for DropOnPool<T> {
+    fn drop(&mut self) {
+        if let (Some(v), Some(pool)) = (self.v.take(), &self.pool) {
+            if Arc::strong_count(&v) == 1 {
+                pool.detach(move || drop(v));
+            }
+        }
     }
 }
 
@@ -1337,7 +1360,8 @@ struct BodyRules {
 }
 
 /// Streams the request body to `write` in chunks, each write on a blocking
-/// thread. Returns the byte count.
+/// thread while the next chunk is read (one write in flight, so at most two
+/// chunks in memory). Returns the byte count.
 async fn stream_to<B, W, F>(
     pool: &BlockingPool,
     backend: &Arc<dyn Backend>,
