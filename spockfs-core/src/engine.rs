@@ -915,6 +915,12 @@ impl Engine {
         let timeout = self.limits.body_timeout;
         let cap = self.limits.max_put_size;
         let exact = body.size_hint().exact();
+        let rules = |announced| BodyRules {
+            chunk,
+            announced,
+            cap,
+            timeout,
+        };
         if let Some(max) = cap {
             // Refused before anything is opened: a Content-Length, or a
             // Content-Range, over the limit.
@@ -971,22 +977,17 @@ impl Engine {
                 })
                 .await??;
                 let file = DropOnPool::new(file, &self.pool, mount.backend());
-                let rules = BodyRules {
-                    chunk,
-                    announced: len,
-                    cap,
-                    timeout,
-                };
-                let written = stream_to(&self.pool, mount.backend(), body, rules, |buf, off| {
-                    let f = file.get().clone();
-                    move || f.write_at(&buf, offset + off)
-                })
+                stream_to(
+                    &self.pool,
+                    mount.backend(),
+                    body,
+                    rules(Some(len)),
+                    |buf, off| {
+                        let f = file.get().clone();
+                        move || f.write_at(&buf, offset + off)
+                    },
+                )
                 .await?;
-                if written != len {
-                    return Err(Fail::Reject(Reject::bad(format!(
-                        "request body ended after {written} of {len} bytes"
-                    ))));
-                }
                 Ok(Outcome::Status(StatusCode::OK))
             }
             None => {
@@ -997,39 +998,24 @@ impl Engine {
                 })
                 .await??;
                 let rep = DropOnPool::new(rep, &self.pool, mount.backend());
-                let expected = exact.unwrap_or(u64::MAX);
-                let rules = BodyRules {
-                    chunk,
-                    announced: expected,
-                    cap,
-                    timeout,
-                };
-                let r = stream_to(&self.pool, mount.backend(), body, rules, |buf, off| {
-                    let r = rep.get().clone();
-                    move || r.write_at(&buf, off)
-                })
-                .await;
-                let result = match r {
-                    Ok(n) if exact.is_some_and(|e| e != n) => Err(Fail::Reject(Reject::bad(
-                        format!("request body ended after {n} of {expected} bytes"),
-                    ))),
-                    Ok(_) => {
-                        let r2 = rep.get().clone();
-                        blocking(&self.pool, mount.backend(), move |_| r2.commit())
-                            .await
-                            .and_then(|r| r)
-                            .map(|created| {
-                                Outcome::Status(if created {
-                                    StatusCode::CREATED
-                                } else {
-                                    StatusCode::OK
-                                })
-                            })
-                            .map_err(Fail::from)
-                    }
-                    Err(e) => Err(e),
-                };
-                result
+                stream_to(
+                    &self.pool,
+                    mount.backend(),
+                    body,
+                    rules(exact),
+                    |buf, off| {
+                        let r = rep.get().clone();
+                        move || r.write_at(&buf, off)
+                    },
+                )
+                .await?;
+                let r = rep.get().clone();
+                let created = blocking(&self.pool, mount.backend(), move |_| r.commit()).await??;
+                Ok(Outcome::Status(if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                }))
             }
         }
     }
@@ -1206,7 +1192,12 @@ where
         return Ok(f(&**backend));
     }
     let b = backend.clone();
-    pool.run(move || f(&*b)).await.map_err(|()| {
+    joined(pool.run(move || f(&*b))).await
+}
+
+/// The result of a job on the pool; a panic in it is `EIO`.
+async fn joined<T>(job: JobHandle<T>) -> FsResult<T> {
+    job.await.map_err(|()| {
         tracing::error!("a filesystem call panicked");
         Errno::EIO
     })
@@ -1351,8 +1342,8 @@ where
 struct BodyRules {
     /// Bytes per write.
     chunk: usize,
-    /// The announced length: more is 400.
-    announced: u64,
+    /// The announced length, if any: more or fewer bytes is 400.
+    announced: Option<u64>,
     /// The server's PUT limit: more is 413.
     cap: Option<u64>,
     /// Longest wait for the next frame.
@@ -1361,14 +1352,14 @@ struct BodyRules {
 
 /// Streams the request body to `write` in chunks, each write on a blocking
 /// thread while the next chunk is read (one write in flight, so at most two
-/// chunks in memory). Returns the byte count.
+/// chunks in memory). Fails unless the body has the announced length.
 async fn stream_to<B, W, F>(
     pool: &BlockingPool,
     backend: &Arc<dyn Backend>,
     mut body: Pin<&mut B>,
     rules: BodyRules,
     mut write: W,
-) -> Result<u64, Fail>
+) -> Result<(), Fail>
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -1376,7 +1367,7 @@ where
     F: FnOnce() -> FsResult<()> + Send + 'static,
 {
     let chunk = rules.chunk;
-    let max = rules.announced;
+    let max = rules.announced.unwrap_or(u64::MAX);
     let mut buf = BytesMut::with_capacity(chunk.min(max as usize));
     let mut written: u64 = 0;
     let mut eof = false;
@@ -1422,7 +1413,7 @@ where
         // before this one is submitted (so a failed write stops the
         // stream), and this one runs while the next chunk arrives.
         if let Some(p) = pending.take() {
-            finish(p).await?;
+            joined(p).await??;
         }
         if backend.is_blocking() {
             pending = Some(pool.run(job));
@@ -1433,17 +1424,13 @@ where
         buf.reserve(chunk);
     }
     if let Some(p) = pending.take() {
-        finish(p).await?;
+        joined(p).await??;
     }
-    Ok(written)
-}
-
-/// The outcome of a chunk's write on the pool.
-async fn finish(job: JobHandle<FsResult<()>>) -> Result<(), Fail> {
-    job.await.map_err(|()| {
-        tracing::error!("a filesystem call panicked");
-        Fail::Errno(Errno::EIO)
-    })??;
+    if rules.announced.is_some_and(|n| n != written) {
+        return Err(Fail::Reject(Reject::bad(format!(
+            "request body ended after {written} of {max} bytes"
+        ))));
+    }
     Ok(())
 }
 
@@ -1804,6 +1791,75 @@ mod tests {
             &hm(&[("range", b"bytes=0-18446744073709551615")]),
         );
         assert!(r.is_err());
+    }
+
+    /// A body that announces `claim` bytes and ends after `data`.
+    struct Short {
+        data: Option<Bytes>,
+        claim: u64,
+    }
+
+    impl Body for Short {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.claim)
+        }
+    }
+
+    /// Streamed PUTs (bodies over one chunk) whose body ends before the
+    /// announced length: 400 on both paths, the whole-file PUT leaves no
+    /// file and no temporary file behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streamed_put_shorter_than_announced_is_400() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let engine = Engine::builder()
+            .default_mount(Mount::new(crate::LocalFs::new(dir.path())))
+            .build();
+        let sent = Bytes::from(vec![7u8; 600 * 1024]);
+        let claim = 1024 * 1024;
+        let put = |range: Option<String>| {
+            let mut b = Request::builder()
+                .method("PUT")
+                .uri("/f")
+                .header("host", "example.com");
+            if let Some(r) = range {
+                b = b.header("content-range", r);
+            }
+            b.body(Short {
+                data: Some(sent.clone()),
+                claim,
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let r = engine.handle(put(None)).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        // The temporary file is dropped on the pool, just after the answer.
+        let listing = || -> Vec<_> {
+            std::fs::read_dir(dir.path())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect()
+        };
+        for _ in 0..200 {
+            if listing().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(listing(), Vec::<std::ffi::OsString>::new());
+
+        std::fs::write(dir.path().join("f"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        let r = engine
+            .handle(put(Some(format!("bytes 0-{}/*", claim - 1))))
+            .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
