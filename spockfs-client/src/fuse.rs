@@ -1053,23 +1053,18 @@ impl Filesystem for SpockFuse {
             loop {
                 // Out of work: poll for a while before sleeping.
                 if went_idle() {
-                    let window = SPIN.window(avg);
-                    let start = std::time::Instant::now();
-                    let mut got = fuser::Step::WouldBlock;
-                    while got == fuser::Step::WouldBlock && start.elapsed() < window {
-                        got = step()?;
-                        if got == fuser::Step::WouldBlock {
-                            std::thread::yield_now();
-                        }
-                    }
-                    match got {
-                        fuser::Step::Dispatched => {
+                    let got = SPIN.poll(avg, || match step() {
+                        Ok(fuser::Step::WouldBlock) => None,
+                        r => Some(r),
+                    });
+                    match got.transpose()? {
+                        Some(fuser::Step::Dispatched) => {
                             arrived(&mut avg);
                             tokio::task::yield_now().await;
                             continue;
                         }
-                        fuser::Step::Done => return Ok(()),
-                        fuser::Step::WouldBlock => {}
+                        Some(fuser::Step::Done) => return Ok(()),
+                        Some(fuser::Step::WouldBlock) | None => {}
                     }
                 }
                 let mut ready = dev.ready(interest).await?;

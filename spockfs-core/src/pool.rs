@@ -131,6 +131,35 @@ impl SpinWindow {
             (avg * 3).clamp(self.min, self.max)
         }
     }
+
+    /// Calls `ready` until it returns `Some`, yielding the CPU
+    /// (`sched_yield`) between calls, for at most [`window(avg)`](Self::window);
+    /// `None` when the window ran out (or is zero) first.
+    ///
+    /// ```
+    /// use spockfs_core::pool::SpinWindow;
+    /// use std::time::Duration;
+    ///
+    /// let w = SpinWindow {
+    ///     min: Duration::from_micros(50),
+    ///     max: Duration::from_millis(1),
+    ///     sparse: Duration::from_millis(1),
+    /// };
+    /// let mut calls = 0;
+    /// assert_eq!(w.poll(u64::MAX, || { calls += 1; (calls == 3).then_some(calls) }), Some(3));
+    /// assert_eq!(w.poll(u64::MAX, || None::<()>), None);
+    /// ```
+    pub fn poll<T>(self, avg: u64, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+        let window = self.window(avg);
+        let start = Instant::now();
+        while start.elapsed() < window {
+            if let Some(v) = ready() {
+                return Some(v);
+            }
+            std::thread::yield_now();
+        }
+        None
+    }
 }
 
 impl BlockingPool {
@@ -241,11 +270,10 @@ fn worker(inner: Arc<Inner>) {
             .compare_exchange(0, 1, SeqCst, SeqCst)
             .is_ok()
         {
-            let start = Instant::now();
-            let window = inner.spin.window(inner.gap_avg.load(Relaxed));
-            while inner.pending.load(SeqCst) == 0 && start.elapsed() < window {
-                std::thread::yield_now();
-            }
+            let avg = inner.gap_avg.load(Relaxed);
+            let _ = inner
+                .spin
+                .poll(avg, || (inner.pending.load(SeqCst) > 0).then_some(()));
             inner.spinning.fetch_sub(1, SeqCst);
             if inner.pending.load(SeqCst) > 0 {
                 continue;
