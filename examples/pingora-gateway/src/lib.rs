@@ -308,6 +308,14 @@ struct Pool {
     size: usize,
 }
 
+/// How much later than the body timeout Pingora's own read timeout on the
+/// client connection fires. For SpockFS routes the engine's body clock
+/// (same timeout) answers 408 `ETIMEDOUT`; with equal timeouts the two
+/// raced and Pingora's read error, surfacing in the engine as a failed
+/// body read, could win and make it a 400. Pingora's timeout stays the
+/// bound for proxied routes, where no engine reads the body.
+const READ_BACKSTOP: Duration = Duration::from_millis(500);
+
 /// The gateway's `ProxyHttp`.
 pub struct Gateway {
     module: SpockFsModule,
@@ -509,7 +517,7 @@ impl ProxyHttp for Gateway {
         }
         session
             .as_downstream_mut()
-            .set_read_timeout(self.body_timeout);
+            .set_read_timeout(self.body_timeout.map(|t| t + READ_BACKSTOP));
         Ok(())
     }
 
