@@ -8,11 +8,11 @@
 //! runs it against the backend on a blocking thread, and the response
 //! builders turn the outcome into status, headers and body.
 
-use crate::backend::{Backend, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag};
+use crate::backend::{Backend, FileHandle, Owner, Replacement, SetId, Stat, StatFs, XattrFlag};
 use crate::body::{read_chunk, SpockBody};
 use crate::headers::{
     self as h, parse_content_range, parse_range, BadHeader, ByteRange, X_SPOCK_ERRNO,
-    X_SPOCK_EXTENSIONS, X_SPOCK_READDIR, X_SPOCK_STAT, X_SPOCK_VERSION,
+    X_SPOCK_EXTENSIONS, X_SPOCK_POLICY, X_SPOCK_READDIR, X_SPOCK_STAT, X_SPOCK_VERSION,
 };
 use crate::method::{Method, ALLOW, EXTENSIONS};
 use crate::mount::{Mount, MountTable, SelectError};
@@ -373,6 +373,21 @@ impl Op {
         }
     }
 
+    /// True if the operation may give a new name to an object: the request
+    /// path's final name must then be one READDIR can list (no `\n`).
+    pub fn names_entry(&self) -> bool {
+        matches!(
+            self,
+            Op::Post { .. }
+                | Op::Mkdir { .. }
+                | Op::Mknod { .. }
+                | Op::Symlink { .. }
+                | Op::Link { .. }
+                | Op::Rename { .. }
+                | Op::Put { range: None }
+        )
+    }
+
     /// True if the operation leaves an entry at the request path whose
     /// attributes the `stat` extension can return.
     pub fn can_stat(&self) -> bool {
@@ -620,6 +635,13 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
         }
         Method::Options => return Err(Reject::bad("OPTIONS has no operation")),
     };
+    if op.names_entry() && path.name().is_some_and(|n| n.contains(&b'\n')) {
+        // READDIR lists one name per line: such a name could never be
+        // listed, and its directory could never be emptied by a client.
+        return Err(Reject::bad(
+            "a name containing a newline cannot be listed by READDIR and is refused",
+        ));
+    }
     Ok((op, path))
 }
 
@@ -766,7 +788,7 @@ impl Engine {
             return r;
         };
         if method == Method::Options {
-            return options_response();
+            return options_response(self.mounts.select(parts).ok().as_ref());
         }
         let mount = match self.mounts.select(parts) {
             Ok(m) => m,
@@ -788,6 +810,10 @@ impl Engine {
         if mount.is_read_only() && op.is_mutating() {
             return errno_response(Errno::EROFS, "read-only mount");
         }
+        let op = match apply_policy(&mount, op) {
+            Ok(op) => op,
+            Err(rej) => return reject(rej),
+        };
         let result = match op {
             Op::Put { range } => self.put(&mount, path, range, body).await,
             Op::Setxattr { name, flag } => self.setxattr(&mount, path, name, flag, body).await,
@@ -859,8 +885,9 @@ impl Engine {
         stat: bool,
     ) -> Result<Outcome, Fail> {
         let limits = self.limits;
+        let setid = mount.setid();
         blocking(&self.pool, mount.backend(), move |b| {
-            let out = execute_sync(b, &path, op, &limits)?;
+            let out = execute_sync(b, &path, op, &limits, setid)?;
             Ok(match out {
                 Outcome::Status(s) if stat => match b.getattr(&path) {
                     Ok(st) => Outcome::StatusStat(s, st),
@@ -914,6 +941,7 @@ impl Engine {
         let chunk = self.limits.chunk_size;
         let timeout = self.limits.body_timeout;
         let cap = self.limits.max_put_size;
+        let setid = mount.setid();
         let exact = body.size_hint().exact();
         let rules = |announced| BodyRules {
             chunk,
@@ -966,14 +994,14 @@ impl Engine {
                     // The file is closed (dropped) on the blocking thread.
                     blocking(&self.pool, mount.backend(), move |b| {
                         precheck(b, &p, DirRule::NotDir)?;
-                        b.open_write(&p)?.write_at(&data, offset)
+                        b.open_write(&p, setid)?.write_at(&data, offset)
                     })
                     .await??;
                     return Ok(Outcome::Status(StatusCode::OK));
                 }
                 let file: Arc<dyn FileHandle> = blocking(&self.pool, mount.backend(), move |b| {
                     precheck(b, &p, DirRule::NotDir)?;
-                    b.open_write(&p).map(Arc::from)
+                    b.open_write(&p, setid).map(Arc::from)
                 })
                 .await??;
                 let file = DropOnPool::new(file, &self.pool, mount.backend());
@@ -994,7 +1022,7 @@ impl Engine {
                 let p = path.clone();
                 let rep: Arc<dyn Replacement> = blocking(&self.pool, mount.backend(), move |b| {
                     precheck(b, &p, DirRule::NotDir)?;
-                    b.replace(&p).map(Arc::from)
+                    b.replace(&p, setid).map(Arc::from)
                 })
                 .await??;
                 let rep = DropOnPool::new(rep, &self.pool, mount.backend());
@@ -1459,7 +1487,13 @@ fn precheck(b: &dyn Backend, path: &FsPath, rule: DirRule) -> FsResult<()> {
     }
 }
 
-fn execute_sync(b: &dyn Backend, path: &FsPath, op: Op, limits: &Limits) -> FsResult<Outcome> {
+fn execute_sync(
+    b: &dyn Backend,
+    path: &FsPath,
+    op: Op,
+    limits: &Limits,
+    setid: SetId,
+) -> FsResult<Outcome> {
     use DirRule::*;
     let ok = StatusCode::OK;
     let created = StatusCode::CREATED;
@@ -1507,7 +1541,7 @@ fn execute_sync(b: &dyn Backend, path: &FsPath, op: Op, limits: &Limits) -> FsRe
         }
         Op::Chmod { mode } => {
             precheck(b, path, Any)?;
-            b.chmod(path, mode)?;
+            b.chmod(path, mode, setid)?;
             Outcome::Status(ok)
         }
         Op::Chown { owner } => {
@@ -1517,7 +1551,7 @@ fn execute_sync(b: &dyn Backend, path: &FsPath, op: Op, limits: &Limits) -> FsRe
         }
         Op::Truncate { size } => {
             precheck(b, path, NotDir)?;
-            b.truncate(path, size)?;
+            b.truncate(path, size, setid)?;
             Outcome::Status(ok)
         }
         Op::Access { mask } => {
@@ -1564,7 +1598,7 @@ fn execute_sync(b: &dyn Backend, path: &FsPath, op: Op, limits: &Limits) -> FsRe
         }
         Op::Fallocate { mode, offset, len } => {
             precheck(b, path, NotDir)?;
-            b.fallocate(path, mode, offset, len)?;
+            b.fallocate(path, mode, offset, len, setid)?;
             Outcome::Status(ok)
         }
         Op::Statfs => {
@@ -1647,7 +1681,7 @@ fn execute_sync(b: &dyn Backend, path: &FsPath, op: Op, limits: &Limits) -> FsRe
         }
         Op::Post { mode } => {
             precheck(b, path, NotDir)?;
-            b.create(path, mode | crate::backend::mode::S_IWUSR)?;
+            b.create(path, mode | crate::backend::mode::S_IWUSR, setid)?;
             Outcome::Status(created)
         }
         Op::Delete => {
@@ -1686,7 +1720,40 @@ fn status_response(status: StatusCode) -> Response<SpockBody> {
     r
 }
 
-fn options_response() -> Response<SpockBody> {
+/// The mount's [privilege policy](Mount#privilege-policy) applied to an
+/// operation: modes of new non-directories lose the set-ID bits the policy
+/// forbids (CHMOD, writes and truncation are handled by the backend on the
+/// object itself, see [`SetId`]), and privileged xattr namespaces are
+/// refused before anything is read or changed.
+fn apply_policy(mount: &Mount, op: Op) -> Result<Op, Reject> {
+    use crate::backend::mode::{S_IFDIR, S_IFMT};
+    let setid = mount.setid();
+    Ok(match op {
+        Op::Post { mode } => Op::Post {
+            mode: setid.file_mode(mode),
+        },
+        // MKNOD never makes a directory (EPERM), so every mode is a file's.
+        Op::Mknod { mode, dev } if mode & S_IFMT != S_IFDIR => Op::Mknod {
+            mode: setid.file_mode(mode),
+            dev,
+        },
+        Op::Setxattr { ref name, .. } | Op::Removexattr { ref name }
+            if !mount.allows_any_xattr() && !crate::mount::is_unprivileged_xattr(name) =>
+        {
+            return Err(Reject {
+                status: StatusCode::FORBIDDEN,
+                errno: Errno::EPERM,
+                message: format!(
+                    "extended attribute {:?}: only user.* and POSIX ACLs may be changed on this mount",
+                    String::from_utf8_lossy(name)
+                ),
+            });
+        }
+        op => op,
+    })
+}
+
+fn options_response(mount: Option<&Mount>) -> Response<SpockBody> {
     let mut r = status_response(StatusCode::OK);
     let hm = r.headers_mut();
     hm.insert(ALLOW_HDR, HeaderValue::from_static(ALLOW));
@@ -1695,6 +1762,11 @@ fn options_response() -> Response<SpockBody> {
         X_SPOCK_EXTENSIONS.clone(),
         HeaderValue::from_static(EXTENSIONS),
     );
+    if let Some(v) = mount.and_then(|m| HeaderValue::from_str(&m.policy_tokens()).ok()) {
+        if !v.is_empty() {
+            hm.insert(X_SPOCK_POLICY.clone(), v);
+        }
+    }
     r
 }
 

@@ -153,6 +153,10 @@ pub static X_SPOCK_READDIR: HeaderName = HeaderName::from_static("x-spock-readdi
 /// headers, saving the client a GETATTR round trip.
 pub static X_SPOCK_STAT: HeaderName = HeaderName::from_static("x-spock-stat");
 
+/// `X-Spock-policy` (OPTIONS): the restrictions of the mount the request
+/// reaches, see [`Mount::policy_tokens`](crate::Mount::policy_tokens).
+pub static X_SPOCK_POLICY: HeaderName = HeaderName::from_static("x-spock-policy");
+
 /// A request header that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadHeader {

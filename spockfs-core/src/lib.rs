@@ -20,12 +20,13 @@ pub mod pool;
 pub use body::SpockBody;
 pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limiter, Limits, Op};
 pub use method::Method;
-pub use mount::{Mount, MountTable};
+pub use mount::{Mount, MountTable, Policy};
 
 pub use backend::local::LocalFs;
 pub use backend::mem::MemFs;
 pub use backend::{
-    Backend, CollectedDir, DirStream, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag,
+    Backend, CollectedDir, DirStream, FileHandle, Owner, Replacement, SetId, Stat, StatFs,
+    XattrFlag,
 };
 pub use errno::{Errno, FsResult};
 pub use path::{FsPath, PathError};

@@ -5,7 +5,7 @@
 //! virtual host (`:authority` or `Host`, case-insensitive, `host:port` before
 //! `host`), then the default root. None of them: 404.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, SetId};
 use crate::LocalFs;
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,35 +23,132 @@ use std::sync::Arc;
 /// let mut req = http::Request::new(());
 /// req.extensions_mut().insert(home);
 /// ```
+///
+/// # Privilege policy
+///
+/// Whoever the server runs as, a mount by default behaves like a local
+/// filesystem mounted `nosuid` with a restricted set of extended attribute
+/// namespaces, so that a client can never plant a program that runs with
+/// more privileges than its caller on the server:
+///
+/// - the set-user-ID and set-group-ID bits are never set on anything but a
+///   directory (MKNOD, POST and CHMOD succeed without them; the set-group-ID
+///   bit of directories, which gives group inheritance, is kept), and
+///   writing, truncating or replacing a file's content clears them where
+///   they already exist, as the kernel does for an unprivileged writer
+///   ([`SetId::Strip`]); [`allow_setid`](Mount::allow_setid) opts out;
+/// - only `user.*` extended attributes and POSIX ACLs
+///   (`system.posix_acl_access`, `system.posix_acl_default`) can be set or
+///   removed; SETXATTR and REMOVEXATTR of any other name (`security.*`,
+///   such as file capabilities, `trusted.*`, ...) answer 403 `EPERM` and
+///   change nothing. Reading them is not restricted.
+///   [`allow_any_xattr`](Mount::allow_any_xattr) opts out.
+///
+/// OPTIONS names the restrictions in force in its `X-Spock-policy` header.
 #[derive(Clone)]
 pub struct Mount {
     backend: Arc<dyn Backend>,
-    read_only: bool,
+    policy: Policy,
 }
 
 impl std::fmt::Debug for Mount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mount")
-            .field("read_only", &self.read_only)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
+}
+
+/// What a [`Mount`] lets its clients do: everything but the backend, so
+/// one configuration can be given to many roots (a server's per-user or
+/// per-site mounts). The default is writable, `nosuid`, and restricted
+/// xattr namespaces ([the policy](Mount#privilege-policy)).
+///
+/// ```
+/// use spockfs_core::{MemFs, Mount, Policy};
+///
+/// let policy = Policy::default().read_only(true);
+/// let home = Mount::new(MemFs::new()).with_policy(policy);
+/// assert!(home.is_read_only());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    read_only: bool,
+    setid: SetId,
+    any_xattr: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            read_only: false,
+            setid: SetId::Strip,
+            any_xattr: false,
+        }
+    }
+}
+
+impl Policy {
+    /// See [`Mount::read_only`]. Default: `false`.
+    pub fn read_only(mut self, read_only: bool) -> Policy {
+        self.read_only = read_only;
+        self
+    }
+
+    /// See [`Mount::allow_setid`]. Default: `false`.
+    pub fn allow_setid(mut self, allow: bool) -> Policy {
+        self.setid = if allow { SetId::Keep } else { SetId::Strip };
+        self
+    }
+
+    /// See [`Mount::allow_any_xattr`]. Default: `false`.
+    pub fn allow_any_xattr(mut self, allow: bool) -> Policy {
+        self.any_xattr = allow;
+        self
+    }
+}
+
+/// Extended attribute names that a mount without
+/// [`allow_any_xattr`](Mount::allow_any_xattr) lets clients set and remove:
+/// the `user.` namespace and the two POSIX ACLs.
+///
+/// ```
+/// use spockfs_core::mount::is_unprivileged_xattr;
+/// assert!(is_unprivileged_xattr(b"user.mime_type"));
+/// assert!(is_unprivileged_xattr(b"system.posix_acl_access"));
+/// assert!(!is_unprivileged_xattr(b"security.capability"));
+/// assert!(!is_unprivileged_xattr(b"trusted.glusterfs.dht"));
+/// assert!(!is_unprivileged_xattr(b"user"));
+/// ```
+pub fn is_unprivileged_xattr(name: &[u8]) -> bool {
+    name.strip_prefix(b"user.").is_some_and(|n| !n.is_empty())
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
 }
 
 impl Mount {
     /// Serves `backend`, writable.
     pub fn new(backend: impl Backend) -> Mount {
-        Mount {
-            backend: Arc::new(backend),
-            read_only: false,
-        }
+        Mount::from_arc(Arc::new(backend))
     }
 
     /// Serves a shared backend.
     pub fn from_arc(backend: Arc<dyn Backend>) -> Mount {
         Mount {
             backend,
-            read_only: false,
+            policy: Policy::default(),
         }
+    }
+
+    /// Replaces the whole policy. Default: [`Policy::default`].
+    pub fn with_policy(mut self, policy: Policy) -> Mount {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// Serves a local directory ([`LocalFs::new`]: opened on first use).
@@ -63,13 +160,76 @@ impl Mount {
     /// `X-Spock-errno: EROFS`, as are OPEN with write flags and ACCESS with
     /// `W_OK`. Default: `false`.
     pub fn read_only(mut self, read_only: bool) -> Mount {
-        self.read_only = read_only;
+        self.policy = self.policy.read_only(read_only);
         self
     }
 
     /// True if read-only.
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.policy.read_only
+    }
+
+    /// Applies modes exactly as clients send them, set-user-ID and
+    /// set-group-ID on files included, and leaves to the kernel what a
+    /// write clears ([`SetId::Keep`]). Only for trees whose clients may
+    /// create programs that run as their owner — with a server running as
+    /// root, that is root. Default: `false` ([`SetId::Strip`], see
+    /// [the policy](Mount#privilege-policy)).
+    ///
+    /// ```
+    /// use spockfs_core::{Mount, MemFs, SetId};
+    /// assert_eq!(Mount::new(MemFs::new()).setid(), SetId::Strip);
+    /// assert_eq!(Mount::new(MemFs::new()).allow_setid(true).setid(), SetId::Keep);
+    /// ```
+    pub fn allow_setid(mut self, allow: bool) -> Mount {
+        self.policy = self.policy.allow_setid(allow);
+        self
+    }
+
+    /// What happens to set-ID bits of non-directories on this mount.
+    pub fn setid(&self) -> SetId {
+        self.policy.setid
+    }
+
+    /// Lets clients set and remove extended attributes of every namespace
+    /// the server's identity may write (`security.*`, `trusted.*`, ...), not
+    /// only `user.*` and POSIX ACLs. Default: `false` (see
+    /// [the policy](Mount#privilege-policy)).
+    pub fn allow_any_xattr(mut self, allow: bool) -> Mount {
+        self.policy = self.policy.allow_any_xattr(allow);
+        self
+    }
+
+    /// True if every xattr namespace may be written
+    /// ([`allow_any_xattr`](Mount::allow_any_xattr)).
+    pub fn allows_any_xattr(&self) -> bool {
+        self.policy.any_xattr
+    }
+
+    /// The restrictions in force, as OPTIONS names them in
+    /// `X-Spock-policy`: `ro` (read-only), `nosuid` (set-ID bits stripped
+    /// from non-directories and cleared by writes), `xattr-user-acl` (only
+    /// `user.*` and POSIX ACL xattrs may be changed); empty if none.
+    ///
+    /// ```
+    /// use spockfs_core::{Mount, MemFs};
+    /// assert_eq!(Mount::new(MemFs::new()).policy_tokens(), "nosuid, xattr-user-acl");
+    /// let open = Mount::new(MemFs::new()).allow_setid(true).allow_any_xattr(true);
+    /// assert_eq!(open.read_only(true).policy_tokens(), "ro");
+    /// ```
+    pub fn policy_tokens(&self) -> String {
+        let p = self.policy;
+        let mut t: Vec<&str> = Vec::new();
+        if p.read_only {
+            t.push("ro");
+        }
+        if p.setid == SetId::Strip {
+            t.push("nosuid");
+        }
+        if !p.any_xattr {
+            t.push("xattr-user-acl");
+        }
+        t.join(", ")
     }
 
     /// The backend.

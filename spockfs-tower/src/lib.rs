@@ -47,7 +47,7 @@ use std::task::{Context, Poll};
 
 pub use spockfs_core::{
     Backend, BoxError, Engine, EngineBuilder, Errno, FsPath, Limits, LocalFs, MemFs, Method, Mount,
-    SpockBody,
+    Policy, SpockBody,
 };
 
 /// The SpockFS service. Cheap to clone (one `Arc`).

@@ -264,7 +264,7 @@ impl Store for MemStore {
     fn write(&self, rel: &str, data: &[u8]) {
         let r = self
             .fs
-            .replace(&fp(rel))
+            .replace(&fp(rel), spockfs_core::SetId::Keep)
             .unwrap_or_else(|e| panic!("write {rel}: {e}"));
         r.write_at(data, 0)
             .unwrap_or_else(|e| panic!("write {rel}: {e}"));
@@ -277,7 +277,7 @@ impl Store for MemStore {
     }
     fn chmod(&self, rel: &str, mode: u32) {
         self.fs
-            .chmod(&fp(rel), mode)
+            .chmod(&fp(rel), mode, spockfs_core::SetId::Keep)
             .unwrap_or_else(|e| panic!("chmod {rel}: {e}"));
     }
     fn read(&self, rel: &str) -> Option<Vec<u8>> {

@@ -885,8 +885,9 @@ async fn open(t: &Target, d: &str) -> CheckResult {
 async fn chmod(t: &Target, d: &str) -> CheckResult {
     let s = &t.store;
     s.write(&format!("{d}/f"), b"x");
-    // 438 = 0666 (the spec's example), and setuid/sticky bits.
-    for mode in [0o666, 0o0, 0o4755, 0o1777, 0o640] {
+    // 438 = 0666 (the spec's example), and setuid/setgid/sticky bits: by
+    // default (the mount's nosuid policy) set-ID bits never land on a file.
+    for mode in [0o666, 0o0, 0o4755, 0o2755, 0o1777, 0o640] {
         let r = t
             .client
             .req(
@@ -896,7 +897,10 @@ async fn chmod(t: &Target, d: &str) -> CheckResult {
             )
             .await;
         is_status(&r, 200)?;
-        ensure_eq!(s.stat(&format!("{d}/f")).map(|x| x.perm), Some(mode));
+        ensure_eq!(
+            s.stat(&format!("{d}/f")).map(|x| x.perm),
+            Some(mode & !0o6000)
+        );
     }
     s.mkdir(&format!("{d}/dir"));
     is_status(
@@ -906,6 +910,14 @@ async fn chmod(t: &Target, d: &str) -> CheckResult {
         200,
     )?;
     ensure_eq!(s.stat(&format!("{d}/dir")).map(|x| x.perm), Some(0o700));
+    // A directory keeps its set-group-ID bit (group inheritance).
+    is_status(
+        &t.client
+            .req("CHMOD", &format!("/{d}/dir"), &[("X-Spock-mode", "1517")])
+            .await,
+        200,
+    )?;
+    ensure_eq!(s.stat(&format!("{d}/dir")).map(|x| x.perm), Some(0o2755));
     is_errno(
         &t.client
             .req("CHMOD", &format!("/{d}/none"), &[("X-Spock-mode", "448")])

@@ -320,9 +320,9 @@ impl Backend for Spy {
         readdir(p: &FsPath, a: bool, s: &mut spockfs_core::backend::DirSink<'_>) -> FsResult<()>;
         mknod(p: &FsPath, m: u32, d: u64) -> FsResult<()>;
         open(p: &FsPath, f: i32) -> FsResult<()>;
-        chmod(p: &FsPath, m: u32) -> FsResult<()>;
+        chmod(p: &FsPath, m: u32, s: spockfs_core::SetId) -> FsResult<()>;
         chown(p: &FsPath, o: spockfs_core::Owner) -> FsResult<()>;
-        truncate(p: &FsPath, s: u64) -> FsResult<()>;
+        truncate(p: &FsPath, s: u64, i: spockfs_core::SetId) -> FsResult<()>;
         access(p: &FsPath, m: u32) -> FsResult<()>;
         symlink(p: &FsPath, t: &[u8]) -> FsResult<()>;
         readlink(p: &FsPath) -> FsResult<Vec<u8>>;
@@ -330,19 +330,19 @@ impl Backend for Spy {
         mkdir(p: &FsPath, m: u32) -> FsResult<()>;
         link(p: &FsPath, e: &FsPath) -> FsResult<()>;
         rename(f: &FsPath, t: &FsPath) -> FsResult<()>;
-        fallocate(p: &FsPath, m: i32, o: u64, l: u64) -> FsResult<()>;
+        fallocate(p: &FsPath, m: i32, o: u64, l: u64, s: spockfs_core::SetId) -> FsResult<()>;
         statfs(p: &FsPath) -> FsResult<spockfs_core::StatFs>;
         listxattr(p: &FsPath, l: usize) -> FsResult<Vec<Vec<u8>>>;
         getxattr(p: &FsPath, n: &[u8], l: usize) -> FsResult<Vec<u8>>;
         setxattr(p: &FsPath, n: &[u8], v: &[u8], f: spockfs_core::XattrFlag) -> FsResult<()>;
         removexattr(p: &FsPath, n: &[u8]) -> FsResult<()>;
         utimens(p: &FsPath, a: i64, m: i64) -> FsResult<()>;
-        create(p: &FsPath, m: u32) -> FsResult<()>;
+        create(p: &FsPath, m: u32, s: spockfs_core::SetId) -> FsResult<()>;
         unlink(p: &FsPath) -> FsResult<()>;
         fsync(p: &FsPath, d: bool) -> FsResult<()>;
         open_read(p: &FsPath) -> FsResult<Box<dyn spockfs_core::FileHandle>>;
-        open_write(p: &FsPath) -> FsResult<Box<dyn spockfs_core::FileHandle>>;
-        replace(p: &FsPath) -> FsResult<Box<dyn spockfs_core::Replacement>>;
+        open_write(p: &FsPath, s: spockfs_core::SetId) -> FsResult<Box<dyn spockfs_core::FileHandle>>;
+        replace(p: &FsPath, s: spockfs_core::SetId) -> FsResult<Box<dyn spockfs_core::Replacement>>;
     }
 }
 

@@ -7,7 +7,7 @@
 
 use axum::Router;
 use clap::Parser;
-use spockfs_tower::{Mount, SpockFs};
+use spockfs_tower::{Mount, Policy, SpockFs};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +40,17 @@ pub struct Args {
     /// Refuse every change (403, X-Spock-errno: EROFS).
     #[arg(long)]
     pub read_only: bool,
+    /// Apply modes exactly as clients send them, setuid and setgid on files
+    /// included. By default every root behaves like a filesystem mounted
+    /// `nosuid`: the setuid/setgid bits are never set on non-directories and
+    /// writes clear them (the setgid bit of directories is kept).
+    #[arg(long)]
+    pub allow_setid: bool,
+    /// Let clients set and remove extended attributes of every namespace
+    /// (`security.*`, `trusted.*`, ...). By default only `user.*` and POSIX
+    /// ACLs may be changed; other names answer 403 EPERM.
+    #[arg(long)]
+    pub allow_any_xattr: bool,
     /// URL path the filesystem is served under.
     #[arg(long, default_value = "/fs")]
     pub prefix: String,
@@ -111,6 +122,15 @@ fn nonzero(d: Duration) -> Option<Duration> {
 }
 
 impl Args {
+    /// The policy these flags set (read-only, set-ID bits, xattr
+    /// namespaces): every root the server serves gets it.
+    pub fn policy(&self) -> Policy {
+        Policy::default()
+            .read_only(self.read_only)
+            .allow_setid(self.allow_setid)
+            .allow_any_xattr(self.allow_any_xattr)
+    }
+
     /// The engine limits these flags set.
     pub fn limits(&self) -> spockfs_tower::Limits {
         spockfs_tower::Limits {
@@ -179,7 +199,7 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
             path: dir.clone(),
             source: e,
         })?;
-        Ok(Mount::new(fs).read_only(args.read_only))
+        Ok(Mount::new(fs).with_policy(args.policy()))
     };
     let mut b = SpockFs::builder()
         .limits(args.limits())
@@ -212,7 +232,7 @@ pub fn build_router(args: &Args) -> Result<Router, StartError> {
         })?;
         let roots = Arc::new(users::UserRoots::new(
             dir.clone(),
-            args.read_only,
+            args.policy(),
             args.trust_proxy_user,
             args.htpasswd.is_some(),
         ));

@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use spockfs_tower::{LocalFs, Mount};
+use spockfs_tower::{LocalFs, Mount, Policy};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ pub const X_REMOTE_USER: &str = "x-remote-user";
 /// Users' roots under one directory.
 pub struct UserRoots {
     dir: PathBuf,
-    read_only: bool,
+    policy: Policy,
     trusted_proxy: Option<IpAddr>,
     has_auth: bool,
     mounts: Mutex<HashMap<String, Mount>>,
@@ -30,17 +30,18 @@ pub struct UserRoots {
 const MAX_CACHED: usize = 4096;
 
 impl UserRoots {
-    /// Roots under `dir`; `X-Remote-User` believed only from
-    /// `trusted_proxy`; `has_auth` if the host itself authenticates.
+    /// Roots under `dir`, each served with `policy`; `X-Remote-User`
+    /// believed only from `trusted_proxy`; `has_auth` if the host itself
+    /// authenticates.
     pub fn new(
         dir: PathBuf,
-        read_only: bool,
+        policy: Policy,
         trusted_proxy: Option<IpAddr>,
         has_auth: bool,
     ) -> UserRoots {
         UserRoots {
             dir,
-            read_only,
+            policy,
             trusted_proxy,
             has_auth,
             mounts: Mutex::new(HashMap::new()),
@@ -82,7 +83,7 @@ impl UserRoots {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let mount = Mount::new(LocalFs::open(&dir)?).read_only(self.read_only);
+        let mount = Mount::new(LocalFs::open(&dir)?).with_policy(self.policy);
         let mut cache = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED {
             cache.clear();

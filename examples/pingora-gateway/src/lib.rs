@@ -29,7 +29,7 @@ use serde::Deserialize;
 use spockfs_core::conn::{ConnTimeouts, GuardedIo, RequestActive};
 use spockfs_core::mount::{normalize_host, vhost_matches};
 use spockfs_core::path::strip_mount_prefix;
-use spockfs_core::{Engine, Limiter, Limits, LocalFs, MemFs, Method, Mount};
+use spockfs_core::{Engine, Limiter, Limits, LocalFs, MemFs, Method, Mount, Policy};
 use spockfs_pingora::SpockFsModule;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -93,6 +93,17 @@ pub struct Vhost {
     /// Refuse every change (403, EROFS).
     #[serde(default)]
     pub read_only: bool,
+    /// Local vhosts: apply modes exactly as clients send them, setuid and
+    /// setgid on files included. Default: the root behaves like a filesystem
+    /// mounted `nosuid` (set-ID bits never set on non-directories, cleared
+    /// by writes; the setgid bit of directories is kept).
+    #[serde(default)]
+    pub allow_setid: bool,
+    /// Local vhosts: let clients set and remove extended attributes of every
+    /// namespace (`security.*`, `trusted.*`, ...). Default: only `user.*`
+    /// and POSIX ACLs; other names answer 403 EPERM.
+    #[serde(default)]
+    pub allow_any_xattr: bool,
     /// Upstream SpockFS nodes (`host:port`), load-balanced round robin.
     #[serde(default)]
     pub upstreams: Vec<String>,
@@ -190,6 +201,8 @@ fn default_vhosts() -> Vec<Vhost> {
         root: Some(PathBuf::from("./data")),
         memory: false,
         read_only: false,
+        allow_setid: false,
+        allow_any_xattr: false,
         upstreams: vec![],
         health_check_ms: default_hc_ms(),
         health_check_path: default_hc_path(),
@@ -675,8 +688,12 @@ pub fn build_with(
                             .map_err(|e| ConfigError::Root(v.host.clone(), root.clone(), e))?,
                     )
                 };
+                let policy = Policy::default()
+                    .read_only(v.read_only)
+                    .allow_setid(v.allow_setid)
+                    .allow_any_xattr(v.allow_any_xattr);
                 let engine = Engine::builder()
-                    .default_mount(mount.read_only(v.read_only))
+                    .default_mount(mount.with_policy(policy))
                     .limits(limits)
                     .limiter(limiter.clone())
                     .build();
@@ -687,6 +704,15 @@ pub fn build_with(
                 }
             }
             (false, false) => {
+                if v.allow_setid || v.allow_any_xattr {
+                    // The nodes apply their own policy; never ignore a key.
+                    return Err(ConfigError::Vhost(
+                        v.host.clone(),
+                        "allow_setid and allow_any_xattr apply to local roots; \
+                         set them on the upstream nodes"
+                            .into(),
+                    ));
+                }
                 let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(
                     v.upstreams.iter().map(String::as_str),
                 )

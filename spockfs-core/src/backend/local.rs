@@ -17,7 +17,8 @@
 //! no silent fallback to unconfined resolution.
 
 use super::{
-    mode, Backend, DirSink, DirStream, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag,
+    mode, Backend, DirSink, DirStream, FileHandle, Owner, Replacement, SetId, Stat, StatFs,
+    XattrFlag,
 };
 use crate::{Errno, FsPath, FsResult};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -38,6 +39,12 @@ use std::sync::OnceLock;
 /// ```
 pub struct LocalFs {
     path: PathBuf,
+    /// `path` resolved when this `LocalFs` was made: absolute, every
+    /// symlink that existed then resolved. Every open of the root (the
+    /// first, and again after it was removed) uses this path and follows no
+    /// symlink, so nothing planted later under or at the path (for example
+    /// by a client of an enclosing root) can redirect it.
+    resolved: PathBuf,
     root: OnceLock<RootFd>,
     /// Milliseconds after `created` before which the root is not checked
     /// for removal again.
@@ -90,9 +97,17 @@ impl LocalFs {
     /// `ENOENT` until a directory exists at the path again (restored), which
     /// is then served (checked at most once a second). Use
     /// [`LocalFs::open`] to fail at start instead.
+    ///
+    /// The path is resolved now, once: symlinks in it (an administrator's
+    /// `/srv -> /data/srv`) are followed here and never again. Every later
+    /// open of the root, including the re-open after a removal, refuses any
+    /// symlink in any component and anything but a directory, so a root
+    /// nested in another served tree cannot be redirected by that tree's
+    /// clients (say, by replacing it with a symlink to `/`).
     pub fn new(dir: impl AsRef<Path>) -> LocalFs {
         LocalFs {
             path: dir.as_ref().to_path_buf(),
+            resolved: resolve_at_start(dir.as_ref()),
             root: OnceLock::new(),
             next_check: AtomicU64::new(0),
             created: std::time::Instant::now(),
@@ -121,7 +136,7 @@ impl LocalFs {
         let mut cur = match self.root.get() {
             Some(r) => r,
             None => {
-                let fd = open_root(&self.path)?;
+                let fd = open_root(&self.resolved)?;
                 // A concurrent first request may have won; either fd is the root.
                 let _ = self.root.set(RootFd::new(fd));
                 self.root.get().ok_or(Errno::EIO)?
@@ -132,7 +147,7 @@ impl LocalFs {
         }
         if self.recheck_due() && is_removed(&cur.fd) {
             // Removed: serve the directory now at the path, if there is one.
-            if let Ok(fd) = open_root(&self.path) {
+            if let Ok(fd) = open_root(&self.resolved) {
                 if !is_removed(&fd) {
                     tracing::warn!(root = %self.path.display(),
                         "the root directory was removed and is back: serving the new one");
@@ -246,7 +261,6 @@ fn path_safe(flags: OFlags) -> OFlags {
     }
 }
 
-#[cfg(target_os = "linux")]
 fn resolve_beneath(
     root: BorrowedFd<'_>,
     rel: &[u8],
@@ -271,61 +285,77 @@ fn resolve_beneath(
     }
 }
 
-/// Without `openat2`: walk one component at a time with `O_NOFOLLOW`, which
-/// is just as confined (no symlink is ever followed and no component is
-/// `..`), only slower.
-#[cfg(not(target_os = "linux"))]
-fn resolve_beneath(
-    root: BorrowedFd<'_>,
-    rel: &[u8],
-    flags: OFlags,
-    mode: Mode,
-) -> FsResult<OwnedFd> {
-    let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
-    let mut cur: Option<OwnedFd> = None;
-    for (i, comp) in comps.iter().enumerate() {
-        let base = cur.as_ref().map(|f| f.as_fd()).unwrap_or(root);
-        let last = i + 1 == comps.len();
-        let fl = if last {
-            flags | OFlags::NOFOLLOW
-        } else {
-            O_BASE | OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW
-        };
-        cur = Some(rustix::fs::openat(base, *comp, fl, mode).map_err(io_err)?);
+/// The configured root path as [`LocalFs::new`] resolves it: absolute,
+/// with the longest prefix that exists now canonicalized (symlinks
+/// resolved) and the rest, if any, appended as given.
+fn resolve_at_start(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        match std::env::current_dir() {
+            Ok(d) => d.join(path),
+            Err(_) => path.to_path_buf(),
+        }
+    };
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut out) = std::fs::canonicalize(existing) {
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return abs,
+        }
     }
-    cur.ok_or(Errno::ENOENT)
 }
 
-fn open_root(path: &Path) -> FsResult<OwnedFd> {
-    let fd = rustix::fs::open(
-        path,
-        O_BASE | OFlags::PATH | OFlags::DIRECTORY,
+/// Opens the root directory at `resolved` (see [`resolve_at_start`])
+/// without following any symlink in any component (`ELOOP`), as a
+/// directory (`ENOTDIR` otherwise), and proves that confined resolution
+/// works beneath it.
+fn open_root(resolved: &Path) -> FsResult<OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    let fd = match rustix::fs::openat2(
+        rustix::fs::CWD,
+        resolved,
+        path_safe(O_BASE | OFlags::PATH | OFlags::DIRECTORY),
         Mode::empty(),
-    )
-    .map_err(io_err)?;
-    #[cfg(target_os = "linux")]
-    {
-        // Fail closed: prove openat2 with RESOLVE_BENEATH works here.
-        match rustix::fs::openat2(
-            &fd,
-            c".",
-            OFlags::CLOEXEC | OFlags::PATH,
-            Mode::empty(),
-            rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
-        ) {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(root = %path.display(), error = %e,
-                    "openat2(RESOLVE_BENEATH) unavailable: refusing to serve this root");
-                return Err(Errno::ENOSYS);
-            }
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOSYS) => {
+            tracing::error!(root = %resolved.display(),
+                "openat2 unavailable (Linux < 5.6): refusing to serve this root");
+            return Err(Errno::ENOSYS);
         }
-        check_procfs()?;
+        Err(rustix::io::Errno::LOOP) => {
+            tracing::warn!(root = %resolved.display(),
+                "the root path now goes through a symlink: not following it");
+            return Err(Errno::ELOOP);
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    // Fail closed: prove openat2 with RESOLVE_BENEATH works here.
+    if let Err(e) = rustix::fs::openat2(
+        &fd,
+        c".",
+        OFlags::CLOEXEC | OFlags::PATH,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    ) {
+        tracing::error!(root = %resolved.display(), error = %e,
+            "openat2(RESOLVE_BENEATH) unavailable: refusing to serve this root");
+        return Err(Errno::ENOSYS);
     }
+    check_procfs()?;
     Ok(fd)
 }
 
-#[cfg(target_os = "linux")]
 fn check_procfs() -> FsResult<()> {
     static CHECK: OnceLock<Result<(), Errno>> = OnceLock::new();
     *CHECK.get_or_init(|| {
@@ -400,20 +430,23 @@ fn fix_mode(dir: &impl AsFd, name: &[u8], mode: u32) -> FsResult<()> {
 }
 
 fn chmod_fd(fd: &OwnedFd, mode: u32) -> FsResult<()> {
-    #[cfg(target_os = "linux")]
-    {
-        check_procfs()?;
-        rustix::fs::chmod(proc_path(fd), Mode::from_raw_mode(mode & mode::PERMS)).map_err(io_err)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & mode::PERMS)).map_err(io_err)
-    }
+    check_procfs()?;
+    rustix::fs::chmod(proc_path(fd), Mode::from_raw_mode(mode & mode::PERMS)).map_err(io_err)
 }
 
 struct LocalFile {
     fd: OwnedFd,
     size: u64,
+}
+
+/// What the kernel's write path does for an unprivileged writer, on the
+/// file about to be written (`st` is its `fstat`): clears set-user-ID, and
+/// set-group-ID if the group may execute, when `setid` says so.
+fn remove_privs(fd: &OwnedFd, st: &Stat, setid: SetId) -> FsResult<()> {
+    match setid.after_write(st.mode) {
+        Some(perms) => rustix::fs::fchmod(fd, Mode::from_raw_mode(perms)).map_err(io_err),
+        None => Ok(()),
+    }
 }
 
 impl FileHandle for LocalFile {
@@ -483,6 +516,8 @@ struct LocalReplacement {
     dir: OwnedFd,
     name: Vec<u8>,
     fd: OwnedFd,
+    /// What happens to the replaced file's set-ID bits.
+    setid: SetId,
     /// Named temporary that exists on disk and must be removed on abort.
     tmp: std::sync::Mutex<Option<Vec<u8>>>,
     committed: std::sync::atomic::AtomicBool,
@@ -502,10 +537,14 @@ impl Replacement for LocalReplacement {
         match statat(&self.dir, &self.name) {
             Ok(st) if st.is_dir() => return Err(Errno::EISDIR),
             Ok(st) if st.is_file() => {
-                // chown first: it clears setuid/setgid, which chmod restores.
+                // chown first: it clears setuid/setgid, which chmod restores
+                // (unless replacing content clears them).
                 let _ = rustix::fs::fchown(&self.fd, uid(Some(st.uid)), gid(Some(st.gid)));
-                rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(st.mode & mode::PERMS))
-                    .map_err(io_err)?;
+                let perms = self
+                    .setid
+                    .after_write(st.mode)
+                    .unwrap_or(st.mode & mode::PERMS);
+                rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(perms)).map_err(io_err)?;
             }
             _ => {}
         }
@@ -581,7 +620,6 @@ impl Drop for LocalReplacement {
     }
 }
 
-#[cfg(target_os = "linux")]
 fn link_proc(fd: &OwnedFd, dir: &OwnedFd, name: &[u8]) -> FsResult<()> {
     rustix::fs::linkat(
         rustix::fs::CWD,
@@ -591,11 +629,6 @@ fn link_proc(fd: &OwnedFd, dir: &OwnedFd, name: &[u8]) -> FsResult<()> {
         AtFlags::SYMLINK_FOLLOW,
     )
     .map_err(io_err)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn link_proc(_fd: &OwnedFd, _dir: &OwnedFd, _name: &[u8]) -> FsResult<()> {
-    Err(Errno::EOPNOTSUPP)
 }
 
 /// A directory listed in batches: the open directory (its fd and getdents
@@ -702,8 +735,14 @@ impl Backend for LocalFs {
         Ok(())
     }
 
-    fn chmod(&self, path: &FsPath, mode: u32) -> FsResult<()> {
-        let (fd, _) = self.object_path_fd(path, Errno::EOPNOTSUPP)?;
+    fn chmod(&self, path: &FsPath, mode: u32, setid: SetId) -> FsResult<()> {
+        // The type is that of the object the fd is on: the one changed.
+        let (fd, st) = self.object_path_fd(path, Errno::EOPNOTSUPP)?;
+        let mode = if st.is_dir() {
+            mode
+        } else {
+            setid.file_mode(mode)
+        };
         chmod_fd(&fd, mode)
     }
 
@@ -719,8 +758,9 @@ impl Backend for LocalFs {
         .map_err(io_err)
     }
 
-    fn truncate(&self, path: &FsPath, size: u64) -> FsResult<()> {
-        let (fd, _) = self.open_regular(path, OFlags::WRONLY)?;
+    fn truncate(&self, path: &FsPath, size: u64, setid: SetId) -> FsResult<()> {
+        let (fd, st) = self.open_regular(path, OFlags::WRONLY)?;
+        remove_privs(&fd, &st, setid)?;
         rustix::fs::ftruncate(&fd, size).map_err(io_err)
     }
 
@@ -773,9 +813,16 @@ impl Backend for LocalFs {
         rustix::fs::renameat(&src_dir, src_name, &dst_dir, dst_name).map_err(io_err)
     }
 
-    #[cfg(target_os = "linux")]
-    fn fallocate(&self, path: &FsPath, mode: i32, offset: u64, len: u64) -> FsResult<()> {
-        let (fd, _) = self.open_regular(path, OFlags::WRONLY)?;
+    fn fallocate(
+        &self,
+        path: &FsPath,
+        mode: i32,
+        offset: u64,
+        len: u64,
+        setid: SetId,
+    ) -> FsResult<()> {
+        let (fd, st) = self.open_regular(path, OFlags::WRONLY)?;
+        remove_privs(&fd, &st, setid)?;
         rustix::fs::fallocate(
             &fd,
             rustix::fs::FallocateFlags::from_bits_retain(mode as _),
@@ -783,11 +830,6 @@ impl Backend for LocalFs {
             len,
         )
         .map_err(io_err)
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn fallocate(&self, _path: &FsPath, _mode: i32, _offset: u64, _len: u64) -> FsResult<()> {
-        Err(Errno::EOPNOTSUPP)
     }
 
     fn statfs(&self, path: &FsPath) -> FsResult<StatFs> {
@@ -809,7 +851,6 @@ impl Backend for LocalFs {
         })
     }
 
-    #[cfg(target_os = "linux")]
     fn listxattr(&self, path: &FsPath, limit: usize) -> FsResult<Vec<Vec<u8>>> {
         // A symlink's own `user.` list is empty (Linux forbids them there).
         // Only the fd's type says the *final* component is a symlink: ELOOP
@@ -831,7 +872,6 @@ impl Backend for LocalFs {
             .collect())
     }
 
-    #[cfg(target_os = "linux")]
     fn getxattr(&self, path: &FsPath, name: &[u8], limit: usize) -> FsResult<Vec<u8>> {
         let (fd, _) = self.object_path_fd(path, Errno::ENODATA)?;
         check_procfs()?;
@@ -842,7 +882,6 @@ impl Backend for LocalFs {
         })
     }
 
-    #[cfg(target_os = "linux")]
     fn setxattr(&self, path: &FsPath, name: &[u8], value: &[u8], flag: XattrFlag) -> FsResult<()> {
         let (fd, _) = self.object_path_fd(path, Errno::EPERM)?;
         check_procfs()?;
@@ -854,28 +893,10 @@ impl Backend for LocalFs {
         rustix::fs::setxattr(proc_path(&fd), name, value, flags).map_err(io_err)
     }
 
-    #[cfg(target_os = "linux")]
     fn removexattr(&self, path: &FsPath, name: &[u8]) -> FsResult<()> {
         let (fd, _) = self.object_path_fd(path, Errno::ENODATA)?;
         check_procfs()?;
         rustix::fs::removexattr(proc_path(&fd), name).map_err(io_err)
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn listxattr(&self, _: &FsPath, _: usize) -> FsResult<Vec<Vec<u8>>> {
-        Err(Errno::EOPNOTSUPP)
-    }
-    #[cfg(not(target_os = "linux"))]
-    fn getxattr(&self, _: &FsPath, _: &[u8], _: usize) -> FsResult<Vec<u8>> {
-        Err(Errno::EOPNOTSUPP)
-    }
-    #[cfg(not(target_os = "linux"))]
-    fn setxattr(&self, _: &FsPath, _: &[u8], _: &[u8], _: XattrFlag) -> FsResult<()> {
-        Err(Errno::EOPNOTSUPP)
-    }
-    #[cfg(not(target_os = "linux"))]
-    fn removexattr(&self, _: &FsPath, _: &[u8]) -> FsResult<()> {
-        Err(Errno::EOPNOTSUPP)
     }
 
     fn utimens(&self, path: &FsPath, atime: i64, mtime: i64) -> FsResult<()> {
@@ -896,7 +917,7 @@ impl Backend for LocalFs {
         .map_err(io_err)
     }
 
-    fn create(&self, path: &FsPath, mode: u32) -> FsResult<()> {
+    fn create(&self, path: &FsPath, mode: u32, setid: SetId) -> FsResult<()> {
         let (dir, name) = self.at_named(path, Errno::EISDIR)?;
         let perms = Mode::from_raw_mode(mode & mode::PERMS);
         match rustix::fs::openat(
@@ -923,6 +944,7 @@ impl Backend for LocalFs {
                         Errno::EEXIST
                     });
                 }
+                remove_privs(&fd, &st, setid)?;
                 rustix::fs::ftruncate(&fd, 0).map_err(io_err)
             }
             Err(e) => Err(io_err(e)),
@@ -948,12 +970,13 @@ impl Backend for LocalFs {
         Ok(Box::new(LocalFile { fd, size: st.size }))
     }
 
-    fn open_write(&self, path: &FsPath) -> FsResult<Box<dyn FileHandle>> {
+    fn open_write(&self, path: &FsPath, setid: SetId) -> FsResult<Box<dyn FileHandle>> {
         let (fd, st) = self.open_regular(path, OFlags::WRONLY)?;
+        remove_privs(&fd, &st, setid)?;
         Ok(Box::new(LocalFile { fd, size: st.size }))
     }
 
-    fn replace(&self, path: &FsPath) -> FsResult<Box<dyn Replacement>> {
+    fn replace(&self, path: &FsPath, setid: SetId) -> FsResult<Box<dyn Replacement>> {
         let (parent, name) = path.parent_and_name().ok_or(Errno::EISDIR)?;
         let dir = match self.dir(parent)? {
             Dir::Owned(fd) => fd,
@@ -972,7 +995,6 @@ impl Backend for LocalFs {
             }
         }
         let perms = Mode::from_raw_mode(0o666);
-        #[cfg(target_os = "linux")]
         {
             match rustix::fs::openat(&dir, c".", O_BASE | OFlags::WRONLY | OFlags::TMPFILE, perms) {
                 Ok(fd) => {
@@ -980,6 +1002,7 @@ impl Backend for LocalFs {
                         dir,
                         name: name.to_vec(),
                         fd,
+                        setid,
                         tmp: std::sync::Mutex::new(None),
                         committed: Default::default(),
                     }))
@@ -1007,6 +1030,7 @@ impl Backend for LocalFs {
                         dir,
                         name: name.to_vec(),
                         fd,
+                        setid,
                         tmp: std::sync::Mutex::new(Some(n)),
                         committed: Default::default(),
                     }))
@@ -1021,7 +1045,6 @@ impl Backend for LocalFs {
 
 /// Reads an xattr value or list of at most `limit` bytes: query the size,
 /// read into a buffer of that size, retry if it grew meanwhile.
-#[cfg(target_os = "linux")]
 fn xattr_read(
     limit: usize,
     mut call: impl FnMut(Option<&mut [u8]>) -> rustix::io::Result<usize>,

@@ -12,7 +12,9 @@
 //! permission checks of the kernel for the identity that built the `MemFs`.
 //! The known differences are listed on [`MemFs`].
 
-use super::{mode, Backend, DirSink, FileHandle, Owner, Replacement, Stat, StatFs, XattrFlag};
+use super::{
+    mode, Backend, DirSink, FileHandle, Owner, Replacement, SetId, Stat, StatFs, XattrFlag,
+};
 use crate::{Errno, FsPath, FsResult};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -73,14 +75,14 @@ const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 /// trait.
 ///
 /// ```
-/// use spockfs_core::{Backend, FsPath, MemFs};
+/// use spockfs_core::{Backend, FsPath, MemFs, SetId};
 ///
 /// let fs = MemFs::new();
 /// let inspector = fs.clone(); // same tree
 ///
 /// let path = FsPath::from_url_path("/hello.txt")?;
-/// fs.create(&path, 0o640)?;
-/// fs.open_write(&path)?.write_at(b"hello", 0)?;
+/// fs.create(&path, 0o640, SetId::Strip)?;
+/// fs.open_write(&path, SetId::Strip)?.write_at(b"hello", 0)?;
 ///
 /// let st = inspector.getattr(&path)?;
 /// assert!(st.is_file());
@@ -389,8 +391,13 @@ impl Inode {
     }
 
     /// `file_remove_privs`: a write or truncate by an unprivileged caller
-    /// clears set-user-ID, and set-group-ID when it means "execute as group".
-    fn remove_privs(&mut self, cred: Cred) {
+    /// clears set-user-ID, and set-group-ID when it means "execute as group";
+    /// under [`SetId::Strip`] whoever the caller is.
+    fn remove_privs(&mut self, cred: Cred, setid: SetId) {
+        if let Some(perms) = setid.after_write(self.mode) {
+            self.mode = self.kind() | perms;
+            return;
+        }
         if cred.is_root() || !self.is_file() {
             return;
         }
@@ -903,7 +910,7 @@ impl Backend for MemFs {
         self.lock().open_node(self.cred, path, mask).map(drop)
     }
 
-    fn chmod(&self, path: &FsPath, mode: u32) -> FsResult<()> {
+    fn chmod(&self, path: &FsPath, mode: u32, setid: SetId) -> FsResult<()> {
         let cred = self.cred;
         let mut st = self.lock();
         let ino = st.object(cred, path)?;
@@ -915,6 +922,9 @@ impl Backend for MemFs {
             return Err(Errno::EPERM);
         }
         let mut perms = mode & mode::PERMS;
+        if !node.is_dir() {
+            perms = setid.file_mode(perms);
+        }
         if !cred.in_group(node.gid) {
             perms &= !S_ISGID;
         }
@@ -967,7 +977,7 @@ impl Backend for MemFs {
         Ok(())
     }
 
-    fn truncate(&self, path: &FsPath, size: u64) -> FsResult<()> {
+    fn truncate(&self, path: &FsPath, size: u64, setid: SetId) -> FsResult<()> {
         let cred = self.cred;
         let mut st = self.lock();
         let ino = st.open_regular(cred, path, W)?;
@@ -980,7 +990,7 @@ impl Backend for MemFs {
         st.resize(self.shared.capacity, ino, size)?;
         let node = st.get_mut(ino)?;
         node.modified(now());
-        node.remove_privs(cred);
+        node.remove_privs(cred, setid);
         Ok(())
     }
 
@@ -1148,7 +1158,14 @@ impl Backend for MemFs {
         Ok(())
     }
 
-    fn fallocate(&self, path: &FsPath, mode: i32, offset: u64, len: u64) -> FsResult<()> {
+    fn fallocate(
+        &self,
+        path: &FsPath,
+        mode: i32,
+        offset: u64,
+        len: u64,
+        setid: SetId,
+    ) -> FsResult<()> {
         let cred = self.cred;
         let capacity = self.shared.capacity;
         let mut st = self.lock();
@@ -1178,6 +1195,8 @@ impl Backend for MemFs {
             st.resize(capacity, ino, end)?;
         }
         let node = st.get_mut(ino)?;
+        // `file_modified`, as the kernel's fallocate does.
+        node.remove_privs(cred, setid);
         if zero {
             if let Data::File(d) = &mut node.data {
                 zero_range(d, offset, end);
@@ -1321,7 +1340,7 @@ impl Backend for MemFs {
         Ok(())
     }
 
-    fn create(&self, path: &FsPath, mode: u32) -> FsResult<()> {
+    fn create(&self, path: &FsPath, mode: u32, setid: SetId) -> FsResult<()> {
         let cred = self.cred;
         let (parent, name) = path.parent_and_name().ok_or(Errno::EISDIR)?;
         let mut st = self.lock();
@@ -1347,7 +1366,7 @@ impl Backend for MemFs {
         st.resize(self.shared.capacity, ino, 0)?;
         let node = st.get_mut(ino)?;
         node.modified(now());
-        node.remove_privs(cred);
+        node.remove_privs(cred, setid);
         Ok(())
     }
 
@@ -1375,14 +1394,14 @@ impl Backend for MemFs {
     }
 
     fn open_read(&self, path: &FsPath) -> FsResult<Box<dyn FileHandle>> {
-        self.open_handle(path, R)
+        self.open_handle(path, R, SetId::Keep)
     }
 
-    fn open_write(&self, path: &FsPath) -> FsResult<Box<dyn FileHandle>> {
-        self.open_handle(path, W)
+    fn open_write(&self, path: &FsPath, setid: SetId) -> FsResult<Box<dyn FileHandle>> {
+        self.open_handle(path, W, setid)
     }
 
-    fn replace(&self, path: &FsPath) -> FsResult<Box<dyn Replacement>> {
+    fn replace(&self, path: &FsPath, setid: SetId) -> FsResult<Box<dyn Replacement>> {
         let cred = self.cred;
         let (parent, name) = path.parent_and_name().ok_or(Errno::EISDIR)?;
         let st = self.lock();
@@ -1400,6 +1419,7 @@ impl Backend for MemFs {
         Ok(Box::new(MemReplacement {
             fs: self.clone(),
             dir,
+            setid,
             name: name.to_vec(),
             data: Mutex::new(Some(Vec::new())),
         }))
@@ -1407,10 +1427,15 @@ impl Backend for MemFs {
 }
 
 impl MemFs {
-    fn open_handle(&self, path: &FsPath, mask: u32) -> FsResult<Box<dyn FileHandle>> {
+    fn open_handle(&self, path: &FsPath, mask: u32, setid: SetId) -> FsResult<Box<dyn FileHandle>> {
         let mut st = self.lock();
         let ino = st.open_regular(self.cred, path, mask)?;
         let node = st.get_mut(ino)?;
+        // Like LocalFs: a file opened to be written loses what the mount's
+        // policy says a write clears, before the first write.
+        if let Some(perms) = setid.after_write(node.mode) {
+            node.mode = node.kind() | perms;
+        }
         node.open += 1;
         let size = node.size();
         Ok(Box::new(MemFile {
@@ -1480,7 +1505,7 @@ impl FileHandle for MemFile {
             write_into(data, buf, offset)?;
         }
         node.modified(now());
-        node.remove_privs(cred);
+        node.remove_privs(cred, SetId::Keep);
         Ok(())
     }
 }
@@ -1502,6 +1527,8 @@ struct MemReplacement {
     fs: MemFs,
     /// The directory, held like `LocalFs` holds its fd: it follows renames.
     dir: u64,
+    /// What happens to the replaced file's set-ID bits.
+    setid: SetId,
     name: Vec<u8>,
     /// `None` once committed.
     data: Mutex<Option<Vec<u8>>>,
@@ -1549,7 +1576,10 @@ impl Replacement for MemReplacement {
                 return Err(Errno::EISDIR);
             }
             if node.is_file() {
-                perms = node.mode & mode::PERMS;
+                perms = self
+                    .setid
+                    .after_write(node.mode)
+                    .unwrap_or(node.mode & mode::PERMS);
                 if cred.is_root() {
                     uid = node.uid;
                     gid = Some(node.gid);
@@ -1616,8 +1646,11 @@ mod tests {
     }
 
     fn put(fs: &MemFs, path: &str, data: &[u8]) {
-        fs.create(&p(path), 0o644).unwrap();
-        fs.open_write(&p(path)).unwrap().write_at(data, 0).unwrap();
+        fs.create(&p(path), 0o644, SetId::Keep).unwrap();
+        fs.open_write(&p(path), SetId::Keep)
+            .unwrap()
+            .write_at(data, 0)
+            .unwrap();
     }
 
     fn read(fs: &MemFs, path: &str) -> FsResult<Vec<u8>> {
@@ -1704,17 +1737,17 @@ mod tests {
         assert_eq!(fs.rmdir(&root), Err(Errno::EBUSY));
         assert_eq!(fs.rename(&root, &p("/x")), Err(Errno::EBUSY));
         assert_eq!(fs.rename(&p("/f"), &root), Err(Errno::EBUSY));
-        assert_eq!(fs.create(&root, 0o644), Err(Errno::EISDIR));
+        assert_eq!(fs.create(&root, 0o644, SetId::Keep), Err(Errno::EISDIR));
         assert_eq!(fs.unlink(&root), Err(Errno::EISDIR));
-        assert_eq!(fs.replace(&root).err(), Some(Errno::EISDIR));
+        assert_eq!(fs.replace(&root, SetId::Keep).err(), Some(Errno::EISDIR));
         assert_eq!(fs.open_read(&root).err(), Some(Errno::EISDIR));
-        assert_eq!(fs.open_write(&root).err(), Some(Errno::EISDIR));
-        assert_eq!(fs.truncate(&root, 0), Err(Errno::EISDIR));
+        assert_eq!(fs.open_write(&root, SetId::Keep).err(), Some(Errno::EISDIR));
+        assert_eq!(fs.truncate(&root, 0, SetId::Keep), Err(Errno::EISDIR));
         assert_eq!(fs.readlink(&root), Err(Errno::EINVAL));
         assert_eq!(fs.open(&root, WRONLY), Err(Errno::EISDIR));
         fs.open(&root, RDONLY).unwrap();
         fs.fsync(&root, true).unwrap();
-        fs.chmod(&root, 0o711).unwrap();
+        fs.chmod(&root, 0o711, SetId::Keep).unwrap();
         assert_eq!(perms(&fs, "/"), 0o711);
         fs.chown(&root, owner(Some(5), Some(6))).unwrap();
         fs.utimens(&root, 10, 20).unwrap();
@@ -1738,13 +1771,22 @@ mod tests {
         fs.symlink(&p("/l"), b"d").unwrap();
         fs.symlink(&p("/abs"), b"/etc/passwd").unwrap();
         assert_eq!(fs.getattr(&p("/l/f")), Err(Errno::ELOOP));
-        assert_eq!(fs.create(&p("/l/new"), 0o644), Err(Errno::ELOOP));
+        assert_eq!(
+            fs.create(&p("/l/new"), 0o644, SetId::Keep),
+            Err(Errno::ELOOP)
+        );
         assert_eq!(fs.mkdir(&p("/l/new"), 0o755), Err(Errno::ELOOP));
         assert_eq!(fs.getattr(&p("/f/x")), Err(Errno::ENOTDIR));
-        assert_eq!(fs.create(&p("/f/x"), 0o644), Err(Errno::ENOTDIR));
+        assert_eq!(
+            fs.create(&p("/f/x"), 0o644, SetId::Keep),
+            Err(Errno::ENOTDIR)
+        );
         assert_eq!(fs.getattr(&p("/missing/x")), Err(Errno::ENOENT));
         assert_eq!(fs.getattr(&p("/missing")), Err(Errno::ENOENT));
-        assert_eq!(fs.replace(&p("/l/x")).err(), Some(Errno::ELOOP));
+        assert_eq!(
+            fs.replace(&p("/l/x"), SetId::Keep).err(),
+            Some(Errno::ELOOP)
+        );
         assert_eq!(fs.rename(&p("/l/f"), &p("/g")), Err(Errno::ELOOP));
         assert_eq!(fs.rename(&p("/f"), &p("/l/g")), Err(Errno::ELOOP));
 
@@ -1757,15 +1799,15 @@ mod tests {
             let l = p(path);
             assert_eq!(fs.open(&l, RDONLY), Err(Errno::ELOOP));
             assert_eq!(fs.open_read(&l).err(), Some(Errno::ELOOP));
-            assert_eq!(fs.open_write(&l).err(), Some(Errno::ELOOP));
-            assert_eq!(fs.truncate(&l, 0), Err(Errno::ELOOP));
-            assert_eq!(fs.fallocate(&l, 0, 0, 1), Err(Errno::ELOOP));
+            assert_eq!(fs.open_write(&l, SetId::Keep).err(), Some(Errno::ELOOP));
+            assert_eq!(fs.truncate(&l, 0, SetId::Keep), Err(Errno::ELOOP));
+            assert_eq!(fs.fallocate(&l, 0, 0, 1, SetId::Keep), Err(Errno::ELOOP));
             assert_eq!(fs.fsync(&l, false), Err(Errno::ELOOP));
             assert_eq!(
                 fs.readdir(&l, false, &mut |_, _| Ok(())),
                 Err(Errno::ENOTDIR)
             );
-            assert_eq!(fs.chmod(&l, 0o600), Err(Errno::EOPNOTSUPP));
+            assert_eq!(fs.chmod(&l, 0o600, SetId::Keep), Err(Errno::EOPNOTSUPP));
             assert_eq!(fs.listxattr(&l, 100), Ok(vec![]));
             assert_eq!(fs.getxattr(&l, b"user.a", 100), Err(Errno::ENODATA));
             assert_eq!(fs.removexattr(&l, b"user.a"), Err(Errno::ENODATA));
@@ -1773,7 +1815,7 @@ mod tests {
                 fs.setxattr(&l, b"user.a", b"", XattrFlag::Any),
                 Err(Errno::EPERM)
             );
-            assert_eq!(fs.create(&l, 0o644), Err(Errno::ELOOP));
+            assert_eq!(fs.create(&l, 0o644, SetId::Keep), Err(Errno::ELOOP));
             assert_eq!(fs.mknod(&l, 0o644, 0), Err(Errno::EEXIST));
             fs.access(&l, 7).unwrap();
             fs.statfs(&l).unwrap();
@@ -1850,14 +1892,14 @@ mod tests {
     #[test]
     fn create_is_creat() {
         let fs = rootfs();
-        fs.create(&p("/f"), 0o4640).unwrap();
+        fs.create(&p("/f"), 0o4640, SetId::Keep).unwrap();
         assert_eq!(stat(&fs, "/f").mode, mode::S_IFREG | 0o4640);
-        fs.open_write(&p("/f"))
+        fs.open_write(&p("/f"), SetId::Keep)
             .unwrap()
             .write_at(b"content", 0)
             .unwrap();
         let before = fs.used();
-        fs.create(&p("/f"), 0o600).unwrap();
+        fs.create(&p("/f"), 0o600, SetId::Keep).unwrap();
         let st = stat(&fs, "/f");
         assert_eq!(
             (st.mode & 0o7777, st.size),
@@ -1869,11 +1911,20 @@ mod tests {
         fs.symlink(&p("/l"), b"f").unwrap();
         fs.mknod(&p("/fifo"), IFIFO | 0o644, 0).unwrap();
         fs.mknod(&p("/sock"), IFSOCK | 0o644, 0).unwrap();
-        assert_eq!(fs.create(&p("/d"), 0o644), Err(Errno::EISDIR));
-        assert_eq!(fs.create(&p("/l"), 0o644), Err(Errno::ELOOP));
-        assert_eq!(fs.create(&p("/fifo"), 0o644), Err(Errno::ENXIO));
-        assert_eq!(fs.create(&p("/sock"), 0o644), Err(Errno::ENXIO));
-        assert_eq!(fs.create(&p("/nope/f"), 0o644), Err(Errno::ENOENT));
+        assert_eq!(fs.create(&p("/d"), 0o644, SetId::Keep), Err(Errno::EISDIR));
+        assert_eq!(fs.create(&p("/l"), 0o644, SetId::Keep), Err(Errno::ELOOP));
+        assert_eq!(
+            fs.create(&p("/fifo"), 0o644, SetId::Keep),
+            Err(Errno::ENXIO)
+        );
+        assert_eq!(
+            fs.create(&p("/sock"), 0o644, SetId::Keep),
+            Err(Errno::ENXIO)
+        );
+        assert_eq!(
+            fs.create(&p("/nope/f"), 0o644, SetId::Keep),
+            Err(Errno::ENOENT)
+        );
     }
 
     #[test]
@@ -1899,12 +1950,21 @@ mod tests {
         assert_eq!(fs.open(&p("/sock"), RDONLY), Err(Errno::ENXIO));
         // GET/PUT-range handles: regular files only.
         assert_eq!(fs.open_read(&p("/d")).err(), Some(Errno::EISDIR));
-        assert_eq!(fs.open_write(&p("/d")).err(), Some(Errno::EISDIR));
+        assert_eq!(
+            fs.open_write(&p("/d"), SetId::Keep).err(),
+            Some(Errno::EISDIR)
+        );
         assert_eq!(fs.open_read(&p("/fifo")).err(), Some(Errno::EINVAL));
-        assert_eq!(fs.open_write(&p("/fifo")).err(), Some(Errno::ENXIO));
+        assert_eq!(
+            fs.open_write(&p("/fifo"), SetId::Keep).err(),
+            Some(Errno::ENXIO)
+        );
         assert_eq!(fs.open_read(&p("/sock")).err(), Some(Errno::ENXIO));
-        assert_eq!(fs.truncate(&p("/fifo"), 0), Err(Errno::ENXIO));
-        assert_eq!(fs.fallocate(&p("/sock"), 0, 0, 1), Err(Errno::ENXIO));
+        assert_eq!(fs.truncate(&p("/fifo"), 0, SetId::Keep), Err(Errno::ENXIO));
+        assert_eq!(
+            fs.fallocate(&p("/sock"), 0, 0, 1, SetId::Keep),
+            Err(Errno::ENXIO)
+        );
         fs.fsync(&p("/f"), false).unwrap();
         fs.fsync(&p("/d"), true).unwrap();
         assert_eq!(fs.fsync(&p("/fifo"), false), Err(Errno::EINVAL));
@@ -1924,23 +1984,29 @@ mod tests {
     fn truncate_and_file_handles() {
         let fs = rootfs();
         put(&fs, "/f", b"hello world");
-        fs.truncate(&p("/f"), 5).unwrap();
+        fs.truncate(&p("/f"), 5, SetId::Keep).unwrap();
         assert_eq!(read(&fs, "/f").unwrap(), b"hello");
-        fs.truncate(&p("/f"), 8).unwrap();
+        fs.truncate(&p("/f"), 8, SetId::Keep).unwrap();
         assert_eq!(read(&fs, "/f").unwrap(), b"hello\0\0\0");
         assert_eq!(stat(&fs, "/f").blocks, 1);
-        fs.truncate(&p("/f"), 513).unwrap();
+        fs.truncate(&p("/f"), 513, SetId::Keep).unwrap();
         assert_eq!(stat(&fs, "/f").blocks, 2);
-        fs.truncate(&p("/f"), 5).unwrap();
+        fs.truncate(&p("/f"), 5, SetId::Keep).unwrap();
         fs.mkdir(&p("/d"), 0o755).unwrap();
-        assert_eq!(fs.truncate(&p("/d"), 0), Err(Errno::EISDIR));
-        assert_eq!(fs.truncate(&p("/nope"), 0), Err(Errno::ENOENT));
-        assert_eq!(fs.truncate(&p("/f"), MAX_FILE_SIZE + 1), Err(Errno::EFBIG));
-        assert_eq!(fs.truncate(&p("/f"), u64::MAX), Err(Errno::EINVAL));
+        assert_eq!(fs.truncate(&p("/d"), 0, SetId::Keep), Err(Errno::EISDIR));
+        assert_eq!(fs.truncate(&p("/nope"), 0, SetId::Keep), Err(Errno::ENOENT));
+        assert_eq!(
+            fs.truncate(&p("/f"), MAX_FILE_SIZE + 1, SetId::Keep),
+            Err(Errno::EFBIG)
+        );
+        assert_eq!(
+            fs.truncate(&p("/f"), u64::MAX, SetId::Keep),
+            Err(Errno::EINVAL)
+        );
 
         // Handles: size at open, live content.
         let r = fs.open_read(&p("/f")).unwrap();
-        let w = fs.open_write(&p("/f")).unwrap();
+        let w = fs.open_write(&p("/f"), SetId::Keep).unwrap();
         assert_eq!((r.size(), w.size()), (5, 5));
         w.write_at(b"HELLO, WORLD", 0).unwrap();
         assert_eq!(r.size(), 5);
@@ -2042,7 +2108,7 @@ mod tests {
         fs.link(&p("/d/g"), &p("/f")).unwrap();
         assert_eq!(stat(&fs, "/f").nlink, 2);
         assert_eq!(stat(&fs, "/f").ino, stat(&fs, "/d/g").ino);
-        fs.open_write(&p("/d/g"))
+        fs.open_write(&p("/d/g"), SetId::Keep)
             .unwrap()
             .write_at(b"S", 0)
             .unwrap();
@@ -2118,53 +2184,82 @@ mod tests {
     fn fallocate_modes() {
         let fs = small(1 << 20);
         put(&fs, "/f", b"abcdefgh");
-        fs.fallocate(&p("/f"), 0, 4, 2).unwrap();
+        fs.fallocate(&p("/f"), 0, 4, 2, SetId::Keep).unwrap();
         assert_eq!(stat(&fs, "/f").size, 8, "inside: nothing changes");
-        fs.fallocate(&p("/f"), 0, 6, 6).unwrap();
+        fs.fallocate(&p("/f"), 0, 6, 6, SetId::Keep).unwrap();
         assert_eq!(read(&fs, "/f").unwrap(), b"abcdefgh\0\0\0\0");
-        fs.fallocate(&p("/f"), FALLOC_FL_KEEP_SIZE, 0, 1000)
+        fs.fallocate(&p("/f"), FALLOC_FL_KEEP_SIZE, 0, 1000, SetId::Keep)
             .unwrap();
         assert_eq!(stat(&fs, "/f").size, 12);
-        fs.fallocate(&p("/f"), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2, 3)
-            .unwrap();
+        fs.fallocate(
+            &p("/f"),
+            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+            2,
+            3,
+            SetId::Keep,
+        )
+        .unwrap();
         assert_eq!(read(&fs, "/f").unwrap(), b"ab\0\0\0fgh\0\0\0\0");
         fs.fallocate(
             &p("/f"),
             FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
             10,
             100,
+            SetId::Keep,
         )
         .unwrap();
         assert_eq!(stat(&fs, "/f").size, 12);
         put(&fs, "/z", b"abcdef");
-        fs.fallocate(&p("/z"), FALLOC_FL_ZERO_RANGE, 4, 4).unwrap();
-        assert_eq!(read(&fs, "/z").unwrap(), b"abcd\0\0\0\0");
-        fs.fallocate(&p("/z"), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 0, 100)
+        fs.fallocate(&p("/z"), FALLOC_FL_ZERO_RANGE, 4, 4, SetId::Keep)
             .unwrap();
+        assert_eq!(read(&fs, "/z").unwrap(), b"abcd\0\0\0\0");
+        fs.fallocate(
+            &p("/z"),
+            FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+            0,
+            100,
+            SetId::Keep,
+        )
+        .unwrap();
         assert_eq!(read(&fs, "/z").unwrap(), b"\0\0\0\0\0\0\0\0");
-        assert_eq!(fs.fallocate(&p("/f"), 0, 0, 0), Err(Errno::EINVAL));
-        assert_eq!(fs.fallocate(&p("/f"), 0, u64::MAX, 1), Err(Errno::EINVAL));
         assert_eq!(
-            fs.fallocate(&p("/f"), FALLOC_FL_PUNCH_HOLE, 0, 1),
+            fs.fallocate(&p("/f"), 0, 0, 0, SetId::Keep),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            fs.fallocate(&p("/f"), 0, u64::MAX, 1, SetId::Keep),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            fs.fallocate(&p("/f"), FALLOC_FL_PUNCH_HOLE, 0, 1, SetId::Keep),
             Err(Errno::EOPNOTSUPP)
         );
         assert_eq!(
-            fs.fallocate(&p("/f"), 0x08, 0, 4096),
+            fs.fallocate(&p("/f"), 0x08, 0, 4096, SetId::Keep),
             Err(Errno::EOPNOTSUPP)
         );
-        assert_eq!(fs.fallocate(&p("/f"), -1, 0, 1), Err(Errno::EOPNOTSUPP));
         assert_eq!(
-            fs.fallocate(&p("/f"), 0, MAX_FILE_SIZE, 1),
+            fs.fallocate(&p("/f"), -1, 0, 1, SetId::Keep),
+            Err(Errno::EOPNOTSUPP)
+        );
+        assert_eq!(
+            fs.fallocate(&p("/f"), 0, MAX_FILE_SIZE, 1, SetId::Keep),
             Err(Errno::EFBIG)
         );
-        assert_eq!(fs.fallocate(&p("/f"), 0, 0, 2 << 20), Err(Errno::ENOSPC));
         assert_eq!(
-            fs.fallocate(&p("/f"), FALLOC_FL_KEEP_SIZE, 0, 2 << 20),
+            fs.fallocate(&p("/f"), 0, 0, 2 << 20, SetId::Keep),
+            Err(Errno::ENOSPC)
+        );
+        assert_eq!(
+            fs.fallocate(&p("/f"), FALLOC_FL_KEEP_SIZE, 0, 2 << 20, SetId::Keep),
             Err(Errno::ENOSPC)
         );
         assert_eq!(stat(&fs, "/f").size, 12);
         fs.mkdir(&p("/d"), 0o755).unwrap();
-        assert_eq!(fs.fallocate(&p("/d"), 0, 0, 1), Err(Errno::EISDIR));
+        assert_eq!(
+            fs.fallocate(&p("/d"), 0, 0, 1, SetId::Keep),
+            Err(Errno::EISDIR)
+        );
         assert_eq!(fs.used(), 20);
     }
 
@@ -2186,20 +2281,23 @@ mod tests {
         assert_eq!((sf.bfree, sf.ffree), (8, MAX_INODES - 2));
         assert_eq!(fs.statfs(&p("/nope")).err(), Some(Errno::ENOENT));
 
-        let w = fs.open_write(&p("/f")).unwrap();
+        let w = fs.open_write(&p("/f"), SetId::Keep).unwrap();
         assert_eq!(w.write_at(b"x", 40960).err(), Some(Errno::ENOSPC));
         w.write_at(b"x", 40959).unwrap();
         assert_eq!(fs.used(), 40960);
         assert_eq!(w.write_at(b"x", 40960).err(), Some(Errno::ENOSPC));
         w.write_at(b"y", 0).unwrap();
-        assert_eq!(fs.truncate(&p("/f"), 40961), Err(Errno::ENOSPC));
+        assert_eq!(
+            fs.truncate(&p("/f"), 40961, SetId::Keep),
+            Err(Errno::ENOSPC)
+        );
         assert_eq!(stat(&fs, "/f").size, 40960, "unchanged");
         assert_eq!(
             fs.setxattr(&p("/f"), b"user.a", b"", XattrFlag::Any),
             Err(Errno::ENOSPC)
         );
         assert_eq!(fs.statfs(&FsPath::root()).unwrap().bfree, 0);
-        fs.truncate(&p("/f"), 100).unwrap();
+        fs.truncate(&p("/f"), 100, SetId::Keep).unwrap();
         fs.setxattr(&p("/f"), b"user.a", b"12345", XattrFlag::Any)
             .unwrap();
         assert_eq!(fs.used(), 111);
@@ -2214,7 +2312,7 @@ mod tests {
 
         // A replacement commit must fit once the old file is gone.
         put(&fs, "/g", &[0; 30000]);
-        let r = fs.replace(&p("/g")).unwrap();
+        let r = fs.replace(&p("/g"), SetId::Keep).unwrap();
         r.write_at(&[1; 40000], 0).unwrap();
         assert_eq!(r.write_at(b"x", 40960).err(), Some(Errno::ENOSPC));
         assert_eq!(fs.used(), 30000, "uncommitted data is not charged");
@@ -2235,11 +2333,14 @@ mod tests {
     fn huge_offsets_are_refused_without_allocating() {
         let fs = rootfs();
         put(&fs, "/f", b"");
-        let w = fs.open_write(&p("/f")).unwrap();
+        let w = fs.open_write(&p("/f"), SetId::Keep).unwrap();
         assert_eq!(w.write_at(b"x", (1 << 40) - 1).err(), Some(Errno::ENOSPC));
         assert_eq!(w.write_at(b"xx", (1 << 40) - 1).err(), Some(Errno::EFBIG));
-        assert_eq!(fs.truncate(&p("/f"), 1 << 40), Err(Errno::ENOSPC));
-        let r = fs.replace(&p("/f")).unwrap();
+        assert_eq!(
+            fs.truncate(&p("/f"), 1 << 40, SetId::Keep),
+            Err(Errno::ENOSPC)
+        );
+        let r = fs.replace(&p("/f"), SetId::Keep).unwrap();
         assert_eq!(r.write_at(b"x", 1 << 39).err(), Some(Errno::ENOSPC));
         assert_eq!(r.write_at(b"x", 1 << 40).err(), Some(Errno::EFBIG));
         assert_eq!(r.write_at(b"x", u64::MAX).err(), Some(Errno::EINVAL));
@@ -2347,7 +2448,7 @@ mod tests {
         let fs = rootfs();
         fs.mkdir(&p("/d"), 0o755).unwrap();
         // New file: created, 0o644, visible only at commit.
-        let r = fs.replace(&p("/d/new")).unwrap();
+        let r = fs.replace(&p("/d/new"), SetId::Keep).unwrap();
         r.write_at(b"world", 6).unwrap();
         r.write_at(b"hello ", 0).unwrap();
         assert_eq!(fs.getattr(&p("/d/new")), Err(Errno::ENOENT));
@@ -2358,13 +2459,13 @@ mod tests {
         assert_eq!(r.write_at(b"x", 0).err(), Some(Errno::EBADF));
         // Existing file: new inode, same permission bits and owner; links and
         // open handles keep the old content.
-        fs.chmod(&p("/d/new"), 0o6750).unwrap();
+        fs.chmod(&p("/d/new"), 0o6750, SetId::Keep).unwrap();
         fs.chown(&p("/d/new"), owner(Some(42), Some(43))).unwrap();
-        fs.chmod(&p("/d/new"), 0o6750).unwrap();
+        fs.chmod(&p("/d/new"), 0o6750, SetId::Keep).unwrap();
         fs.link(&p("/d/old"), &p("/d/new")).unwrap();
         let handle = fs.open_read(&p("/d/new")).unwrap();
         let old_ino = stat(&fs, "/d/new").ino;
-        let r = fs.replace(&p("/d/new")).unwrap();
+        let r = fs.replace(&p("/d/new"), SetId::Keep).unwrap();
         r.write_at(b"v2", 0).unwrap();
         assert_eq!(r.commit(), Ok(false));
         let st = stat(&fs, "/d/new");
@@ -2378,31 +2479,37 @@ mod tests {
         let mut buf = [0; 5];
         assert_eq!(handle.read_at(&mut buf, 0).unwrap(), 5);
         // Dropping without commit discards.
-        let r = fs.replace(&p("/d/gone")).unwrap();
+        let r = fs.replace(&p("/d/gone"), SetId::Keep).unwrap();
         r.write_at(b"data", 0).unwrap();
         drop(r);
         assert_eq!(fs.getattr(&p("/d/gone")), Err(Errno::ENOENT));
         // Over a symlink or a FIFO: replaced by a 0o644 file.
         fs.symlink(&p("/d/l"), b"new").unwrap();
-        let r = fs.replace(&p("/d/l")).unwrap();
+        let r = fs.replace(&p("/d/l"), SetId::Keep).unwrap();
         assert_eq!(r.commit(), Ok(false));
         assert_eq!(stat(&fs, "/d/l").mode, mode::S_IFREG | REPLACE_PERMS);
         assert_eq!(read(&fs, "/d/new").unwrap(), b"v2");
         // Directories refused at start and at commit.
-        assert_eq!(fs.replace(&p("/d")).err(), Some(Errno::EISDIR));
-        let r = fs.replace(&p("/d/later")).unwrap();
+        assert_eq!(fs.replace(&p("/d"), SetId::Keep).err(), Some(Errno::EISDIR));
+        let r = fs.replace(&p("/d/later"), SetId::Keep).unwrap();
         fs.mkdir(&p("/d/later"), 0o755).unwrap();
         assert_eq!(r.commit(), Err(Errno::EISDIR));
         // Errors of the parent.
-        assert_eq!(fs.replace(&p("/nope/x")).err(), Some(Errno::ENOENT));
-        assert_eq!(fs.replace(&p("/d/new/x")).err(), Some(Errno::ENOTDIR));
+        assert_eq!(
+            fs.replace(&p("/nope/x"), SetId::Keep).err(),
+            Some(Errno::ENOENT)
+        );
+        assert_eq!(
+            fs.replace(&p("/d/new/x"), SetId::Keep).err(),
+            Some(Errno::ENOTDIR)
+        );
         // The directory is held, not its path: it follows a rename, and a
         // removed directory gets nothing.
-        let r = fs.replace(&p("/d/later/x")).unwrap();
+        let r = fs.replace(&p("/d/later/x"), SetId::Keep).unwrap();
         fs.rename(&p("/d/later"), &p("/moved")).unwrap();
         assert_eq!(r.commit(), Ok(true));
         assert!(stat(&fs, "/moved/x").is_file());
-        let r = fs.replace(&p("/moved/y")).unwrap();
+        let r = fs.replace(&p("/moved/y"), SetId::Keep).unwrap();
         fs.unlink(&p("/moved/x")).unwrap();
         fs.rmdir(&p("/moved")).unwrap();
         assert_eq!(r.commit(), Err(Errno::ENOENT));
@@ -2424,9 +2531,9 @@ mod tests {
         assert_eq!((f.atime, f.mtime), (-5, 7));
         assert!(f.ctime > 7);
         fs.utimens(&p("/d/f"), 1, 1).unwrap();
-        fs.chmod(&p("/d/f"), 0o600).unwrap();
+        fs.chmod(&p("/d/f"), 0o600, SetId::Keep).unwrap();
         assert_eq!(stat(&fs, "/d/f").mtime, 1, "chmod changes only ctime");
-        fs.open_write(&p("/d/f"))
+        fs.open_write(&p("/d/f"), SetId::Keep)
             .unwrap()
             .write_at(b"y", 0)
             .unwrap();
@@ -2438,7 +2545,7 @@ mod tests {
     fn root_permissions() {
         let fs = rootfs();
         put(&fs, "/f", b"x");
-        fs.chmod(&p("/f"), 0).unwrap();
+        fs.chmod(&p("/f"), 0, SetId::Keep).unwrap();
         fs.access(&p("/f"), 6).unwrap();
         assert_eq!(fs.access(&p("/f"), 1), Err(Errno::EACCES));
         assert_eq!(fs.access(&p("/f"), 8), Err(Errno::EINVAL));
@@ -2446,23 +2553,23 @@ mod tests {
         assert_eq!(fs.access(&p("/nope"), 0), Err(Errno::ENOENT));
         fs.open(&p("/f"), RDWR).unwrap();
         assert_eq!(read(&fs, "/f").unwrap(), b"x");
-        fs.chmod(&p("/f"), 0o001).unwrap();
+        fs.chmod(&p("/f"), 0o001, SetId::Keep).unwrap();
         fs.access(&p("/f"), 7).unwrap();
         fs.mkdir(&p("/d"), 0).unwrap();
         fs.access(&p("/d"), 7).unwrap();
         put(&fs, "/d/g", b"");
         // chown by root clears set-ID bits of non-directories.
-        fs.chmod(&p("/f"), 0o6755).unwrap();
+        fs.chmod(&p("/f"), 0o6755, SetId::Keep).unwrap();
         fs.chown(&p("/f"), owner(None, None)).unwrap();
         assert_eq!(perms(&fs, "/f"), 0o755);
-        fs.chmod(&p("/f"), 0o6745).unwrap();
+        fs.chmod(&p("/f"), 0o6745, SetId::Keep).unwrap();
         fs.chown(&p("/f"), owner(Some(0), None)).unwrap();
         assert_eq!(
             perms(&fs, "/f"),
             0o2745,
             "set-group-ID without group x stays"
         );
-        fs.chmod(&p("/d"), 0o3755).unwrap();
+        fs.chmod(&p("/d"), 0o3755, SetId::Keep).unwrap();
         fs.chown(&p("/d"), owner(Some(9), Some(9))).unwrap();
         assert_eq!(stat(&fs, "/d").mode & 0o7777, 0o3755);
         fs.chown(&p("/d"), owner(Some(u32::MAX), Some(u32::MAX)))
@@ -2486,7 +2593,8 @@ mod tests {
         put(&base, "/priv/f", b"");
         base.mkdir(&p("/sticky"), 0o1777).unwrap();
         put(&base, "/sticky/rootfile", b"");
-        base.chmod(&p("/sticky/rootfile"), 0o666).unwrap();
+        base.chmod(&p("/sticky/rootfile"), 0o666, SetId::Keep)
+            .unwrap();
 
         // Search permission on every directory traversed.
         assert_eq!(user.getattr(&p("/priv/f")), Err(Errno::EACCES));
@@ -2498,7 +2606,10 @@ mod tests {
             Err(Errno::EACCES)
         );
         // Write permission on the parent to create or remove.
-        assert_eq!(user.create(&p("/x"), 0o644), Err(Errno::EACCES));
+        assert_eq!(
+            user.create(&p("/x"), 0o644, SetId::Keep),
+            Err(Errno::EACCES)
+        );
         assert_eq!(user.mkdir(&p("/x"), 0o755), Err(Errno::EACCES));
         assert_eq!(
             user.mkdir(&p("/u"), 0o755),
@@ -2510,18 +2621,33 @@ mod tests {
         assert_eq!(user.unlink(&p("/other")), Err(Errno::EACCES));
         assert_eq!(user.rmdir(&p("/priv")), Err(Errno::EACCES));
         assert_eq!(user.rename(&p("/other"), &p("/u/o")), Err(Errno::EACCES));
-        assert_eq!(user.replace(&p("/other")).err(), Some(Errno::EACCES));
+        assert_eq!(
+            user.replace(&p("/other"), SetId::Keep).err(),
+            Some(Errno::EACCES)
+        );
         // Reading and writing someone else's file.
         assert_eq!(read(&user, "/other").unwrap(), b"root's");
-        assert_eq!(user.open_write(&p("/other")).err(), Some(Errno::EACCES));
+        assert_eq!(
+            user.open_write(&p("/other"), SetId::Keep).err(),
+            Some(Errno::EACCES)
+        );
         assert_eq!(user.open(&p("/other"), RDWR), Err(Errno::EACCES));
-        assert_eq!(user.truncate(&p("/other"), 0), Err(Errno::EACCES));
-        assert_eq!(user.fallocate(&p("/other"), 0, 0, 1), Err(Errno::EACCES));
+        assert_eq!(
+            user.truncate(&p("/other"), 0, SetId::Keep),
+            Err(Errno::EACCES)
+        );
+        assert_eq!(
+            user.fallocate(&p("/other"), 0, 0, 1, SetId::Keep),
+            Err(Errno::EACCES)
+        );
         assert_eq!(user.access(&p("/other"), 2), Err(Errno::EACCES));
         assert_eq!(user.access(&p("/other"), 1), Err(Errno::EACCES));
         user.access(&p("/other"), 4).unwrap();
         // Owner-only operations.
-        assert_eq!(user.chmod(&p("/other"), 0o777), Err(Errno::EPERM));
+        assert_eq!(
+            user.chmod(&p("/other"), 0o777, SetId::Keep),
+            Err(Errno::EPERM)
+        );
         assert_eq!(user.utimens(&p("/other"), 1, 1), Err(Errno::EPERM));
         assert_eq!(
             user.chown(&p("/other"), owner(Some(1000), None)),
@@ -2538,7 +2664,7 @@ mod tests {
 
         // In a directory of one's own.
         user.mkdir(&p("/u/d"), 0o755).unwrap();
-        user.create(&p("/u/d/f"), 0o644).unwrap();
+        user.create(&p("/u/d/f"), 0o644, SetId::Keep).unwrap();
         let st = stat(&user, "/u/d/f");
         assert_eq!((st.uid, st.gid), (1000, 1000));
         user.chown(&p("/u/d/f"), owner(Some(1000), Some(1000)))
@@ -2552,29 +2678,35 @@ mod tests {
             Err(Errno::EPERM)
         );
         user.utimens(&p("/u/d/f"), 3, 4).unwrap();
-        user.chmod(&p("/u/d"), 0o555).unwrap();
-        assert_eq!(user.create(&p("/u/d/g"), 0o644), Err(Errno::EACCES));
+        user.chmod(&p("/u/d"), 0o555, SetId::Keep).unwrap();
+        assert_eq!(
+            user.create(&p("/u/d/g"), 0o644, SetId::Keep),
+            Err(Errno::EACCES)
+        );
         assert_eq!(user.unlink(&p("/u/d/f")), Err(Errno::EACCES));
-        user.open_write(&p("/u/d/f"))
+        user.open_write(&p("/u/d/f"), SetId::Keep)
             .unwrap()
             .write_at(b"ok", 0)
             .unwrap();
-        user.chmod(&p("/u/d"), 0o300).unwrap();
+        user.chmod(&p("/u/d"), 0o300, SetId::Keep).unwrap();
         assert_eq!(names(&user, "/u/d"), Err(Errno::EACCES));
         assert!(user.getattr(&p("/u/d/f")).is_ok());
-        user.chmod(&p("/u/d"), 0o600).unwrap();
+        user.chmod(&p("/u/d"), 0o600, SetId::Keep).unwrap();
         assert_eq!(user.getattr(&p("/u/d/f")), Err(Errno::EACCES));
         assert_eq!(names(&user, "/u/d").unwrap(), ["f"]);
         assert_eq!(
             user.readdir(&p("/u/d"), true, &mut |_, _| Ok(())),
             Err(Errno::EACCES)
         );
-        user.chmod(&p("/u/d"), 0o755).unwrap();
-        user.chmod(&p("/u/d/f"), 0).unwrap();
+        user.chmod(&p("/u/d"), 0o755, SetId::Keep).unwrap();
+        user.chmod(&p("/u/d/f"), 0, SetId::Keep).unwrap();
         assert_eq!(user.open_read(&p("/u/d/f")).err(), Some(Errno::EACCES));
         assert_eq!(user.open(&p("/u/d/f"), RDONLY), Err(Errno::EACCES));
         assert_eq!(user.fsync(&p("/u/d/f"), false), Err(Errno::EACCES));
-        assert_eq!(user.create(&p("/u/d/f"), 0o644), Err(Errno::EACCES));
+        assert_eq!(
+            user.create(&p("/u/d/f"), 0o644, SetId::Keep),
+            Err(Errno::EACCES)
+        );
         assert_eq!(user.access(&p("/u/d/f"), 4), Err(Errno::EACCES));
         user.access(&p("/u/d/f"), 0).unwrap();
         assert_eq!(
@@ -2587,26 +2719,26 @@ mod tests {
         );
         assert_eq!(user.listxattr(&p("/u/d/f"), 10), Ok(vec![]));
         // Owner class first: no fallback to the group or other bits.
-        user.chmod(&p("/u/d/f"), 0o077).unwrap();
+        user.chmod(&p("/u/d/f"), 0o077, SetId::Keep).unwrap();
         assert_eq!(user.access(&p("/u/d/f"), 4), Err(Errno::EACCES));
-        user.chmod(&p("/u/d/f"), 0o644).unwrap();
+        user.chmod(&p("/u/d/f"), 0o644, SetId::Keep).unwrap();
         // Moving a directory to another parent needs write access to it.
         user.mkdir(&p("/u/ro"), 0o555).unwrap();
         assert_eq!(user.rename(&p("/u/ro"), &p("/u/d/ro")), Err(Errno::EACCES));
         user.rename(&p("/u/ro"), &p("/u/ro2")).unwrap();
         // Writes and chmod by non-root clear set-ID bits.
-        user.chmod(&p("/u/d/f"), 0o6755).unwrap();
+        user.chmod(&p("/u/d/f"), 0o6755, SetId::Keep).unwrap();
         assert_eq!(perms(&user, "/u/d/f"), 0o6755);
-        user.open_write(&p("/u/d/f"))
+        user.open_write(&p("/u/d/f"), SetId::Keep)
             .unwrap()
             .write_at(b"w", 0)
             .unwrap();
         assert_eq!(perms(&user, "/u/d/f"), 0o755);
         base.chown(&p("/u/d/f"), owner(None, Some(50))).unwrap();
-        user.chmod(&p("/u/d/f"), 0o2755).unwrap();
+        user.chmod(&p("/u/d/f"), 0o2755, SetId::Keep).unwrap();
         assert_eq!(perms(&user, "/u/d/f"), 0o755, "not in group 50");
         // Sticky directory.
-        user.create(&p("/sticky/mine"), 0o644).unwrap();
+        user.create(&p("/sticky/mine"), 0o644, SetId::Keep).unwrap();
         assert_eq!(user.unlink(&p("/sticky/rootfile")), Err(Errno::EPERM));
         assert_eq!(
             user.rename(&p("/sticky/rootfile"), &p("/sticky/z")),
@@ -2616,9 +2748,9 @@ mod tests {
             user.rename(&p("/sticky/mine"), &p("/sticky/rootfile")),
             Err(Errno::EPERM)
         );
-        let r = user.replace(&p("/sticky/rootfile")).unwrap();
+        let r = user.replace(&p("/sticky/rootfile"), SetId::Keep).unwrap();
         assert_eq!(r.commit(), Err(Errno::EPERM));
-        user.open_write(&p("/sticky/rootfile"))
+        user.open_write(&p("/sticky/rootfile"), SetId::Keep)
             .unwrap()
             .write_at(b"mine now", 0)
             .unwrap();
@@ -2656,12 +2788,12 @@ mod tests {
             Err(Errno::EPERM)
         );
         // Replacement as non-root: permissions kept, owner becomes the caller.
-        let r = user.replace(&p("/u/d/f")).unwrap();
+        let r = user.replace(&p("/u/d/f"), SetId::Keep).unwrap();
         assert_eq!(r.commit(), Ok(false));
         let st = stat(&user, "/u/d/f");
         assert_eq!((st.mode & 0o7777, st.uid, st.gid), (0o755, 1000, 1000));
         // Root bypasses everything.
-        base.chmod(&p("/u/d"), 0).unwrap();
+        base.chmod(&p("/u/d"), 0, SetId::Keep).unwrap();
         assert!(base.getattr(&p("/u/d/f")).is_ok());
         assert_eq!(user.getattr(&p("/u/d/f")), Err(Errno::EACCES));
     }
@@ -2803,9 +2935,9 @@ mod tests {
                 }
                 Op::Mknod(a, m) => ok(fs.mknod(&p(a), m, 0)),
                 Op::Open(a, f) => ok(fs.open(&p(a), f)),
-                Op::Chmod(a, m) => ok(fs.chmod(&p(a), m)),
+                Op::Chmod(a, m) => ok(fs.chmod(&p(a), m, SetId::Keep)),
                 Op::Chown(a, uid, gid) => ok(fs.chown(&p(a), Owner { uid, gid })),
-                Op::Truncate(a, s) => ok(fs.truncate(&p(a), s)),
+                Op::Truncate(a, s) => ok(fs.truncate(&p(a), s, SetId::Keep)),
                 Op::Access(a, m) => ok(fs.access(&p(a), m)),
                 Op::Symlink(a, t) => ok(fs.symlink(&p(a), t)),
                 Op::Readlink(a) => fs.readlink(&p(a)).map(|t| text(&t)),
@@ -2813,7 +2945,7 @@ mod tests {
                 Op::Mkdir(a, m) => ok(fs.mkdir(&p(a), m)),
                 Op::Link(a, b) => ok(fs.link(&p(a), &p(b))),
                 Op::Rename(a, b) => ok(fs.rename(&p(a), &p(b))),
-                Op::Fallocate(a, m, o, l) => ok(fs.fallocate(&p(a), m, o, l)),
+                Op::Fallocate(a, m, o, l) => ok(fs.fallocate(&p(a), m, o, l, SetId::Keep)),
                 Op::Statfs(a) => fs.statfs(&p(a)).map(|s| format!("namemax={}", s.namemax)),
                 Op::ListX(a, limit) => fs.listxattr(&p(a), limit).map(|mut names| {
                     names.sort();
@@ -2826,11 +2958,11 @@ mod tests {
                 }
                 Op::RmX(a, n) => ok(fs.removexattr(&p(a), n)),
                 Op::Utimens(a, at, mt) => ok(fs.utimens(&p(a), at, mt)),
-                Op::Create(a, m) => ok(fs.create(&p(a), m)),
+                Op::Create(a, m) => ok(fs.create(&p(a), m, SetId::Keep)),
                 Op::Unlink(a) => ok(fs.unlink(&p(a))),
                 Op::Fsync(a) => ok(fs.fsync(&p(a), false)),
                 Op::Write(a, o, d) => {
-                    let h = fs.open_write(&p(a))?;
+                    let h = fs.open_write(&p(a), SetId::Keep)?;
                     h.write_at(d, o)?;
                     Ok(format!("size at open {}", h.size()))
                 }
@@ -2839,21 +2971,21 @@ mod tests {
                     Ok(format!("{} (size {})", read_all(&*h, o, l)?, h.size()))
                 }
                 Op::ReadOnWriteHandle(a) => {
-                    let h = fs.open_write(&p(a))?;
+                    let h = fs.open_write(&p(a), SetId::Keep)?;
                     read_all(&*h, 0, 10)
                 }
                 Op::Put(a, d) => {
-                    let r = fs.replace(&p(a))?;
+                    let r = fs.replace(&p(a), SetId::Keep)?;
                     r.write_at(d, 0)?;
                     r.commit().map(|created| format!("created={created}"))
                 }
                 Op::PutAbandoned(a, d) => {
-                    let r = fs.replace(&p(a))?;
+                    let r = fs.replace(&p(a), SetId::Keep)?;
                     r.write_at(d, 0)?;
                     Ok(String::new())
                 }
                 Op::PutThenMkdir(a) => {
-                    let r = fs.replace(&p(a))?;
+                    let r = fs.replace(&p(a), SetId::Keep)?;
                     r.write_at(b"data", 0)?;
                     fs.mkdir(&p(a), 0o755)?;
                     r.commit().map(|created| format!("created={created}"))

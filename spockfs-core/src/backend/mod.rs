@@ -68,6 +68,10 @@ pub mod mode {
     pub const S_IFBLK: u32 = 0o060000;
     /// `S_IWUSR`
     pub const S_IWUSR: u32 = 0o200;
+    /// `S_ISUID`
+    pub const S_ISUID: u32 = 0o4000;
+    /// `S_ISGID`
+    pub const S_ISGID: u32 = 0o2000;
     /// Permission bits including setuid/setgid/sticky.
     pub const PERMS: u32 = 0o7777;
 }
@@ -143,6 +147,65 @@ impl XattrFlag {
             2 => Ok(XattrFlag::Replace),
             _ => Err(Errno::EINVAL),
         }
+    }
+}
+
+/// What a mount does with the set-user-ID and set-group-ID bits of
+/// non-directories (the engine passes the mount's choice to every call that
+/// sets a mode or changes a file's content).
+///
+/// Directories are never affected: their set-group-ID bit (group
+/// inheritance) is kept as requested under both policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetId {
+    /// Like a filesystem mounted `nosuid` (the default): the bits are
+    /// stripped from every mode given to a non-directory, and writing,
+    /// truncating or replacing a file's content clears them the way the
+    /// kernel's write path does for an unprivileged writer (set-user-ID
+    /// always, set-group-ID when the group may execute), whatever the
+    /// server's own privileges.
+    #[default]
+    Strip,
+    /// Modes are applied exactly as sent and the kernel decides what a
+    /// write clears (for a process with `CAP_FSETID`, nothing).
+    Keep,
+}
+
+impl SetId {
+    /// `mode` with the bits this policy forbids on a non-directory removed.
+    ///
+    /// ```
+    /// use spockfs_core::SetId;
+    /// assert_eq!(SetId::Strip.file_mode(0o106755), 0o100755);
+    /// assert_eq!(SetId::Keep.file_mode(0o106755), 0o106755);
+    /// ```
+    pub fn file_mode(self, mode: u32) -> u32 {
+        match self {
+            SetId::Strip => mode & !(mode::S_ISUID | mode::S_ISGID),
+            SetId::Keep => mode,
+        }
+    }
+
+    /// The permission bits a write leaves on a regular file of mode `mode`
+    /// under this policy (`None`: unchanged).
+    ///
+    /// ```
+    /// use spockfs_core::SetId;
+    /// assert_eq!(SetId::Strip.after_write(0o104755), Some(0o755));
+    /// assert_eq!(SetId::Strip.after_write(0o102755), Some(0o755));
+    /// assert_eq!(SetId::Strip.after_write(0o102705), None); // no group exec: a lock mark
+    /// assert_eq!(SetId::Keep.after_write(0o104755), None);
+    /// ```
+    pub fn after_write(self, mode: u32) -> Option<u32> {
+        if self == SetId::Keep || mode & mode::S_IFMT != mode::S_IFREG {
+            return None;
+        }
+        let mut perms = mode & mode::PERMS;
+        perms &= !mode::S_ISUID;
+        if perms & mode::S_ISGID != 0 && perms & 0o010 != 0 {
+            perms &= !mode::S_ISGID;
+        }
+        (perms != mode & mode::PERMS).then_some(perms)
     }
 }
 
@@ -259,12 +322,16 @@ pub trait Backend: Send + Sync + 'static {
     fn mknod(&self, path: &FsPath, mode: u32, dev: u64) -> FsResult<()>;
     /// `open(path, flags)` then `close`: a permission check.
     fn open(&self, path: &FsPath, flags: i32) -> FsResult<()>;
-    /// `chmod` of the object itself (`EOPNOTSUPP` on a symlink).
-    fn chmod(&self, path: &FsPath, mode: u32) -> FsResult<()>;
+    /// `chmod` of the object itself (`EOPNOTSUPP` on a symlink). With
+    /// [`SetId::Strip`], set-user-ID and set-group-ID are removed from
+    /// `mode` unless the object is a directory, decided on the object that
+    /// is changed (not on an earlier lookup).
+    fn chmod(&self, path: &FsPath, mode: u32, setid: SetId) -> FsResult<()>;
     /// `lchown`.
     fn chown(&self, path: &FsPath, owner: Owner) -> FsResult<()>;
-    /// `truncate`.
-    fn truncate(&self, path: &FsPath, size: u64) -> FsResult<()>;
+    /// `truncate`; with [`SetId::Strip`] it clears the file's set-ID bits
+    /// as [`SetId::after_write`] says.
+    fn truncate(&self, path: &FsPath, size: u64, setid: SetId) -> FsResult<()>;
     /// `faccessat(path, mask, AT_EACCESS | AT_SYMLINK_NOFOLLOW)`.
     fn access(&self, path: &FsPath, mask: u32) -> FsResult<()>;
     /// `symlink(target, path)`: `target` stored verbatim.
@@ -279,8 +346,17 @@ pub trait Backend: Send + Sync + 'static {
     fn link(&self, path: &FsPath, existing: &FsPath) -> FsResult<()>;
     /// `rename(from, to)`.
     fn rename(&self, from: &FsPath, to: &FsPath) -> FsResult<()>;
-    /// `fallocate(fd, mode, offset, len)` on a regular file.
-    fn fallocate(&self, path: &FsPath, mode: i32, offset: u64, len: u64) -> FsResult<()>;
+    /// `fallocate(fd, mode, offset, len)` on a regular file; with
+    /// [`SetId::Strip`] it clears the file's set-ID bits as
+    /// [`SetId::after_write`] says.
+    fn fallocate(
+        &self,
+        path: &FsPath,
+        mode: i32,
+        offset: u64,
+        len: u64,
+        setid: SetId,
+    ) -> FsResult<()>;
     /// `statvfs`.
     fn statfs(&self, path: &FsPath) -> FsResult<StatFs>;
     /// `llistxattr`: the names, each without terminator. `E2BIG` if the
@@ -296,8 +372,10 @@ pub trait Backend: Send + Sync + 'static {
     /// `utimensat(.., AT_SYMLINK_NOFOLLOW)` with whole seconds.
     fn utimens(&self, path: &FsPath, atime: i64, mtime: i64) -> FsResult<()>;
     /// `creat(path, mode)`: creates (mode applied exactly) or truncates an
-    /// existing regular file.
-    fn create(&self, path: &FsPath, mode: u32) -> FsResult<()>;
+    /// existing regular file (which, with [`SetId::Strip`], clears its
+    /// set-ID bits as [`SetId::after_write`] says). The engine has already
+    /// removed from `mode` what the mount's [`SetId`] forbids.
+    fn create(&self, path: &FsPath, mode: u32, setid: SetId) -> FsResult<()>;
     /// `unlink`.
     fn unlink(&self, path: &FsPath) -> FsResult<()>;
     /// `fsync` (or `fdatasync`) of a file or directory.
@@ -305,8 +383,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Opens a regular file for reading (`EISDIR` for a directory, `EINVAL`
     /// for other non-regular files).
     fn open_read(&self, path: &FsPath) -> FsResult<Box<dyn FileHandle>>;
-    /// Opens an existing regular file for writing in place.
-    fn open_write(&self, path: &FsPath) -> FsResult<Box<dyn FileHandle>>;
-    /// Starts an atomic whole-file replacement of `path`.
-    fn replace(&self, path: &FsPath) -> FsResult<Box<dyn Replacement>>;
+    /// Opens an existing regular file for writing in place. With
+    /// [`SetId::Strip`], the file's set-ID bits are cleared as
+    /// [`SetId::after_write`] says before the handle is returned (every
+    /// such open is followed by a write).
+    fn open_write(&self, path: &FsPath, setid: SetId) -> FsResult<Box<dyn FileHandle>>;
+    /// Starts an atomic whole-file replacement of `path`. The new file
+    /// keeps the permissions (and, where allowed, the owner) of the file it
+    /// replaces; with [`SetId::Strip`], without its set-ID bits.
+    fn replace(&self, path: &FsPath, setid: SetId) -> FsResult<Box<dyn Replacement>>;
 }
