@@ -5,7 +5,7 @@
 
 use crate::backend::{DirStream, FileHandle};
 use crate::pool::{BlockingPool, JobHandle};
-use crate::{Errno, FsPath, FsResult};
+use crate::{identity, Errno, FsPath, FsResult, Identity};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -67,7 +67,9 @@ impl SpockBody {
     /// A directory listing: `first` (already formatted), then the rest of
     /// `dir` in batches of `batch` entries. More than `budget` entries in
     /// all (the directory grew past the server's limit after it was
-    /// counted) aborts the body.
+    /// counted) aborts the body. Batches are read as `who` (the request's
+    /// identity: listing with attributes needs search permission).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn dir(
         dir: Box<dyn DirStream>,
         first: Bytes,
@@ -76,9 +78,11 @@ impl SpockBody {
         batch: usize,
         budget: Option<u64>,
         pool: Option<BlockingPool>,
+        who: Option<Identity>,
     ) -> SpockBody {
         SpockBody {
             kind: Kind::Dir(DirListing {
+                who,
                 dir: Some(dir),
                 first: if first.is_empty() { None } else { Some(first) },
                 attrs,
@@ -329,6 +333,8 @@ type BatchResult = (Box<dyn DirStream>, Vec<u8>, FsResult<(u64, bool)>);
 type DirJob = JobHandle<BatchResult>;
 
 struct DirListing {
+    /// The request's identity.
+    who: Option<Identity>,
     /// `None` while a batch is being read on the pool.
     dir: Option<Box<dyn DirStream>>,
     first: Option<Bytes>,
@@ -359,6 +365,21 @@ impl DirListing {
         (dir, out, r)
     }
 
+    /// [`read_batch`](Self::read_batch) on a pool thread, as `who`.
+    fn read_batch_as(
+        who: Option<&Identity>,
+        dir: Box<dyn DirStream>,
+        out: Vec<u8>,
+        attrs: bool,
+        batch: usize,
+        path: &FsPath,
+    ) -> BatchResult {
+        match identity::switch_thread(who) {
+            Ok(()) => identity::acting_as(who, || Self::read_batch(dir, out, attrs, batch, path)),
+            Err(e) => (dir, out, Err(e)),
+        }
+    }
+
     /// Starts reading the next batch on the pool, if none is running.
     fn start(&mut self) {
         if self.done || self.pending.is_some() {
@@ -369,7 +390,10 @@ impl DirListing {
         };
         let (attrs, batch, path) = (self.attrs, self.batch, self.path.clone());
         let buf = std::mem::take(&mut self.buf);
-        self.pending = Some(pool.run(move || Self::read_batch(dir, buf, attrs, batch, &path)));
+        let who = self.who.clone();
+        self.pending = Some(
+            pool.run(move || Self::read_batch_as(who.as_ref(), dir, buf, attrs, batch, &path)),
+        );
     }
 
     fn poll_frame(
@@ -408,8 +432,9 @@ impl DirListing {
                 match self.dir.take() {
                     Some(dir) => {
                         let buf = std::mem::take(&mut self.buf);
-                        let (dir, buf, r) =
-                            Self::read_batch(dir, buf, self.attrs, self.batch, &self.path);
+                        let (dir, buf, r) = identity::acting_as(self.who.as_ref(), || {
+                            Self::read_batch(dir, buf, self.attrs, self.batch, &self.path)
+                        });
                         self.dir = Some(dir);
                         self.buf = buf;
                         r

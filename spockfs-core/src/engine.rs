@@ -11,13 +11,15 @@
 use crate::backend::{Backend, FileHandle, Owner, Replacement, SetId, Stat, StatFs, XattrFlag};
 use crate::body::{read_chunk, SpockBody};
 use crate::headers::{
-    self as h, parse_content_range, parse_range, BadHeader, ByteRange, X_SPOCK_ERRNO,
-    X_SPOCK_EXTENSIONS, X_SPOCK_POLICY, X_SPOCK_READDIR, X_SPOCK_STAT, X_SPOCK_VERSION,
+    self as h, parse_content_range, parse_range, BadHeader, ByteRange, X_SPOCK_CALLER,
+    X_SPOCK_ERRNO, X_SPOCK_EXTENSIONS, X_SPOCK_POLICY, X_SPOCK_READDIR, X_SPOCK_STAT,
+    X_SPOCK_VERSION,
 };
-use crate::method::{Method, ALLOW, EXTENSIONS};
+use crate::identity::{self, CallerError};
+use crate::method::{Method, ALLOW, EXTENSIONS, EXTENSIONS_WITH_IDENTITY};
 use crate::mount::{Mount, MountTable, SelectError};
 use crate::pool::{BlockingPool, JobHandle};
-use crate::{Errno, FsPath, FsResult};
+use crate::{Errno, FsPath, FsResult, Identity};
 use bytes::{Buf, Bytes, BytesMut};
 use headers::HeaderMapExt;
 use http::header::{HeaderValue, ALLOW as ALLOW_HDR, CONTENT_RANGE, CONTENT_TYPE, RANGE};
@@ -814,16 +816,24 @@ impl Engine {
             Ok(op) => op,
             Err(rej) => return reject(rej),
         };
+        let who = match identity_of(parts, &mount) {
+            Ok(who) => who,
+            Err(rej) => return reject(rej),
+        };
+        let cx = Cx {
+            backend: mount.backend(),
+            who: &who,
+        };
         let result = match op {
-            Op::Put { range } => self.put(&mount, path, range, body).await,
-            Op::Setxattr { name, flag } => self.setxattr(&mount, path, name, flag, body).await,
+            Op::Put { range } => self.put(&mount, cx, path, range, body).await,
+            Op::Setxattr { name, flag } => self.setxattr(cx, path, name, flag, body).await,
             op => {
                 let stat = op.can_stat() && wants_stat(&parts.headers);
-                self.execute(&mount, path, op, stat).await
+                self.execute(&mount, cx, path, op, stat).await
             }
         };
         match result {
-            Ok(outcome) => self.respond(outcome, mount.backend()),
+            Ok(outcome) => self.respond(outcome, cx),
             Err(Fail::Errno(e)) => errno_response(e, ""),
             Err(Fail::Reject(rej)) => reject(rej),
         }
@@ -880,13 +890,14 @@ impl Engine {
     async fn execute(
         &self,
         mount: &Mount,
+        cx: Cx<'_>,
         path: FsPath,
         op: Op,
         stat: bool,
     ) -> Result<Outcome, Fail> {
         let limits = self.limits;
         let setid = mount.setid();
-        blocking(&self.pool, mount.backend(), move |b| {
+        blocking(&self.pool, cx, move |b| {
             let out = execute_sync(b, &path, op, &limits, setid)?;
             Ok(match out {
                 Outcome::Status(s) if stat => match b.getattr(&path) {
@@ -905,7 +916,7 @@ impl Engine {
 
     async fn setxattr<B>(
         &self,
-        mount: &Mount,
+        cx: Cx<'_>,
         path: FsPath,
         name: Vec<u8>,
         flag: XattrFlag,
@@ -917,7 +928,7 @@ impl Engine {
     {
         let clock = BodyClock::new(self.limits.body_timeout, self.limits.chunk_size);
         let value = read_limited(body, self.limits.xattr_size, clock).await?;
-        blocking(&self.pool, mount.backend(), move |b| {
+        blocking(&self.pool, cx, move |b| {
             precheck(b, &path, DirRule::Any)?;
             b.setxattr(&path, &name, &value, flag)
         })
@@ -930,6 +941,7 @@ impl Engine {
     async fn put<B>(
         &self,
         mount: &Mount,
+        cx: Cx<'_>,
         path: FsPath,
         range: Option<(u64, u64)>,
         mut body: Pin<&mut B>,
@@ -992,53 +1004,41 @@ impl Engine {
                         ))));
                     }
                     // The file is closed (dropped) on the blocking thread.
-                    blocking(&self.pool, mount.backend(), move |b| {
+                    blocking(&self.pool, cx, move |b| {
                         precheck(b, &p, DirRule::NotDir)?;
                         b.open_write(&p, setid)?.write_at(&data, offset)
                     })
                     .await??;
                     return Ok(Outcome::Status(StatusCode::OK));
                 }
-                let file: Arc<dyn FileHandle> = blocking(&self.pool, mount.backend(), move |b| {
+                let file: Arc<dyn FileHandle> = blocking(&self.pool, cx, move |b| {
                     precheck(b, &p, DirRule::NotDir)?;
                     b.open_write(&p, setid).map(Arc::from)
                 })
                 .await??;
                 let file = DropOnPool::new(file, &self.pool, mount.backend());
-                stream_to(
-                    &self.pool,
-                    mount.backend(),
-                    body,
-                    rules(Some(len)),
-                    |buf, off| {
-                        let f = file.get().clone();
-                        move || f.write_at(&buf, offset + off)
-                    },
-                )
+                stream_to(&self.pool, cx, body, rules(Some(len)), |buf, off| {
+                    let f = file.get().clone();
+                    move || f.write_at(&buf, offset + off)
+                })
                 .await?;
                 Ok(Outcome::Status(StatusCode::OK))
             }
             None => {
                 let p = path.clone();
-                let rep: Arc<dyn Replacement> = blocking(&self.pool, mount.backend(), move |b| {
+                let rep: Arc<dyn Replacement> = blocking(&self.pool, cx, move |b| {
                     precheck(b, &p, DirRule::NotDir)?;
                     b.replace(&p, setid).map(Arc::from)
                 })
                 .await??;
                 let rep = DropOnPool::new(rep, &self.pool, mount.backend());
-                stream_to(
-                    &self.pool,
-                    mount.backend(),
-                    body,
-                    rules(exact),
-                    |buf, off| {
-                        let r = rep.get().clone();
-                        move || r.write_at(&buf, off)
-                    },
-                )
+                stream_to(&self.pool, cx, body, rules(exact), |buf, off| {
+                    let r = rep.get().clone();
+                    move || r.write_at(&buf, off)
+                })
                 .await?;
                 let r = rep.get().clone();
-                let created = blocking(&self.pool, mount.backend(), move |_| r.commit()).await??;
+                let created = blocking(&self.pool, cx, move |_| r.commit()).await??;
                 Ok(Outcome::Status(if created {
                     StatusCode::CREATED
                 } else {
@@ -1048,7 +1048,7 @@ impl Engine {
         }
     }
 
-    fn respond(&self, outcome: Outcome, backend: &Arc<dyn Backend>) -> Response<SpockBody> {
+    fn respond(&self, outcome: Outcome, cx: Cx<'_>) -> Response<SpockBody> {
         match outcome {
             Outcome::Listing {
                 first,
@@ -1057,8 +1057,17 @@ impl Engine {
                 path,
                 budget,
             } => {
-                let pool = backend.is_blocking().then(|| self.pool.clone());
-                let body = SpockBody::dir(dir, first, attrs, path, READDIR_BATCH, budget, pool);
+                let pool = cx.backend.is_blocking().then(|| self.pool.clone());
+                let body = SpockBody::dir(
+                    dir,
+                    first,
+                    attrs,
+                    path,
+                    READDIR_BATCH,
+                    budget,
+                    pool,
+                    cx.who.clone(),
+                );
                 let mut r = Response::new(body);
                 r.headers_mut().insert(
                     CONTENT_TYPE,
@@ -1210,17 +1219,58 @@ fn errno_response(e: Errno, context: &str) -> Response<SpockBody> {
     error_response(e.status(), e, &msg)
 }
 
-/// Runs `f` on a blocking thread if the backend blocks, inline otherwise.
-async fn blocking<T, F>(pool: &BlockingPool, backend: &Arc<dyn Backend>, f: F) -> FsResult<T>
+/// Where and as whom a request's filesystem calls run.
+#[derive(Clone, Copy)]
+struct Cx<'a> {
+    backend: &'a Arc<dyn Backend>,
+    /// The request's identity (`None`: the server's own).
+    who: &'a Option<Identity>,
+}
+
+/// Runs `f` as the request's identity: on a blocking thread with its
+/// credentials if the backend blocks, inline otherwise (with
+/// [`Identity::current`] answering it). A thread that cannot take the
+/// identity is `EIO`.
+async fn blocking<T, F>(pool: &BlockingPool, cx: Cx<'_>, f: F) -> FsResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&dyn Backend) -> T + Send + 'static,
 {
-    if !backend.is_blocking() {
-        return Ok(f(&**backend));
+    if !cx.backend.is_blocking() {
+        return Ok(identity::acting_as(cx.who.as_ref(), || f(&**cx.backend)));
     }
-    let b = backend.clone();
-    joined(pool.run(move || f(&*b))).await
+    let b = cx.backend.clone();
+    let who = cx.who.clone();
+    joined(pool.run(move || identity::run_as(who.as_ref(), || f(&*b))))
+        .await
+        .and_then(|r| r)
+}
+
+/// Who a request acts as, in order: an [`Identity`] the host put in the
+/// request's extensions, the mount's own ([`Mount::act_as`]), the
+/// client-declared one on mounts that trust it
+/// ([`Mount::trust_client_ids`]), else `None` (the server's own).
+fn identity_of(parts: &http::request::Parts, mount: &Mount) -> Result<Option<Identity>, Reject> {
+    if let Some(id) = parts.extensions.get::<Identity>() {
+        return Ok(Some(id.clone()));
+    }
+    let policy = mount.policy();
+    if let Some(id) = policy.identity() {
+        return Ok(Some(id.clone()));
+    }
+    let Some(ids) = policy.client_ids() else {
+        return Ok(None);
+    };
+    let header = parts.headers.get(&X_SPOCK_CALLER).map(|v| v.as_bytes());
+    match ids.resolve(header) {
+        Ok(id) => Ok(Some(id)),
+        Err(e @ CallerError::Malformed) => Err(Reject::bad(e.to_string())),
+        Err(e @ CallerError::OutOfRange(_)) => Err(Reject {
+            status: StatusCode::FORBIDDEN,
+            errno: Errno::EPERM,
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// The result of a job on the pool; a panic in it is `EIO`.
@@ -1383,7 +1433,7 @@ struct BodyRules {
 /// chunks in memory). Fails unless the body has the announced length.
 async fn stream_to<B, W, F>(
     pool: &BlockingPool,
-    backend: &Arc<dyn Backend>,
+    cx: Cx<'_>,
     mut body: Pin<&mut B>,
     rules: BodyRules,
     mut write: W,
@@ -1443,10 +1493,13 @@ where
         if let Some(p) = pending.take() {
             joined(p).await??;
         }
-        if backend.is_blocking() {
-            pending = Some(pool.run(job));
+        if cx.backend.is_blocking() {
+            // As the request's identity: the kernel's write path decides
+            // what a write clears (set-ID bits) by the writer's capabilities.
+            let who = cx.who.clone();
+            pending = Some(pool.run(move || identity::run_as(who.as_ref(), job).and_then(|r| r)));
         } else {
-            job()?;
+            identity::acting_as(cx.who.as_ref(), job)?;
         }
         written += n;
         buf.reserve(chunk);
@@ -1758,9 +1811,15 @@ fn options_response(mount: Option<&Mount>) -> Response<SpockBody> {
     let hm = r.headers_mut();
     hm.insert(ALLOW_HDR, HeaderValue::from_static(ALLOW));
     hm.insert(X_SPOCK_VERSION.clone(), HeaderValue::from_static("0.1"));
+    // `identity` only where the client's X-Spock-caller is believed.
+    let trusts = mount.is_some_and(|m| m.policy().client_ids().is_some());
     hm.insert(
         X_SPOCK_EXTENSIONS.clone(),
-        HeaderValue::from_static(EXTENSIONS),
+        HeaderValue::from_static(if trusts {
+            EXTENSIONS_WITH_IDENTITY
+        } else {
+            EXTENSIONS
+        }),
     );
     if let Some(v) = mount.and_then(|m| HeaderValue::from_str(&m.policy_tokens()).ok()) {
         if !v.is_empty() {

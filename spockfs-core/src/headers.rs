@@ -153,6 +153,10 @@ pub static X_SPOCK_READDIR: HeaderName = HeaderName::from_static("x-spock-readdi
 /// headers, saving the client a GETATTR round trip.
 pub static X_SPOCK_STAT: HeaderName = HeaderName::from_static("x-spock-stat");
 
+/// `X-Spock-caller: UID GID G1,G2,...` (extension `identity`): who the
+/// client's caller is, honoured only on mounts that trust their clients.
+pub static X_SPOCK_CALLER: HeaderName = HeaderName::from_static("x-spock-caller");
+
 /// `X-Spock-policy` (OPTIONS): the restrictions of the mount the request
 /// reaches, see [`Mount::policy_tokens`](crate::Mount::policy_tokens).
 pub static X_SPOCK_POLICY: HeaderName = HeaderName::from_static("x-spock-policy");

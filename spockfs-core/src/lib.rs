@@ -11,6 +11,7 @@ pub mod conn;
 pub mod engine;
 pub mod errno;
 pub mod headers;
+pub mod identity;
 pub mod listing;
 pub mod method;
 pub mod mount;
@@ -29,4 +30,5 @@ pub use backend::{
     XattrFlag,
 };
 pub use errno::{Errno, FsResult};
+pub use identity::{ClientIds, Identity};
 pub use path::{FsPath, PathError};

@@ -44,6 +44,11 @@ REMOVEXATTR, UTIMENS, GET, HEAD, PUT, POST, DELETE, OPTIONS, FSYNC";
 /// `X-Spock-extensions` by OPTIONS.
 pub const EXTENSIONS: &str = "errno, readdir-attrs, fsync, stat";
 
+/// [`EXTENSIONS`] plus `identity` (the client's `X-Spock-caller` is
+/// believed), as OPTIONS advertises them on mounts that trust their
+/// clients' identities.
+pub const EXTENSIONS_WITH_IDENTITY: &str = "errno, readdir-attrs, fsync, stat, identity";
+
 impl Method {
     /// All methods.
     pub const ALL: [Method; 28] = [

@@ -6,6 +6,7 @@
 //! `host`), then the default root. None of them: 404.
 
 use crate::backend::{Backend, SetId};
+use crate::identity::{ClientIds, Identity};
 use crate::LocalFs;
 use std::collections::HashMap;
 use std::path::Path;
@@ -71,11 +72,13 @@ impl std::fmt::Debug for Mount {
 /// let home = Mount::new(MemFs::new()).with_policy(policy);
 /// assert!(home.is_read_only());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     read_only: bool,
     setid: SetId,
     any_xattr: bool,
+    act_as: Option<Identity>,
+    client_ids: Option<ClientIds>,
 }
 
 impl Default for Policy {
@@ -84,6 +87,8 @@ impl Default for Policy {
             read_only: false,
             setid: SetId::Strip,
             any_xattr: false,
+            act_as: None,
+            client_ids: None,
         }
     }
 }
@@ -105,6 +110,36 @@ impl Policy {
     pub fn allow_any_xattr(mut self, allow: bool) -> Policy {
         self.any_xattr = allow;
         self
+    }
+
+    /// See [`Mount::act_as`]. Default: none (the server's own identity).
+    pub fn act_as(mut self, id: Option<Identity>) -> Policy {
+        self.act_as = id;
+        self
+    }
+
+    /// See [`Mount::trust_client_ids`]. Default: none.
+    pub fn trust_client_ids(mut self, ids: Option<ClientIds>) -> Policy {
+        self.client_ids = ids;
+        self
+    }
+
+    /// The mount's own identity, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.act_as.as_ref()
+    }
+
+    /// How declared client identities are treated, if they are trusted.
+    pub fn client_ids(&self) -> Option<&ClientIds> {
+        self.client_ids.as_ref()
+    }
+
+    /// True if serving this policy needs to switch credentials (an
+    /// identity other than the process's own may be used): the server
+    /// needs `CAP_SETUID`/`CAP_SETGID`
+    /// ([`check_can_switch`](crate::identity::check_can_switch)).
+    pub fn switches_identity(&self) -> bool {
+        self.act_as.is_some() || self.client_ids.is_some()
     }
 }
 
@@ -147,8 +182,37 @@ impl Mount {
     }
 
     /// The policy in force.
-    pub fn policy(&self) -> Policy {
-        self.policy
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Every request on this mount acts as `id` (unless the host
+    /// application put an [`Identity`] in the request's extensions): its
+    /// filesystem calls run with that user's credentials, so the kernel
+    /// checks its permissions and new files belong to it. The server needs
+    /// `CAP_SETUID` and `CAP_SETGID`. Default: the server's own identity.
+    ///
+    /// ```no_run
+    /// use spockfs_core::{Identity, Mount};
+    /// // The suexec model: each site acts as the owner of its directory.
+    /// let site = Mount::local("/srv/sites/example.com")
+    ///     .act_as(Identity::of_owner("/srv/sites/example.com".as_ref())?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn act_as(mut self, id: Identity) -> Mount {
+        self.policy.act_as = Some(id);
+        self
+    }
+
+    /// Believes the identity clients declare in `X-Spock-caller` (the
+    /// `identity` extension, advertised by OPTIONS on this mount only),
+    /// squashed and limited as `ids` says, for requests that no host
+    /// extension or [`act_as`](Mount::act_as) gives an identity. Like an
+    /// NFS export with `AUTH_SYS`: only for clients you trust to tell the
+    /// truth about their users. Default: not trusted (never read).
+    pub fn trust_client_ids(mut self, ids: ClientIds) -> Mount {
+        self.policy.client_ids = Some(ids);
+        self
     }
 
     /// Serves a local directory ([`LocalFs::new`]: opened on first use).
@@ -218,7 +282,7 @@ impl Mount {
     /// assert_eq!(open.read_only(true).policy_tokens(), "ro");
     /// ```
     pub fn policy_tokens(&self) -> String {
-        let p = self.policy;
+        let p = &self.policy;
         let mut t: Vec<&str> = Vec::new();
         if p.read_only {
             t.push("ro");

@@ -83,7 +83,7 @@ impl UserRoots {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let mount = Mount::new(LocalFs::open(&dir)?).with_policy(self.policy);
+        let mount = Mount::new(LocalFs::open(&dir)?).with_policy(self.policy.clone());
         let mut cache = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED {
             cache.clear();

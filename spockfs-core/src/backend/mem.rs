@@ -15,7 +15,7 @@
 use super::{
     mode, Backend, DirSink, FileHandle, Owner, Replacement, SetId, Stat, StatFs, XattrFlag,
 };
-use crate::{Errno, FsPath, FsResult};
+use crate::{Errno, FsPath, FsResult, Identity};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -165,7 +165,8 @@ impl fmt::Debug for MemFs {
         let mut d = f.debug_struct("MemFs");
         d.field("capacity", &self.shared.capacity)
             .field("uid", &self.cred.uid)
-            .field("gid", &self.cred.gid);
+            .field("gid", &self.cred.gid)
+            .field("groups", &self.cred.groups);
         let guard = match self.shared.state.try_lock() {
             Ok(g) => Some(g),
             Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
@@ -191,11 +192,7 @@ impl MemFs {
     /// Permission checks use the process's effective uid and gid as they
     /// are now. Later changes to the process credentials are not seen.
     pub fn with_capacity(bytes: u64) -> MemFs {
-        let cred = Cred {
-            uid: rustix::process::geteuid().as_raw(),
-            gid: rustix::process::getegid().as_raw(),
-        };
-        MemFs::build(bytes, cred)
+        MemFs::build(bytes, Cred::of(&Identity::process()))
     }
 
     fn build(capacity: u64, cred: Cred) -> MemFs {
@@ -233,7 +230,11 @@ impl MemFs {
     fn with_identity(&self, uid: u32, gid: u32) -> MemFs {
         MemFs {
             shared: Arc::clone(&self.shared),
-            cred: Cred { uid, gid },
+            cred: Cred {
+                uid,
+                gid,
+                groups: Arc::from([]),
+            },
         }
     }
 
@@ -251,29 +252,40 @@ impl MemFs {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Whom this call's permission checks are for: the identity the engine
+    /// set for the request ([`Identity::current`]), else this `MemFs`'s own.
+    fn cred(&self) -> Cred {
+        match Identity::current() {
+            Some(id) => Cred::of(&id),
+            None => self.cred.clone(),
+        }
+    }
 }
 
 /// The identity permission checks are made for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Cred {
     uid: u32,
     gid: u32,
+    /// Supplementary groups, sorted.
+    groups: Arc<[u32]>,
 }
 
 impl Cred {
-    fn is_root(self) -> bool {
+    fn is_root(&self) -> bool {
         self.uid == 0
     }
 
     /// `generic_permission`: may this identity `mask` (R/W/X bits) `node`?
-    fn permits(self, node: &Inode, mask: u32) -> bool {
+    fn permits(&self, node: &Inode, mask: u32) -> bool {
         if self.is_root() {
             // CAP_DAC_OVERRIDE: everything but executing a file with no x bit.
             return mask & X == 0 || node.is_dir() || node.mode & S_IXUGO != 0;
         }
         let bits = if node.uid == self.uid {
             node.mode >> 6
-        } else if node.gid == self.gid {
+        } else if self.member(node.gid) {
             node.mode >> 3
         } else {
             node.mode
@@ -281,7 +293,7 @@ impl Cred {
         bits & mask == mask
     }
 
-    fn check(self, node: &Inode, mask: u32) -> FsResult<()> {
+    fn check(&self, node: &Inode, mask: u32) -> FsResult<()> {
         if self.permits(node, mask) {
             Ok(())
         } else {
@@ -290,13 +302,26 @@ impl Cred {
     }
 
     /// `inode_owner_or_capable`.
-    fn owns(self, node: &Inode) -> bool {
+    fn owns(&self, node: &Inode) -> bool {
         self.is_root() || node.uid == self.uid
     }
 
     /// `in_group_or_capable`.
-    fn in_group(self, gid: u32) -> bool {
-        self.is_root() || gid == self.gid
+    fn in_group(&self, gid: u32) -> bool {
+        self.is_root() || self.member(gid)
+    }
+
+    /// `in_group_p`: the primary group or a supplementary one.
+    fn member(&self, gid: u32) -> bool {
+        gid == self.gid || self.groups.binary_search(&gid).is_ok()
+    }
+
+    fn of(id: &Identity) -> Cred {
+        Cred {
+            uid: id.uid(),
+            gid: id.gid(),
+            groups: id.groups_arc(),
+        }
     }
 }
 
@@ -393,7 +418,7 @@ impl Inode {
     /// `file_remove_privs`: a write or truncate by an unprivileged caller
     /// clears set-user-ID, and set-group-ID when it means "execute as group";
     /// under [`SetId::Strip`] whoever the caller is.
-    fn remove_privs(&mut self, cred: Cred, setid: SetId) {
+    fn remove_privs(&mut self, cred: &Cred, setid: SetId) {
         if let Some(perms) = setid.after_write(self.mode) {
             self.mode = self.kind() | perms;
             return;
@@ -513,7 +538,7 @@ fn check_xattr_name(name: &[u8]) -> FsResult<()> {
 
 /// The kernel's xattr checks in order: `xattr_permission`, then the
 /// capability LSM, then finding a handler for the name.
-fn xattr_access(cred: Cred, node: &Inode, name: &[u8], write: bool) -> FsResult<()> {
+fn xattr_access(cred: &Cred, node: &Inode, name: &[u8], write: bool) -> FsResult<()> {
     let (ns, suffix) = namespace(name);
     let mask = if write { W } else { R };
     match ns {
@@ -570,12 +595,12 @@ impl State {
     }
 
     /// `may_lookup`: search permission on `dir`.
-    fn search(&self, cred: Cred, dir: u64) -> FsResult<()> {
+    fn search(&self, cred: &Cred, dir: u64) -> FsResult<()> {
         cred.check(self.get(dir)?, X)
     }
 
     /// Looks `name` up in `dir` (which must be searchable).
-    fn lookup(&self, cred: Cred, dir: u64, name: &[u8]) -> FsResult<u64> {
+    fn lookup(&self, cred: &Cred, dir: u64, name: &[u8]) -> FsResult<u64> {
         self.search(cred, dir)?;
         self.entry(dir, name).ok_or(Errno::ENOENT)
     }
@@ -586,7 +611,7 @@ impl State {
     /// searchable (but not the result itself), a symlink anywhere is
     /// `ELOOP` and a non-directory `ENOTDIR`. Returns the chain of
     /// directories from the root to the result.
-    fn walk_dir(&self, cred: Cred, rel: &[u8]) -> FsResult<Vec<u64>> {
+    fn walk_dir(&self, cred: &Cred, rel: &[u8]) -> FsResult<Vec<u64>> {
         let mut chain = vec![ROOT];
         let mut cur = ROOT;
         for comp in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
@@ -602,14 +627,14 @@ impl State {
         Ok(chain)
     }
 
-    fn dir(&self, cred: Cred, rel: &[u8]) -> FsResult<u64> {
+    fn dir(&self, cred: &Cred, rel: &[u8]) -> FsResult<u64> {
         Ok(last(&self.walk_dir(cred, rel)?))
     }
 
     /// The object at `path` itself, never following a final symlink (the
     /// root for the root path, which still needs search permission, as
     /// `"."` does).
-    fn object(&self, cred: Cred, path: &FsPath) -> FsResult<u64> {
+    fn object(&self, cred: &Cred, path: &FsPath) -> FsResult<u64> {
         match path.parent_and_name() {
             None => {
                 self.search(cred, ROOT)?;
@@ -624,7 +649,7 @@ impl State {
 
     /// What `open(path, acc | O_NOFOLLOW | O_NONBLOCK)` checks, where
     /// `mask` is R (`O_RDONLY`), W (`O_WRONLY`) or R|W (`O_RDWR`).
-    fn open_node(&self, cred: Cred, path: &FsPath, mask: u32) -> FsResult<u64> {
+    fn open_node(&self, cred: &Cred, path: &FsPath, mask: u32) -> FsResult<u64> {
         let ino = self.object(cred, path)?;
         let node = self.get(ino)?;
         match node.kind() {
@@ -644,7 +669,7 @@ impl State {
 
     /// [`open_node`](Self::open_node), then refuses anything but a regular
     /// file (`EISDIR` for a directory, `EINVAL` otherwise).
-    fn open_regular(&self, cred: Cred, path: &FsPath, mask: u32) -> FsResult<u64> {
+    fn open_regular(&self, cred: &Cred, path: &FsPath, mask: u32) -> FsResult<u64> {
         let ino = self.open_node(cred, path, mask)?;
         match self.get(ino)?.kind() {
             mode::S_IFREG => Ok(ino),
@@ -654,13 +679,13 @@ impl State {
     }
 
     /// `may_create`: write and search permission on the directory.
-    fn may_create(&self, cred: Cred, dir: u64) -> FsResult<()> {
+    fn may_create(&self, cred: &Cred, dir: u64) -> FsResult<()> {
         cred.check(self.get(dir)?, W | X)
     }
 
     /// `may_delete`: removing `victim` from `dir`, where `isdir` says
     /// whether a directory is expected.
-    fn may_delete(&self, cred: Cred, dir: u64, victim: u64, isdir: bool) -> FsResult<()> {
+    fn may_delete(&self, cred: &Cred, dir: u64, victim: u64, isdir: bool) -> FsResult<()> {
         let d = self.get(dir)?;
         cred.check(d, W | X)?;
         let v = self.get(victim)?;
@@ -704,7 +729,7 @@ impl State {
     /// charged by the caller.
     fn new_inode(
         &mut self,
-        cred: Cred,
+        cred: &Cred,
         dir: u64,
         kind: u32,
         perms: u32,
@@ -833,12 +858,12 @@ impl Backend for MemFs {
 
     fn getattr(&self, path: &FsPath) -> FsResult<Stat> {
         let st = self.lock();
-        let ino = st.object(self.cred, path)?;
+        let ino = st.object(&self.cred(), path)?;
         Ok(st.get(ino)?.stat(ino))
     }
 
     fn readdir(&self, path: &FsPath, attrs: bool, sink: &mut DirSink<'_>) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         // Collected under the lock, delivered without it, so that the sink
         // may call back into this filesystem.
         let entries: Vec<(Vec<u8>, Option<Stat>)> = {
@@ -874,7 +899,7 @@ impl Backend for MemFs {
     }
 
     fn mknod(&self, path: &FsPath, mode: u32, _dev: u64) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let (parent, name) = path.parent_and_name().ok_or(Errno::EEXIST)?;
         let mut st = self.lock();
         let dir = st.dir(cred, parent)?;
@@ -907,11 +932,11 @@ impl Backend for MemFs {
             libc::O_RDWR => R | W,
             _ => return Err(Errno::EINVAL),
         };
-        self.lock().open_node(self.cred, path, mask).map(drop)
+        self.lock().open_node(&self.cred(), path, mask).map(drop)
     }
 
     fn chmod(&self, path: &FsPath, mode: u32, setid: SetId) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let mut st = self.lock();
         let ino = st.object(cred, path)?;
         let node = st.get_mut(ino)?;
@@ -934,7 +959,7 @@ impl Backend for MemFs {
     }
 
     fn chown(&self, path: &FsPath, owner: Owner) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         // -1 means "unchanged" to the syscall.
         let uid = owner.uid.filter(|&u| u != u32::MAX);
         let gid = owner.gid.filter(|&g| g != u32::MAX);
@@ -978,7 +1003,7 @@ impl Backend for MemFs {
     }
 
     fn truncate(&self, path: &FsPath, size: u64, setid: SetId) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let mut st = self.lock();
         let ino = st.open_regular(cred, path, W)?;
         if size > i64::MAX as u64 {
@@ -999,15 +1024,15 @@ impl Backend for MemFs {
             return Err(Errno::EINVAL);
         }
         let st = self.lock();
-        let ino = st.object(self.cred, path)?;
+        let ino = st.object(&self.cred(), path)?;
         if mask == 0 {
             return Ok(());
         }
-        self.cred.check(st.get(ino)?, mask)
+        self.cred().check(st.get(ino)?, mask)
     }
 
     fn symlink(&self, path: &FsPath, target: &[u8]) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let (parent, name) = path.parent_and_name().ok_or(Errno::EEXIST)?;
         let mut st = self.lock();
         let dir = st.dir(cred, parent)?;
@@ -1032,7 +1057,7 @@ impl Backend for MemFs {
 
     fn readlink(&self, path: &FsPath) -> FsResult<Vec<u8>> {
         let st = self.lock();
-        let ino = st.object(self.cred, path)?;
+        let ino = st.object(&self.cred(), path)?;
         match &st.get(ino)?.data {
             Data::Symlink(t) => Ok(t.clone()),
             _ => Err(Errno::EINVAL),
@@ -1040,7 +1065,7 @@ impl Backend for MemFs {
     }
 
     fn rmdir(&self, path: &FsPath) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let (parent, name) = path.parent_and_name().ok_or(Errno::EBUSY)?;
         let mut st = self.lock();
         let dir = st.dir(cred, parent)?;
@@ -1056,7 +1081,7 @@ impl Backend for MemFs {
     }
 
     fn mkdir(&self, path: &FsPath, mode: u32) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let (parent, name) = path.parent_and_name().ok_or(Errno::EEXIST)?;
         let mut st = self.lock();
         let dir = st.dir(cred, parent)?;
@@ -1070,7 +1095,7 @@ impl Backend for MemFs {
     }
 
     fn link(&self, path: &FsPath, existing: &FsPath) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let (src_parent, src_name) = existing.parent_and_name().ok_or(Errno::EPERM)?;
         let (dst_parent, dst_name) = path.parent_and_name().ok_or(Errno::EEXIST)?;
         let mut st = self.lock();
@@ -1109,7 +1134,7 @@ impl Backend for MemFs {
     }
 
     fn rename(&self, from: &FsPath, to: &FsPath) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let (from_parent, from_name) = from.parent_and_name().ok_or(Errno::EBUSY)?;
         let mut st = self.lock();
         let from_chain = st.walk_dir(cred, from_parent)?;
@@ -1166,7 +1191,7 @@ impl Backend for MemFs {
         len: u64,
         setid: SetId,
     ) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let capacity = self.shared.capacity;
         let mut st = self.lock();
         let ino = st.open_regular(cred, path, W)?;
@@ -1211,7 +1236,7 @@ impl Backend for MemFs {
     fn statfs(&self, path: &FsPath) -> FsResult<StatFs> {
         let capacity = self.shared.capacity;
         let st = self.lock();
-        st.object(self.cred, path)?;
+        st.object(&self.cred(), path)?;
         let free = capacity.saturating_sub(st.used) / BLOCK_SIZE;
         let ffree = MAX_INODES.saturating_sub(st.inodes.len() as u64);
         Ok(StatFs {
@@ -1230,7 +1255,7 @@ impl Backend for MemFs {
     }
 
     fn listxattr(&self, path: &FsPath, limit: usize) -> FsResult<Vec<Vec<u8>>> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let st = self.lock();
         let ino = st.object(cred, path)?;
         let node = st.get(ino)?;
@@ -1251,7 +1276,7 @@ impl Backend for MemFs {
     }
 
     fn getxattr(&self, path: &FsPath, name: &[u8], limit: usize) -> FsResult<Vec<u8>> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let st = self.lock();
         let ino = st.object(cred, path)?;
         let node = st.get(ino)?;
@@ -1268,7 +1293,7 @@ impl Backend for MemFs {
     }
 
     fn setxattr(&self, path: &FsPath, name: &[u8], value: &[u8], flag: XattrFlag) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let mut st = self.lock();
         let ino = st.object(cred, path)?;
         let node = st.get(ino)?;
@@ -1298,7 +1323,7 @@ impl Backend for MemFs {
     }
 
     fn removexattr(&self, path: &FsPath, name: &[u8]) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let mut st = self.lock();
         let ino = st.object(cred, path)?;
         let node = st.get_mut(ino)?;
@@ -1327,7 +1352,7 @@ impl Backend for MemFs {
     }
 
     fn utimens(&self, path: &FsPath, atime: i64, mtime: i64) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let mut st = self.lock();
         let ino = st.object(cred, path)?;
         let node = st.get_mut(ino)?;
@@ -1341,7 +1366,7 @@ impl Backend for MemFs {
     }
 
     fn create(&self, path: &FsPath, mode: u32, setid: SetId) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let (parent, name) = path.parent_and_name().ok_or(Errno::EISDIR)?;
         let mut st = self.lock();
         let dir = st.dir(cred, parent)?;
@@ -1371,7 +1396,7 @@ impl Backend for MemFs {
     }
 
     fn unlink(&self, path: &FsPath) -> FsResult<()> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let (parent, name) = path.parent_and_name().ok_or(Errno::EISDIR)?;
         let mut st = self.lock();
         let dir = st.dir(cred, parent)?;
@@ -1385,7 +1410,7 @@ impl Backend for MemFs {
 
     fn fsync(&self, path: &FsPath, _datasync: bool) -> FsResult<()> {
         let st = self.lock();
-        let ino = st.open_node(self.cred, path, R)?;
+        let ino = st.open_node(&self.cred(), path, R)?;
         if st.get(ino)?.kind() == mode::S_IFIFO {
             // A pipe has nothing to synchronize.
             return Err(Errno::EINVAL);
@@ -1402,7 +1427,7 @@ impl Backend for MemFs {
     }
 
     fn replace(&self, path: &FsPath, setid: SetId) -> FsResult<Box<dyn Replacement>> {
-        let cred = self.cred;
+        let cred = &self.cred();
         let (parent, name) = path.parent_and_name().ok_or(Errno::EISDIR)?;
         let st = self.lock();
         let dir = st.dir(cred, parent)?;
@@ -1429,7 +1454,7 @@ impl Backend for MemFs {
 impl MemFs {
     fn open_handle(&self, path: &FsPath, mask: u32, setid: SetId) -> FsResult<Box<dyn FileHandle>> {
         let mut st = self.lock();
-        let ino = st.open_regular(self.cred, path, mask)?;
+        let ino = st.open_regular(&self.cred(), path, mask)?;
         let node = st.get_mut(ino)?;
         // Like LocalFs: a file opened to be written loses what the mount's
         // policy says a write clears, before the first write.
@@ -1495,7 +1520,7 @@ impl FileHandle for MemFile {
         }
         let end = write_end(offset, buf.len())?;
         let capacity = self.fs.shared.capacity;
-        let cred = self.fs.cred;
+        let cred = &self.fs.cred();
         let mut st = self.fs.lock();
         let node = st.inodes.get(&self.ino).ok_or(Errno::EBADF)?;
         let size = node.size();
@@ -1550,7 +1575,7 @@ impl Replacement for MemReplacement {
     }
 
     fn commit(&self) -> FsResult<bool> {
-        let cred = self.fs.cred;
+        let cred = &self.fs.cred();
         let capacity = self.fs.shared.capacity;
         let mut guard = self.data.lock().unwrap_or_else(|p| p.into_inner());
         let new_len = guard.as_ref().ok_or(Errno::EBADF)?.len() as u64;
@@ -1638,11 +1663,25 @@ mod tests {
 
     /// A filesystem seen by root, whoever runs the tests.
     fn rootfs() -> MemFs {
-        MemFs::build(DEFAULT_CAPACITY, Cred { uid: 0, gid: 0 })
+        MemFs::build(
+            DEFAULT_CAPACITY,
+            Cred {
+                uid: 0,
+                gid: 0,
+                groups: Arc::from([]),
+            },
+        )
     }
 
     fn small(capacity: u64) -> MemFs {
-        MemFs::build(capacity, Cred { uid: 0, gid: 0 })
+        MemFs::build(
+            capacity,
+            Cred {
+                uid: 0,
+                gid: 0,
+                groups: Arc::from([]),
+            },
+        )
     }
 
     fn put(fs: &MemFs, path: &str, data: &[u8]) {
