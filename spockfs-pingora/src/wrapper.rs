@@ -79,7 +79,7 @@ use tokio::sync::mpsc;
 ///                 return Ok(true); // answered: neither SpockFS nor the upstream sees it
 ///             }
 ///         };
-///         // Real code would cache one Mount per user (opening a root does I/O).
+///         // Real code keeps one Mount per user: a LocalFs opens its root on first use.
 ///         let home = Mount::local(format!("/srv/homes/{user}"));
 ///         session.req_header_mut().extensions_mut().insert(home);
 ///         Ok(false)
