@@ -272,6 +272,35 @@ impl EngineBuilder {
     }
 }
 
+/// True if a request may change the filesystem: what a read-only mount
+/// refuses with 403 `EROFS`. The decision of [`Op::is_mutating`] on the
+/// request's parsed operation, made from the method and headers alone (the
+/// path plays no part), so that a proxy can enforce read-only on requests
+/// it forwards instead of serving them: OPEN with write access, `O_CREAT`
+/// or `O_TRUNC`, and ACCESS with `W_OK`, mutate; OPTIONS does not. A
+/// request whose headers do not parse counts as mutating: an engine refuses
+/// it with 400 before touching anything, but a read-only check should not
+/// depend on what is behind it.
+///
+/// ```
+/// use spockfs_core::{engine::is_mutating_request, Method};
+/// let mut h = http::HeaderMap::new();
+/// assert!(!is_mutating_request(Method::Open, &h)); // O_RDONLY
+/// assert!(is_mutating_request(Method::Mkdir, &h)); // (X-Spock-mode missing)
+/// h.insert("x-spock-flag", http::HeaderValue::from_static("2")); // O_RDWR
+/// assert!(is_mutating_request(Method::Open, &h));
+/// assert!(!is_mutating_request(Method::Getattr, &h));
+/// ```
+pub fn is_mutating_request(method: Method, headers: &HeaderMap) -> bool {
+    if method == Method::Options {
+        return false;
+    }
+    match parse(method, "/", headers) {
+        Ok((op, _)) => op.is_mutating(),
+        Err(_) => true,
+    }
+}
+
 /// What a request asks for, fully parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]

@@ -3,8 +3,9 @@
 //! SpockFS inside a [Pingora](https://github.com/cloudflare/pingora) gateway.
 //!
 //! A Pingora `HttpModule` can only filter, and `ServeHttp` buffers whole
-//! bodies, so SpockFS plugs in where a gateway can answer by itself: first
-//! thing in [`ProxyHttp::request_filter`]. [`SpockFsModule::handle`] answers
+//! bodies, so SpockFS plugs in where a gateway can answer by itself:
+//! [`ProxyHttp::request_filter`], after the gateway's own checks.
+//! [`SpockFsModule::handle`] answers
 //! the SpockFS requests it is configured for — streaming both bodies through
 //! the same [`spockfs_core::Engine`] as the tower service, so behaviour is
 //! identical — and returns `Ok(false)` for everything else, which then
@@ -20,11 +21,14 @@
 //!     // on any host, /fs/... is SpockFS with /fs stripped
 //!     .prefix("/fs", Engine::builder().default_mount(Mount::local("/srv/www").read_only(true)).build())
 //!     .build();
-//! // In your ProxyHttp::request_filter:
+//! // In your ProxyHttp::request_filter, after authentication:
 //! //     if module.handle(session).await? { return Ok(true); }
 //! ```
 //!
-//! Or wrap an existing `ProxyHttp` in one line with [`WithSpockFs`].
+//! Or wrap an existing `ProxyHttp` in one line with [`WithSpockFs`], which
+//! runs your proxy's own `request_filter` first. A [`spockfs_core::Mount`]
+//! in the request's extensions chooses the root per request (see
+//! [`SpockFsModule::handle`] and the example on [`WithSpockFs`]).
 #![warn(missing_docs)]
 
 use bytes::Bytes;
@@ -174,7 +178,16 @@ impl SpockFsModule {
 
     /// Answers `session` if it is a SpockFS request (`Ok(true)`: the
     /// response has been written), or leaves it untouched (`Ok(false)`).
-    /// Call it first in `ProxyHttp::request_filter`.
+    /// Call it in `ProxyHttp::request_filter`, after your own checks
+    /// (authentication, rate limits): whatever it is not called for, it
+    /// does not answer.
+    ///
+    /// The request's extensions (`session.req_header_mut().extensions_mut()`)
+    /// go to the engine with it, all of them, as the tower service passes
+    /// an `http::Request`'s. So a [`spockfs_core::Mount`] inserted there
+    /// (say, the authenticated user's home) is the root for this request,
+    /// taking precedence over the engine's vhosts and default mount; the
+    /// route (host, prefix) still decides whether the request is SpockFS.
     pub async fn handle(&self, session: &mut Session) -> Result<bool> {
         let Some((engine, path)) = self.route_for(session.req_header()) else {
             return Ok(false);
@@ -184,9 +197,10 @@ impl SpockFsModule {
     }
 }
 
-/// Builds the engine's request from Pingora's header: same method, version
-/// and headers; the URI keeps the authority (HTTP/2 vhost selection) with
-/// the stripped path.
+/// Builds the engine's request from Pingora's header: same method, version,
+/// headers and extensions (a per-request `Mount`, and whatever else the
+/// host attached); the URI keeps the authority (HTTP/2 vhost selection)
+/// with the stripped path.
 fn engine_request(rh: &RequestHeader, path: &str, body: PumpBody) -> Option<Request<PumpBody>> {
     let pq = match rh.uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -206,6 +220,9 @@ fn engine_request(rh: &RequestHeader, path: &str, body: PumpBody) -> Option<Requ
     *req.uri_mut() = uri;
     *req.version_mut() = rh.version;
     *req.headers_mut() = rh.headers.clone();
+    // Cloned, not taken: the host's later hooks (logging) still see them.
+    // Empty extensions clone without allocating.
+    *req.extensions_mut() = rh.extensions.clone();
     Some(req)
 }
 
@@ -507,5 +524,25 @@ mod tests {
         );
         assert_eq!(m.route_for(&h2).map(|(_, p)| p), Some("/z".into()));
         assert_eq!(p(None, "/fs/q"), Some("/q".into()));
+    }
+
+    /// Whatever the host attached to the request (a per-request `Mount`,
+    /// any other type) reaches the engine, and stays on the session.
+    #[test]
+    fn extensions_go_to_the_engine() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Identity(&'static str);
+        let mut rh = req(Some("x"), "/fs/a?q=1");
+        let mount = spockfs_core::Mount::new(spockfs_core::MemFs::new()).read_only(true);
+        rh.extensions_mut().insert(mount);
+        rh.extensions_mut().insert(Identity("alice"));
+        let r = engine_request(&rh, "/a", PumpBody::empty()).unwrap_or_else(|| panic!());
+        assert_eq!(r.uri(), "/a?q=1");
+        assert!(r
+            .extensions()
+            .get::<spockfs_core::Mount>()
+            .is_some_and(|m| m.is_read_only()));
+        assert_eq!(r.extensions().get::<Identity>(), Some(&Identity("alice")));
+        assert!(rh.extensions.get::<Identity>().is_some());
     }
 }

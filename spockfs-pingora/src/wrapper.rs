@@ -22,6 +22,16 @@ use tokio::sync::mpsc;
 /// Wraps a `ProxyHttp` so that SpockFS requests are answered by the module
 /// and everything else goes to `inner`, unchanged: every hook delegates.
 ///
+/// The inner proxy's filters run first, for SpockFS requests too:
+/// `early_request_filter`, Pingora's downstream modules, then the inner
+/// `request_filter` (authentication, rate limits, …). Only if that lets the
+/// request through (`Ok(false)`) does the module answer it; if the inner
+/// filter answered (`Ok(true)`) or failed, the module never sees it. The
+/// inner `request_filter` can also pick the root for this request: a
+/// [`spockfs_core::Mount`] it inserts into
+/// `session.req_header_mut().extensions_mut()` takes precedence over the
+/// engine's vhosts and default mount (see [`SpockFsModule::handle`]).
+///
 /// ```no_run
 /// # use pingora::proxy::{ProxyHttp, Session};
 /// # use pingora::upstreams::peer::HttpPeer;
@@ -40,6 +50,48 @@ use tokio::sync::mpsc;
 /// let module = SpockFsModule::builder().prefix("/fs", Engine::new("/srv/files")).build();
 /// let gateway = WithSpockFs::new(module, MyGateway);
 /// // pingora::proxy::http_proxy_service(&server.configuration, gateway)
+/// ```
+///
+/// A gateway that authenticates every request and serves each user their
+/// own directory under `/fs` (the engine has no default mount, so a request
+/// without a user's `Mount` would be 404 `ENOENT`; here it never gets
+/// that far):
+///
+/// ```no_run
+/// use pingora::proxy::{ProxyHttp, Session};
+/// use pingora::upstreams::peer::HttpPeer;
+/// use spockfs_core::{Engine, Mount};
+/// use spockfs_pingora::{SpockFsModule, WithSpockFs};
+///
+/// struct MyGateway;
+///
+/// #[async_trait::async_trait]
+/// impl ProxyHttp for MyGateway {
+///     type CTX = ();
+///     fn new_ctx(&self) {}
+///
+///     async fn request_filter(&self, session: &mut Session, _: &mut ()) -> pingora::Result<bool> {
+///         let user = match session.req_header().headers.get("x-api-key").map(|k| k.as_bytes()) {
+///             Some(b"alice-secret") => "alice",
+///             Some(b"bob-secret") => "bob",
+///             _ => {
+///                 session.respond_error(401).await?;
+///                 return Ok(true); // answered: neither SpockFS nor the upstream sees it
+///             }
+///         };
+///         // Real code keeps one Mount per user: a LocalFs opens its root on first use.
+///         let home = Mount::local(format!("/srv/homes/{user}"));
+///         session.req_header_mut().extensions_mut().insert(home);
+///         Ok(false)
+///     }
+///
+///     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+///         Ok(Box::new(HttpPeer::new("127.0.0.1:8080", false, String::new())))
+///     }
+/// }
+///
+/// let module = SpockFsModule::builder().prefix("/fs", Engine::builder().build()).build();
+/// let gateway = WithSpockFs::new(module, MyGateway);
 /// ```
 pub struct WithSpockFs<P> {
     module: SpockFsModule,
@@ -87,11 +139,13 @@ where
         self.inner.init_downstream_modules(modules)
     }
 
+    /// The inner proxy's `request_filter` first (it may refuse, answer or
+    /// choose a `Mount`); then, if it let the request through, the module.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        if self.module.handle(session).await? {
+        if self.inner.request_filter(session, ctx).await? {
             return Ok(true);
         }
-        self.inner.request_filter(session, ctx).await
+        self.module.handle(session).await
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {

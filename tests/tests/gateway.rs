@@ -670,32 +670,14 @@ async fn with_spockfs_wraps_an_existing_proxy() {
     let module = spockfs_pingora::SpockFsModule::builder()
         .prefix("/fs", Engine::new(dir.path()))
         .build();
-    let port = free_port();
-    let mut server = pingora::server::Server::new(None).unwrap_or_else(|e| panic!("{e}"));
-    server.bootstrap();
-    let mut svc = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        spockfs_pingora::WithSpockFs::new(
-            module,
-            Existing {
-                upstream: format!("127.0.0.1:{up}"),
-            },
-        ),
-    );
-    svc.add_tcp(&format!("127.0.0.1:{port}"));
-    server.add_service(svc);
-    std::thread::spawn(move || {
-        server.run(pingora::server::RunArgs::default());
-    });
+    let port = start_wrapped(spockfs_pingora::WithSpockFs::new(
+        module,
+        Existing {
+            upstream: format!("127.0.0.1:{up}"),
+        },
+    ))
+    .await;
     let c = Client::new(&format!("http://127.0.0.1:{port}"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "wrapped gateway did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let r = c.req("GET", "/fs/f", &[]).await;
     assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"via module"[..]));
     let r = c.req("READDIR", "/fs", &[]).await;
@@ -706,4 +688,376 @@ async fn with_spockfs_wraps_an_existing_proxy() {
         text.starts_with("POST /app\n") && text.contains("x-existing-gateway: saw it"),
         "{text}"
     );
+}
+
+/// `read_only = true` on a pool vhost is enforced by the gateway itself:
+/// every request that may change something is answered 403 `EROFS` (as a
+/// local read-only vhost answers it) and never forwarded; reads still
+/// reach the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_pool_refuses_changes_at_the_gateway() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(shared.join("f"), b"data").unwrap_or_else(|e| panic!("{e}"));
+    let (node, _node) = spockfs_tests::start_axum(spockfs_tests::axum_args(&shared)).await;
+    // The echo node answers everything 200 with what it received: whatever
+    // reaches it shows in the body.
+    let (echo, _echo) = echo_upstream().await;
+    let port = free_port();
+    let cfg = config(&format!(
+        r#"
+        listen = [{{ addr = "127.0.0.1:{port}" }}]
+        default_upstream = "127.0.0.1:1"
+        [[vhost]]
+        host = "ro.test"
+        prefix = "/fs"
+        upstreams = ["{node}"]
+        read_only = true
+        health_check_path = "/fs/"
+        [[vhost]]
+        host = "echo.test"
+        prefix = "/fs"
+        upstreams = ["127.0.0.1:{echo}"]
+        read_only = true
+        [[vhost]]
+        host = "rw.test"
+        prefix = "/fs"
+        upstreams = ["{node}"]
+        health_check_path = "/fs/"
+        [[vhost]]
+        host = "local.test"
+        prefix = "/fs"
+        root = "{}"
+        read_only = true
+        "#,
+        shared.display()
+    ));
+    let _gw = run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let c = Client::new(&format!("http://127.0.0.1:{port}/fs"));
+    let ro = c.with_host("ro.test");
+    let local = c
+        .with_host("local.test")
+        .req("MKDIR", "/d", &[("X-Spock-mode", "493")])
+        .await;
+    assert_eq!((local.status.as_u16(), local.errno()), (403, "EROFS"));
+    // Changes: refused, nothing on the node.
+    let mode = [("X-Spock-mode", "493")];
+    let wronly = [("X-Spock-flag", "1")];
+    let creat = [("X-Spock-flag", "64")];
+    let w_ok = [("X-Spock-mode", "2")];
+    let target = [("X-Spock-target", "/f")];
+    for (method, path, headers) in [
+        ("MKDIR", "/d", &mode[..]),
+        ("POST", "/new", &mode[..]),
+        ("DELETE", "/f", &[][..]),
+        ("RENAME", "/g", &target[..]),
+        ("OPEN", "/f", &wronly[..]),
+        ("OPEN", "/created", &creat[..]),
+        ("ACCESS", "/f", &w_ok[..]),
+        ("TRUNCATE", "/f", &[("X-Spock-size", "0")][..]),
+        // Does not parse (no X-Spock-mode): not provably harmless.
+        ("MKDIR", "/d2", &[][..]),
+        // Not a SpockFS method.
+        ("PATCH", "/f", &[][..]),
+    ] {
+        let r = ro.req(method, path, headers).await;
+        assert_eq!(
+            (r.status.as_u16(), r.errno()),
+            (403, "EROFS"),
+            "{method} {path}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            r.body, local.body,
+            "{method} {path}: as a local read-only vhost"
+        );
+    }
+    // A PUT with a body: refused, body not forwarded.
+    let r = ro.send("PUT", "/f", &[], vec![b'x'; 4096]).await;
+    assert_eq!((r.status.as_u16(), r.errno()), (403, "EROFS"));
+    let names = |d: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|e| e.map(|e| e.file_name()).unwrap_or_default())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&shared), ["f"]);
+    assert_eq!(std::fs::read(shared.join("f")).unwrap_or_default(), b"data");
+    // Reads reach the node.
+    let r = ro.req("GET", "/f", &[]).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"data"[..]));
+    let r = ro.req("READDIR", "/", &[]).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b".\n..\nf\n"[..]));
+    for (method, headers) in [
+        ("OPEN", &[][..]),
+        ("ACCESS", &[("X-Spock-mode", "4")][..]),
+        ("GETATTR", &[][..]),
+        ("STATFS", &[][..]),
+    ] {
+        let r = ro.req(method, "/f", headers).await;
+        assert_eq!(r.status, 200, "{method}");
+    }
+    // Nothing refused was forwarded: the echo node never saw a change.
+    let echo_c = c.with_host("echo.test");
+    let r = echo_c.req("MKDIR", "/d", &mode).await;
+    assert_eq!((r.status.as_u16(), r.errno()), (403, "EROFS"));
+    let r = echo_c.req("GETATTR", "/d", &[]).await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        r.status == 200 && text.starts_with("GETATTR /fs/d\n"),
+        "{text}"
+    );
+    // The same nodes through a writable vhost: changes go through.
+    let r = c.with_host("rw.test").req("MKDIR", "/d", &mode).await;
+    assert_eq!(r.status, 201);
+    assert!(shared.join("d").is_dir());
+}
+
+/// A client's own identity headers never get past the gateway: with the
+/// README's setup (axum-app trusting `X-Remote-User` from 127.0.0.1, the
+/// gateway's default upstream), a client of the gateway cannot act as
+/// another user. The list is configurable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_from_clients_are_removed() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let homes = dir.path().join("homes");
+    let data = dir.path().join("data");
+    let mut args = spockfs_tests::axum_args(&data);
+    args.user_roots = Some(homes.clone());
+    args.trust_proxy_user = Some([127, 0, 0, 1].into());
+    let (app, _app) = spockfs_tests::start_axum(args).await;
+    let (echo, _echo) = echo_upstream().await;
+    let port = free_port();
+    let cfg = config(&format!(
+        r#"
+        listen = [{{ addr = "127.0.0.1:{port}" }}]
+        default_upstream = "{app}"
+        [[vhost]]
+        host = "pool.test"
+        prefix = "/fs"
+        upstreams = ["127.0.0.1:{echo}"]
+        "#
+    ));
+    let _gw = run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    // The attack: MKDIR as bob, through the gateway to axum-app.
+    let r = c
+        .req(
+            "MKDIR",
+            "/fs/made",
+            &[("X-Remote-User", "bob"), ("X-Spock-mode", "493")],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(!homes.join("bob").exists(), "the client acted as bob");
+    // Proof the app does believe the header from 127.0.0.1 when sent
+    // directly (so the 403 above is the gateway's doing).
+    let direct = Client::new(&format!("http://{app}"));
+    let r = direct
+        .req(
+            "MKDIR",
+            "/fs/made",
+            &[("X-Remote-User", "carol"), ("X-Spock-mode", "493")],
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert!(homes.join("carol/made").is_dir());
+    // To a pool: the default list, every spelling and every copy, is gone;
+    // other headers pass.
+    let r = c
+        .with_host("pool.test")
+        .send(
+            "GETATTR",
+            "/fs/x",
+            &[
+                ("X-Remote-User", b"bob"),
+                ("x-remote-user", b"eve"),
+                ("Remote-User", b"bob"),
+                ("X-Forwarded-User", b"bob"),
+                ("X-Custom", b"kept"),
+            ],
+            "",
+        )
+        .await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(text.starts_with("GETATTR /fs/x\n"), "{text}");
+    assert!(!text.contains("user:"), "{text}");
+    assert!(text.contains("x-custom: kept"), "{text}");
+    drop(_gw);
+
+    // A list of one's own replaces the default.
+    let port = free_port();
+    let cfg = config(&format!(
+        r#"
+        listen = [{{ addr = "127.0.0.1:{port}" }}]
+        default_upstream = "127.0.0.1:{echo}"
+        strip_request_headers = ["X-Auth-Subject"]
+        vhost = []
+        "#
+    ));
+    let _gw = run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    let r = c
+        .req(
+            "GET",
+            "/x",
+            &[("X-Auth-Subject", "bob"), ("X-Remote-User", "kept")],
+        )
+        .await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(!text.contains("x-auth-subject"), "{text}");
+    assert!(text.contains("x-remote-user: kept"), "{text}");
+    // Not a header name: the gateway does not start.
+    let bad = config(&format!(
+        "listen = [{{ addr = \"127.0.0.1:{}\" }}]\nstrip_request_headers = [\"bad name\"]\nvhost = []\n",
+        free_port()
+    ));
+    assert!(pingora_gateway::build(&bad).is_err());
+}
+
+/// Runs a wrapped proxy on a Pingora server in this process (until the
+/// test process exits); returns its port once it listens.
+async fn start_wrapped<P>(proxy: spockfs_pingora::WithSpockFs<P>) -> u16
+where
+    P: pingora::proxy::ProxyHttp + Send + Sync + 'static,
+    P::CTX: Send + Sync,
+{
+    let port = free_port();
+    let mut server = pingora::server::Server::new(None).unwrap_or_else(|e| panic!("{e}"));
+    server.bootstrap();
+    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    svc.add_tcp(&format!("127.0.0.1:{port}"));
+    server.add_service(svc);
+    std::thread::spawn(move || {
+        server.run(pingora::server::RunArgs::default());
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wrapped gateway did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    port
+}
+
+/// An existing gateway that checks an API key in its `request_filter` and
+/// picks each user's root: wrapped with `WithSpockFs`, its check runs for
+/// SpockFS requests too (nothing unauthenticated reaches the filesystem),
+/// and the `Mount` it inserts is the root the request is served from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_spockfs_runs_the_inner_request_filter_first() {
+    use pingora::proxy::{ProxyHttp, Session};
+    use pingora::upstreams::peer::HttpPeer;
+    struct KeyChecked {
+        upstream: String,
+        homes: std::collections::HashMap<&'static str, Mount>,
+    }
+    #[async_trait::async_trait]
+    impl ProxyHttp for KeyChecked {
+        type CTX = ();
+        fn new_ctx(&self) {}
+        async fn request_filter(&self, s: &mut Session, _c: &mut ()) -> pingora::Result<bool> {
+            let key = s
+                .req_header()
+                .headers
+                .get("x-api-key")
+                .map(|k| k.as_bytes());
+            let user = match key {
+                Some(b"alice-key") => "alice",
+                Some(b"bob-key") => "bob",
+                Some(b"shared-key") => return Ok(false),
+                _ => {
+                    s.respond_error(401).await?;
+                    return Ok(true);
+                }
+            };
+            if let Some(m) = self.homes.get(user) {
+                s.req_header_mut().extensions_mut().insert(m.clone());
+            }
+            Ok(false)
+        }
+        async fn upstream_peer(
+            &self,
+            _s: &mut Session,
+            _c: &mut (),
+        ) -> pingora::Result<Box<HttpPeer>> {
+            Ok(Box::new(HttpPeer::new(
+                self.upstream.as_str(),
+                false,
+                String::new(),
+            )))
+        }
+    }
+    let (up, _echo) = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
+    let (alice, bob) = (MemFs::new(), MemFs::new());
+    let homes = [
+        ("alice", Mount::new(alice.clone())),
+        ("bob", Mount::new(bob.clone()).read_only(true)),
+    ]
+    .into_iter()
+    .collect();
+    let module = spockfs_pingora::SpockFsModule::builder()
+        .prefix(
+            "/fs",
+            Engine::builder()
+                .default_mount(Mount::local(&shared))
+                .build(),
+        )
+        .build();
+    let port = start_wrapped(spockfs_pingora::WithSpockFs::new(
+        module,
+        KeyChecked {
+            upstream: format!("127.0.0.1:{up}"),
+            homes,
+        },
+    ))
+    .await;
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    let mode = ("X-Spock-mode", "493");
+    // No key, or a wrong one: the inner filter answers, SpockFS never runs.
+    for key in [None, Some("wrong")] {
+        let mut h = vec![mode];
+        h.extend(key.map(|k| ("X-Api-Key", k)));
+        let r = c.req("MKDIR", "/fs/d", &h).await;
+        assert_eq!(r.status, 401, "key {key:?}");
+        let r = c.req("GET", "/app", &h).await;
+        assert_eq!(r.status, 401, "key {key:?}, proxied");
+    }
+    assert!(!shared.join("d").exists(), "unauthenticated MKDIR applied");
+    // Each user in their own root, chosen per request by the inner filter.
+    let r = c
+        .req("MKDIR", "/fs/mine", &[mode, ("X-Api-Key", "alice-key")])
+        .await;
+    assert_eq!(r.status, 201);
+    let r = c
+        .req("READDIR", "/fs/", &[("X-Api-Key", "alice-key")])
+        .await;
+    assert_eq!(&r.body[..], b".\n..\nmine\n");
+    let r = c.req("READDIR", "/fs/", &[("X-Api-Key", "bob-key")]).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b".\n..\n"[..]));
+    // The mount's own settings apply (bob's is read-only).
+    let r = c
+        .req("MKDIR", "/fs/x", &[mode, ("X-Api-Key", "bob-key")])
+        .await;
+    assert_eq!((r.status.as_u16(), r.errno()), (403, "EROFS"));
+    // Without a per-request mount, the engine's default.
+    let r = c
+        .req("MKDIR", "/fs/common", &[mode, ("X-Api-Key", "shared-key")])
+        .await;
+    assert_eq!(r.status, 201);
+    assert!(shared.join("common").is_dir() && !shared.join("mine").exists());
+    // Authenticated, not SpockFS: still proxied.
+    let r = c
+        .send("POST", "/app", &[("X-Api-Key", b"bob-key")], "x")
+        .await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(text.starts_with("POST /app\n"), "{text}");
 }

@@ -61,9 +61,12 @@ impl UserRoots {
         if Some(peer) != self.trusted_proxy {
             return None;
         }
+        // The name's bytes as the proxy sent them (nginx passes a basic-auth
+        // user name through as is): UTF-8, not just the visible ASCII
+        // `to_str` allows. Invalid UTF-8 is no user.
         req.headers()
             .get(X_REMOTE_USER)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .filter(|u| !u.is_empty())
             .map(str::to_owned)
     }

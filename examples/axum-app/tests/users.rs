@@ -28,6 +28,11 @@ async fn start(extra: &[&str], root: &Path) -> (SocketAddr, tokio::sync::oneshot
 
 /// One raw HTTP/1.1 request from a chosen local address; returns status and body.
 async fn raw(from: &str, to: SocketAddr, req: &str) -> (u16, String) {
+    raw_bytes(from, to, req.as_bytes()).await
+}
+
+/// [`raw`] with a request that need not be UTF-8.
+async fn raw_bytes(from: &str, to: SocketAddr, req: &[u8]) -> (u16, String) {
     let sock = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
     sock.bind(
         format!("{from}:0")
@@ -36,9 +41,7 @@ async fn raw(from: &str, to: SocketAddr, req: &str) -> (u16, String) {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let mut s = sock.connect(to).await.unwrap_or_else(|e| panic!("{e}"));
-    s.write_all(req.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(req).await.unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
     s.read_to_end(&mut out)
         .await
@@ -199,4 +202,45 @@ async fn user_roots_need_a_source_of_users() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(serve(args, listener, async {}).await.is_err());
+}
+
+/// A user name is the header's bytes decoded as UTF-8 (nginx passes a
+/// basic-auth name through as is), not just visible ASCII; invalid UTF-8
+/// and names the user-name rule refuses are still 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_remote_user_in_utf8() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let homes = dir.path().join("homes");
+    let (addr, _stop) = start(
+        &[
+            "--trust-proxy-user",
+            "127.0.0.2",
+            "--user-roots",
+            homes.to_str().unwrap_or_default(),
+        ],
+        &dir.path().join("data"),
+    )
+    .await;
+    let mkdir = |user: &[u8]| {
+        let mut r = b"MKDIR /fs/made HTTP/1.1\r\nHost: x\r\nX-Remote-User: ".to_vec();
+        r.extend_from_slice(user);
+        r.extend_from_slice(b"\r\nX-Spock-mode: 493\r\nConnection: close\r\n\r\n");
+        r
+    };
+    for user in ["jürgen", "Łukasz", "李"] {
+        let (s, body) = raw_bytes("127.0.0.2", addr, &mkdir(user.as_bytes())).await;
+        assert_eq!(s, 201, "user {user:?}: {body}");
+        assert!(homes.join(user).join("made").is_dir(), "{user}");
+    }
+    // Latin-1 "jürgen" (0xFC alone is not UTF-8), a lone continuation
+    // byte, and a UTF-8 name the rule refuses (it has a `/`).
+    for bad in [&b"j\xfcrgen"[..], b"\x80", "ü/..".as_bytes()] {
+        let (s, _) = raw_bytes("127.0.0.2", addr, &mkdir(bad)).await;
+        assert_eq!(s, 403, "user {:?}", String::from_utf8_lossy(bad));
+    }
+    assert_eq!(
+        std::fs::read_dir(&homes).map(|d| d.count()).unwrap_or(0),
+        3,
+        "only the three valid users' roots exist"
+    );
 }

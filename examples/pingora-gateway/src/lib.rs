@@ -6,7 +6,10 @@
 //!   with active health checks; a request is retried on another node only
 //!   if it never reached the first one (connect failure) or if it is a
 //!   read that changes nothing (GETATTR, READDIR, GET, …);
-//! - **everything else** goes to the default upstream, untouched.
+//! - **everything else** goes to the default upstream, untouched — except
+//!   the identity headers a client may not set ([`Config::strip_request_headers`],
+//!   `X-Remote-User` and its kin by default), removed from every request
+//!   before anything sees it.
 //!
 //! Configured by a TOML file ([`Config`]); see `gateway.example.toml`.
 
@@ -47,6 +50,16 @@ pub struct Config {
     /// Where non-SpockFS requests go (`host:port`). None: 502.
     #[serde(default = "default_upstream")]
     pub default_upstream: Option<String>,
+    /// Request headers removed from every request as it arrives, before
+    /// routing: neither local vhosts, nor pools, nor the default upstream
+    /// see them. They name the user in setups where a proxy authenticates
+    /// (nginx's `X-Remote-User`, believed by `axum-app --trust-proxy-user`),
+    /// so a client must not be able to send its own. Default
+    /// `["x-remote-user", "remote-user", "x-forwarded-user"]`; `[]` keeps
+    /// them all (only when everything that reaches the gateway is a proxy
+    /// that sets them itself).
+    #[serde(default = "default_strip_request_headers")]
+    pub strip_request_headers: Vec<String>,
     /// Virtual hosts.
     #[serde(default = "default_vhosts", rename = "vhost")]
     pub vhosts: Vec<Vhost>,
@@ -90,7 +103,10 @@ pub struct Vhost {
     /// Serve an in-memory filesystem instead of a directory.
     #[serde(default)]
     pub memory: bool,
-    /// Refuse every change (403, EROFS).
+    /// Refuse every change (403, EROFS). For a pool, the gateway refuses
+    /// it and forwards nothing: every request that may change something
+    /// (`spockfs_core::engine::is_mutating_request`, and methods that are
+    /// not SpockFS).
     #[serde(default)]
     pub read_only: bool,
     /// Local vhosts: apply modes exactly as clients send them, setuid and
@@ -194,6 +210,11 @@ fn default_listeners() -> Vec<Listener> {
 fn default_upstream() -> Option<String> {
     Some("127.0.0.1:8080".into())
 }
+fn default_strip_request_headers() -> Vec<String> {
+    ["x-remote-user", "remote-user", "x-forwarded-user"]
+        .map(String::from)
+        .into()
+}
 fn default_vhosts() -> Vec<Vhost> {
     vec![Vhost {
         host: "*".into(),
@@ -236,6 +257,7 @@ impl Default for Config {
         Config {
             listen: default_listeners(),
             default_upstream: default_upstream(),
+            strip_request_headers: default_strip_request_headers(),
             vhosts: default_vhosts(),
             server: ServerSettings::default(),
             limits: LimitSettings::default(),
@@ -258,6 +280,9 @@ pub enum ConfigError {
     /// Listener or TLS problem.
     #[error("listener {0}: {1}")]
     Listener(String, String),
+    /// An entry of `strip_request_headers` is not a header name.
+    #[error("strip_request_headers: {0:?} is not a header name")]
+    HeaderName(String),
 }
 
 impl Config {
@@ -319,6 +344,7 @@ struct Pool {
     prefix: String,
     lb: Arc<LoadBalancer<RoundRobin>>,
     size: usize,
+    read_only: bool,
 }
 
 /// How much later than the body timeout Pingora's own read timeout on the
@@ -336,6 +362,7 @@ pub struct Gateway {
     default_upstream: Option<String>,
     max_header_bytes: usize,
     body_timeout: Option<Duration>,
+    strip_request_headers: Vec<http::HeaderName>,
 }
 
 /// Per-request state.
@@ -504,6 +531,27 @@ fn host_matches(want: &Option<String>, host: Option<&str>) -> bool {
     }
 }
 
+/// Would this request change something? Not SpockFS methods count too: a
+/// read-only pool forwards only what is known to change nothing.
+fn is_mutating(req: &RequestHeader) -> bool {
+    Method::from_http(&req.method)
+        .is_none_or(|m| spockfs_core::engine::is_mutating_request(m, &req.headers))
+}
+
+impl Gateway {
+    /// The pool vhost a request goes to, if any.
+    fn pool_for(&self, session: &Session) -> Option<usize> {
+        if self.pools.is_empty() {
+            return None;
+        }
+        let host = host_of(session);
+        let path = session.req_header().uri.path();
+        self.pools.iter().position(|p| {
+            host_matches(&p.host, host.as_deref()) && strip_mount_prefix(&p.prefix, path).is_some()
+        })
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -534,7 +582,7 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let size = head_size(session.req_header());
         if size > self.max_header_bytes {
             let resp = spockfs_core::error_response(
@@ -549,18 +597,34 @@ impl ProxyHttp for Gateway {
             spockfs_pingora::respond(session, resp).await?;
             return Ok(true);
         }
-        self.module.handle(session).await
+        // Identity headers are the gateway's (or a proxy in front of it)
+        // to set, never a client's.
+        for name in &self.strip_request_headers {
+            session.req_header_mut().remove_header(name);
+        }
+        if self.module.handle(session).await? {
+            return Ok(true);
+        }
+        ctx.pool = self.pool_for(session);
+        if let Some(i) = ctx.pool {
+            if self.pools[i].read_only && is_mutating(session.req_header()) {
+                // As a local read-only vhost answers.
+                let e = spockfs_core::Errno::EROFS;
+                let msg = format!("{} (read-only mount)", e.description());
+                let resp = spockfs_core::error_response(e.status(), e, &msg);
+                if !session.as_downstream_mut().is_body_empty() {
+                    // Not read: the connection cannot be reused.
+                    session.as_downstream_mut().set_keepalive(None);
+                }
+                spockfs_pingora::respond(session, resp).await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if ctx.pool.is_none() && ctx.tried.is_empty() && !self.pools.is_empty() {
-            let host = host_of(session);
-            let path = session.req_header().uri.path();
-            ctx.pool = self.pools.iter().position(|p| {
-                host_matches(&p.host, host.as_deref())
-                    && strip_mount_prefix(&p.prefix, path).is_some()
-            });
-        }
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // `ctx.pool` was chosen in `request_filter`.
         if let Some(i) = ctx.pool {
             let pool = &self.pools[i];
             let tried = &ctx.tried;
@@ -734,6 +798,7 @@ pub fn build_with(
                     prefix,
                     lb: bg.task(),
                     size: v.upstreams.len(),
+                    read_only: v.read_only,
                 });
                 server.add_service(bg);
             }
@@ -751,8 +816,17 @@ pub fn build_with(
             }
         }
     }
+    let strip_request_headers = config
+        .strip_request_headers
+        .iter()
+        .map(|h| {
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| ConfigError::HeaderName(h.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let gateway = Gateway {
         module: routes(module).build(),
+        strip_request_headers,
         pools,
         default_upstream: config.default_upstream.clone(),
         max_header_bytes: config.max_header_bytes(),
