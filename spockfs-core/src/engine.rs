@@ -17,8 +17,9 @@ use crate::headers::{
 };
 use crate::identity::{self, CallerError};
 use crate::method::{Method, ALLOW, EXTENSIONS, EXTENSIONS_WITH_IDENTITY};
-use crate::mount::{Mount, MountTable, SelectError};
+use crate::mount::{Mount, MountTable, SelectError, Selected};
 use crate::pool::{BlockingPool, JobHandle};
+use crate::sites::{SiteError, SitesDir};
 use crate::{Errno, FsPath, FsResult, Identity};
 use bytes::{Buf, Bytes, BytesMut};
 use headers::HeaderMapExt;
@@ -230,6 +231,14 @@ impl EngineBuilder {
     /// `host`).
     pub fn vhost(mut self, host: &str, mount: Mount) -> Self {
         self.mounts.insert_vhost(host, mount);
+        self
+    }
+
+    /// Serves hosts that no vhost names from the sites directory `sites`
+    /// (`DIR/<host>`, looked up per request); a host without a site is
+    /// 404, never the default root. Default: none.
+    pub fn sites(mut self, sites: SitesDir) -> Self {
+        self.mounts.set_sites(sites);
         self
     }
 
@@ -737,6 +746,11 @@ impl Engine {
         &self.limits
     }
 
+    /// The mounts this engine serves.
+    pub fn mounts(&self) -> &MountTable {
+        &self.mounts
+    }
+
     /// Answers one request. Never fails: every error is a response (4xx/5xx
     /// with `X-Spock-errno` and a one-line text body). The request path is
     /// `req.uri().path()`, already stripped of any mount prefix.
@@ -818,21 +832,13 @@ impl Engine {
                 .insert(ALLOW_HDR, HeaderValue::from_static(ALLOW));
             return r;
         };
+        let mount = self.select(parts).await;
         if method == Method::Options {
-            return options_response(self.mounts.select(parts).ok().as_ref());
+            return options_response(mount.as_ref().ok());
         }
-        let mount = match self.mounts.select(parts) {
+        let mount = match mount {
             Ok(m) => m,
-            Err(SelectError::MissingHost) => {
-                return reject(Reject::bad("HTTP/1.1 request without Host header"))
-            }
-            Err(SelectError::NoMount) => {
-                return reject(Reject {
-                    status: StatusCode::NOT_FOUND,
-                    errno: Errno::ENOENT,
-                    message: "no SpockFS root for this host".into(),
-                })
-            }
+            Err(rej) => return reject(rej),
         };
         let (op, path) = match parse(method, parts.uri.path(), &parts.headers) {
             Ok(x) => x,
@@ -865,6 +871,57 @@ impl Engine {
             Ok(outcome) => self.respond(outcome, cx),
             Err(Fail::Errno(e)) => errno_response(e, ""),
             Err(Fail::Reject(rej)) => reject(rej),
+        }
+    }
+
+    /// The mount a request is for; a site of the sites directory that is
+    /// not open yet is opened on the blocking pool, as the server itself.
+    async fn select(&self, parts: &http::request::Parts) -> Result<Mount, Reject> {
+        let lookup = match self.mounts.select(parts) {
+            Ok(Selected::Mount(m)) => return Ok(m),
+            Ok(Selected::Lookup(l)) => l,
+            Err(SelectError::MissingHost) => {
+                return Err(Reject::bad("HTTP/1.1 request without Host header"))
+            }
+            Err(SelectError::NoMount) => {
+                return Err(Reject {
+                    status: StatusCode::NOT_FOUND,
+                    errno: Errno::ENOENT,
+                    message: "no SpockFS root for this host".into(),
+                })
+            }
+        };
+        let opened = joined(
+            self.pool
+                .run(move || identity::run_as(None, || lookup.open())),
+        )
+        .await
+        .and_then(|r| r);
+        match opened {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(SiteError::NotFound)) => Err(Reject {
+                status: StatusCode::NOT_FOUND,
+                errno: Errno::ENOENT,
+                message: "no SpockFS site for this host".into(),
+            }),
+            Ok(Err(e @ SiteError::RootOwned)) => Err(Reject {
+                status: StatusCode::FORBIDDEN,
+                errno: Errno::EPERM,
+                message: e.to_string(),
+            }),
+            Ok(Err(e @ SiteError::Io(_))) => {
+                tracing::error!(error = %e, "cannot open a site");
+                Err(Reject {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    errno: Errno::EIO,
+                    message: "cannot open the site".into(),
+                })
+            }
+            Err(e) => Err(Reject {
+                status: e.status(),
+                errno: e,
+                message: "cannot open the site".into(),
+            }),
         }
     }
 

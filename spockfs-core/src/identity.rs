@@ -180,7 +180,12 @@ impl Identity {
     pub fn of_owner(path: &std::path::Path) -> std::io::Result<Identity> {
         use std::os::unix::fs::MetadataExt;
         let md = std::fs::symlink_metadata(path)?;
-        let (uid, gid) = (md.uid(), md.gid());
+        Identity::of_ids(md.uid(), md.gid())
+    }
+
+    /// `uid` and `gid`, with the supplementary groups of `uid`'s account in
+    /// the user database (none if it has no account).
+    pub fn of_ids(uid: u32, gid: u32) -> std::io::Result<Identity> {
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .map_err(std::io::Error::from)?;
         Ok(match user {

@@ -17,6 +17,7 @@ pub mod method;
 pub mod mount;
 pub mod path;
 pub mod pool;
+pub mod sites;
 
 pub use body::SpockBody;
 pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limiter, Limits, Op};

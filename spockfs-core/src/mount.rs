@@ -7,6 +7,7 @@
 
 use crate::backend::{Backend, SetId};
 use crate::identity::{ClientIds, Identity};
+use crate::sites::{SiteLookup, SitesDir};
 use crate::LocalFs;
 use std::collections::HashMap;
 use std::path::Path;
@@ -302,11 +303,22 @@ impl Mount {
     }
 }
 
-/// Virtual hosts and the default root.
+/// Virtual hosts, a sites directory and the default root.
 #[derive(Clone, Debug, Default)]
 pub struct MountTable {
     vhosts: HashMap<String, Mount>,
+    sites: Option<Arc<SitesDir>>,
     default: Option<Mount>,
+}
+
+/// What [`MountTable::select`] found.
+#[derive(Debug, Clone)]
+pub enum Selected {
+    /// The mount to serve the request with.
+    Mount(Mount),
+    /// A site of the sites directory that is not open yet: open it off the
+    /// async workers ([`SiteLookup::open`]).
+    Lookup(SiteLookup),
 }
 
 /// Why no mount was found.
@@ -330,15 +342,41 @@ impl MountTable {
         self.default = Some(mount);
     }
 
-    /// True if nothing is configured.
-    pub fn is_empty(&self) -> bool {
-        self.vhosts.is_empty() && self.default.is_none()
+    /// Serves hosts that no vhost names from a [`SitesDir`]; a host with no
+    /// site there is 404, never the default root.
+    pub fn set_sites(&mut self, sites: SitesDir) {
+        self.sites = Some(Arc::new(sites));
     }
 
-    /// Chooses the mount for a request.
-    pub fn select(&self, parts: &http::request::Parts) -> Result<Mount, SelectError> {
+    /// The sites directory, if any.
+    pub fn sites(&self) -> Option<&Arc<SitesDir>> {
+        self.sites.as_ref()
+    }
+
+    /// Every configured mount (vhosts, then the default root).
+    pub fn mounts(&self) -> impl Iterator<Item = &Mount> {
+        self.vhosts.values().chain(self.default.iter())
+    }
+
+    /// True if nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        self.vhosts.is_empty() && self.default.is_none() && self.sites.is_none()
+    }
+
+    /// True if some request may act as another identity than the
+    /// server's (a mount or the sites directory is configured so): the
+    /// server needs [`check_can_switch`](crate::identity::check_can_switch).
+    pub fn switches_identity(&self) -> bool {
+        self.mounts().any(|m| m.policy().switches_identity())
+            || self.sites.as_ref().is_some_and(|s| s.switches_identity())
+    }
+
+    /// Chooses the mount for a request: a [`Mount`] in its extensions,
+    /// else a vhost, else a site of the sites directory, else the default
+    /// root.
+    pub fn select(&self, parts: &http::request::Parts) -> Result<Selected, SelectError> {
         if let Some(m) = parts.extensions.get::<Mount>() {
-            return Ok(m.clone());
+            return Ok(Selected::Mount(m.clone()));
         }
         let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
             parts
@@ -356,14 +394,29 @@ impl MountTable {
             if let Some(host) = host {
                 let host = normalize_host(host);
                 if let Some(m) = self.vhosts.get(host.as_ref()) {
-                    return Ok(m.clone());
+                    return Ok(Selected::Mount(m.clone()));
                 }
                 if let Some(m) = self.vhosts.get(strip_port(&host)) {
-                    return Ok(m.clone());
+                    return Ok(Selected::Mount(m.clone()));
                 }
             }
         }
-        self.default.clone().ok_or(SelectError::NoMount)
+        if let Some(sites) = &self.sites {
+            let name = host
+                .and_then(SitesDir::site_name)
+                .ok_or(SelectError::NoMount)?;
+            return Ok(match sites.cached_mount(&name) {
+                Some(m) => Selected::Mount(m),
+                None => Selected::Lookup(SiteLookup {
+                    sites: sites.clone(),
+                    name,
+                }),
+            });
+        }
+        self.default
+            .clone()
+            .map(Selected::Mount)
+            .ok_or(SelectError::NoMount)
     }
 }
 
@@ -428,46 +481,53 @@ mod tests {
         let b = Mount::new(MemFs::new()).read_only(true);
         let d = Mount::new(MemFs::new());
         let mut t = MountTable::default();
+        fn sel(t: &MountTable, p: &http::request::Parts) -> Result<Mount, SelectError> {
+            match t.select(p)? {
+                Selected::Mount(m) => Ok(m),
+                Selected::Lookup(_) => panic!("no sites directory here"),
+            }
+        }
         t.insert_vhost("A.example", a.clone());
         t.insert_vhost("b.example:8080", b.clone());
         let v11 = http::Version::HTTP_11;
         assert!(Arc::ptr_eq(
-            t.select(&parts(Some("a.EXAMPLE:99"), "/", v11))
+            sel(&t, &parts(Some("a.EXAMPLE:99"), "/", v11))
                 .unwrap_or_else(|_| panic!())
                 .backend(),
             a.backend()
         ));
-        assert!(t
-            .select(&parts(Some("b.example:8080"), "/", v11))
-            .is_ok_and(|m| m.is_read_only()));
+        assert!(sel(&t, &parts(Some("b.example:8080"), "/", v11)).is_ok_and(|m| m.is_read_only()));
         assert_eq!(
-            t.select(&parts(Some("b.example"), "/", v11)).err(),
+            sel(&t, &parts(Some("b.example"), "/", v11)).err(),
             Some(SelectError::NoMount)
         );
         assert_eq!(
-            t.select(&parts(None, "/", v11)).err(),
+            sel(&t, &parts(None, "/", v11)).err(),
             Some(SelectError::MissingHost)
         );
         t.set_default(d.clone());
         assert!(Arc::ptr_eq(
-            t.select(&parts(Some("other"), "/", v11))
+            sel(&t, &parts(Some("other"), "/", v11))
                 .unwrap_or_else(|_| panic!())
                 .backend(),
             d.backend()
         ));
         // HTTP/2: :authority, no Host header.
         assert!(Arc::ptr_eq(
-            t.select(&parts(None, "https://a.example/x", http::Version::HTTP_2))
-                .unwrap_or_else(|_| panic!())
-                .backend(),
+            sel(
+                &t,
+                &parts(None, "https://a.example/x", http::Version::HTTP_2)
+            )
+            .unwrap_or_else(|_| panic!())
+            .backend(),
             a.backend()
         ));
         // HTTP/1.0 without Host: default.
-        assert!(t.select(&parts(None, "/", http::Version::HTTP_10)).is_ok());
+        assert!(sel(&t, &parts(None, "/", http::Version::HTTP_10)).is_ok());
         // Extension wins.
         let mut p = parts(Some("a.example"), "/", v11);
         p.extensions.insert(b.clone());
-        assert!(t.select(&p).is_ok_and(|m| m.is_read_only()));
+        assert!(sel(&t, &p).is_ok_and(|m| m.is_read_only()));
     }
 
     #[test]

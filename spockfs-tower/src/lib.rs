@@ -111,6 +111,14 @@ impl Builder {
             inner: self.inner.vhost(host, mount),
         }
     }
+    /// Serves hosts that no vhost names from a sites directory
+    /// (`DIR/<host>`, looked up per request; see
+    /// [`spockfs_core::sites::SitesDir`]). Default: none.
+    pub fn sites(self, sites: spockfs_core::sites::SitesDir) -> Self {
+        Builder {
+            inner: self.inner.sites(sites),
+        }
+    }
     /// Replaces all limits. Default: [`Limits::default`].
     pub fn limits(self, limits: Limits) -> Self {
         Builder {

@@ -51,6 +51,56 @@ pub struct Args {
     /// ACLs may be changed; other names answer 403 EPERM.
     #[arg(long)]
     pub allow_any_xattr: bool,
+
+    /// Every request on the default root, the `--vhost` roots and the
+    /// `--vhosts-dir` sites acts as USER (a name from the user database or
+    /// a numeric uid; gid and supplementary groups from the user database):
+    /// the kernel checks its permissions and new files belong to it. Needs
+    /// CAP_SETUID/CAP_SETGID (run as root).
+    #[arg(long = "as", value_name = "USER", conflicts_with = "as_owner")]
+    pub as_user: Option<String>,
+    /// A virtual host's identity, `HOST=USER` (repeatable; HOST as given to
+    /// `--vhost`); wins over `--as` and `--as-owner` for that vhost.
+    #[arg(long = "vhost-as", value_name = "HOST=USER", value_parser = parse_host_user)]
+    pub vhost_as: Vec<(String, String)>,
+    /// Each root (the default root, `--vhost` roots, `--vhosts-dir` sites,
+    /// `--user-roots` homes) acts as the uid and gid that own its directory,
+    /// with that user's supplementary groups (the suexec model). A root
+    /// owned by uid 0 is refused unless `--as-owner-allow-root`.
+    #[arg(long)]
+    pub as_owner: bool,
+    /// With `--as-owner`: serve roots owned by uid 0 too, as root.
+    #[arg(long, requires = "as_owner")]
+    pub as_owner_allow_root: bool,
+    /// With `--user-roots`: each authenticated user acts as the Unix
+    /// account of the same name (its uid, gid and groups), and their home
+    /// is created owned by that account; a user with no account is 403.
+    #[arg(long, requires = "user_roots")]
+    pub users_as_unix: bool,
+    /// Believe the identity clients declare in `X-Spock-caller` (the
+    /// `identity` extension, which spockfs-mount speaks) on every root,
+    /// like an NFS export with AUTH_SYS: root squashed to `--anon-user`
+    /// unless `--no-root-squash`. Only for clients you trust to tell the
+    /// truth about their users. Requests without the header act as
+    /// `--anon-user`.
+    #[arg(long)]
+    pub trust_client_ids: bool,
+    /// The anonymous identity of `--trust-client-ids` (root squash, and
+    /// requests that declare no identity).
+    #[arg(long, value_name = "USER", default_value = "nobody")]
+    pub anon_user: String,
+    /// With `--trust-client-ids`: a client's uid 0 is the server's root.
+    #[arg(long, requires = "trust_client_ids")]
+    pub no_root_squash: bool,
+    /// Serve `Host: example.com` from `DIR/example.com` (host lowercased,
+    /// port dropped; one path component, not a symlink), looked up per
+    /// request so sites come and go without a restart. A host without a
+    /// directory there is 404; `--root` is not served.
+    #[arg(long, value_name = "DIR")]
+    pub vhosts_dir: Option<PathBuf>,
+    /// Most `--vhosts-dir` sites kept open at once.
+    #[arg(long, value_name = "N", default_value_t = spockfs_core::sites::DEFAULT_SITES_CACHE)]
+    pub sites_cache: usize,
     /// URL path the filesystem is served under.
     #[arg(long, default_value = "/fs")]
     pub prefix: String,
@@ -122,13 +172,49 @@ fn nonzero(d: Duration) -> Option<Duration> {
 }
 
 impl Args {
-    /// The policy these flags set (read-only, set-ID bits, xattr
-    /// namespaces): every root the server serves gets it.
-    pub fn policy(&self) -> Policy {
-        Policy::default()
+    /// The policy these flags set for every root (read-only, set-ID bits,
+    /// xattr namespaces, `--as`, `--trust-client-ids`); per-root identities
+    /// (`--vhost-as`, `--as-owner`) are added by [`build_spockfs`].
+    pub fn policy(&self) -> Result<Policy, StartError> {
+        let user = |flag: &'static str, name: &str| {
+            spockfs_core::Identity::of_user(name).map_err(|source| StartError::User {
+                flag,
+                user: name.to_owned(),
+                source,
+            })
+        };
+        let act_as = self
+            .as_user
+            .as_deref()
+            .map(|u| user("--as", u))
+            .transpose()?;
+        let client_ids = if self.trust_client_ids {
+            let anon = user("--anon-user", &self.anon_user)?;
+            Some(spockfs_core::ClientIds::new(anon).no_root_squash(self.no_root_squash))
+        } else {
+            None
+        };
+        Ok(Policy::default()
             .read_only(self.read_only)
             .allow_setid(self.allow_setid)
             .allow_any_xattr(self.allow_any_xattr)
+            .act_as(act_as)
+            .trust_client_ids(client_ids))
+    }
+
+    /// The identity a root's directory gives it under `--as-owner`.
+    pub fn owner_identity(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<spockfs_core::Identity, StartError> {
+        let id = spockfs_core::Identity::of_owner(dir).map_err(|e| StartError::Root {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        if id.is_root() && !self.as_owner_allow_root {
+            return Err(StartError::RootOwned(dir.to_path_buf()));
+        }
+        Ok(id)
     }
 
     /// The engine limits these flags set.
@@ -150,6 +236,13 @@ impl Args {
             idle: nonzero(self.idle_timeout),
             header: nonzero(self.header_timeout),
         }
+    }
+}
+
+fn parse_host_user(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((h, u)) if !h.is_empty() && !u.is_empty() => Ok((h.to_owned(), u.to_owned())),
+        _ => Err(format!("expected HOST=USER, got {s:?}")),
     }
 }
 
@@ -183,12 +276,32 @@ pub enum StartError {
     /// `--user-roots` without a way to know the user.
     #[error("--user-roots needs --htpasswd or --trust-proxy-user")]
     UserRootsWithoutAuth,
+    /// A user named by `--as`, `--vhost-as` or `--anon-user` is unknown.
+    #[error("{flag} {user}: {source}")]
+    User {
+        /// The flag.
+        flag: &'static str,
+        /// The user as given.
+        user: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--vhost-as` names a host that no `--vhost` serves.
+    #[error("--vhost-as {0}: no --vhost {0}=DIR")]
+    VhostAsWithoutVhost(String),
+    /// `--as-owner` on a root owned by root.
+    #[error("root {0}: owned by uid 0; --as-owner refuses to act as root (--as-owner-allow-root)")]
+    RootOwned(PathBuf),
+    /// Acting as other users is configured but the process cannot switch.
+    #[error("{0}")]
+    Identity(std::io::Error),
 }
 
 /// Builds the SpockFS service from the flags, opening every root now so a
 /// misconfiguration fails at start.
 pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
-    let open = |dir: &PathBuf, create: bool| -> Result<Mount, StartError> {
+    let policy = args.policy()?;
+    let open = |dir: &PathBuf, create: bool, as_user: Option<&str>| -> Result<Mount, StartError> {
         if create {
             std::fs::create_dir_all(dir).map_err(|e| StartError::Root {
                 path: dir.clone(),
@@ -199,15 +312,57 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
             path: dir.clone(),
             source: e,
         })?;
-        Ok(Mount::new(fs).with_policy(args.policy()))
+        let mut policy = policy.clone();
+        if let Some(u) = as_user {
+            let id = spockfs_core::Identity::of_user(u).map_err(|source| StartError::User {
+                flag: "--vhost-as",
+                user: u.to_owned(),
+                source,
+            })?;
+            policy = policy.act_as(Some(id));
+        } else if args.as_owner {
+            policy = policy.act_as(Some(args.owner_identity(dir)?));
+        }
+        Ok(Mount::new(fs).with_policy(policy))
     };
-    let mut b = SpockFs::builder()
-        .limits(args.limits())
-        .default_mount(open(&args.root, true)?);
-    for (host, dir) in &args.vhosts {
-        b = b.vhost(host, open(dir, false)?);
+    for (host, _) in &args.vhost_as {
+        if !args
+            .vhosts
+            .iter()
+            .any(|(h, _)| h.eq_ignore_ascii_case(host))
+        {
+            return Err(StartError::VhostAsWithoutVhost(host.clone()));
+        }
     }
-    Ok(b.build())
+    let mut b = SpockFs::builder().limits(args.limits());
+    match &args.vhosts_dir {
+        Some(dir) => {
+            let sites = spockfs_core::sites::SitesDir::open(dir)
+                .map_err(|e| StartError::Root {
+                    path: dir.clone(),
+                    source: e,
+                })?
+                .policy(policy.clone())
+                .as_owner(args.as_owner)
+                .allow_root_owner(args.as_owner_allow_root)
+                .cache_size(args.sites_cache);
+            b = b.sites(sites);
+        }
+        None => b = b.default_mount(open(&args.root, true, None)?),
+    }
+    for (host, dir) in &args.vhosts {
+        let as_user = args
+            .vhost_as
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(host))
+            .map(|(_, u)| u.as_str());
+        b = b.vhost(host, open(dir, false, as_user)?);
+    }
+    let fs = b.build();
+    if fs.engine().mounts().switches_identity() || args.users_as_unix {
+        spockfs_core::identity::check_can_switch().map_err(StartError::Identity)?;
+    }
+    Ok(fs)
 }
 
 /// The axum router: SpockFS under `--prefix`, with tracing and (if
@@ -232,9 +387,14 @@ pub fn build_router(args: &Args) -> Result<Router, StartError> {
         })?;
         let roots = Arc::new(users::UserRoots::new(
             dir.clone(),
-            args.policy(),
+            args.policy()?,
             args.trust_proxy_user,
             args.htpasswd.is_some(),
+            users::Accounts {
+                users_as_unix: args.users_as_unix,
+                as_owner: args.as_owner,
+                allow_root_owner: args.as_owner_allow_root,
+            },
         ));
         router = router.layer(axum::middleware::from_fn_with_state(
             roots,

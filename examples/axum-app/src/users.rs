@@ -8,6 +8,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use spockfs_core::Identity;
 use spockfs_tower::{LocalFs, Mount, Policy};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,7 +25,40 @@ pub struct UserRoots {
     policy: Policy,
     trusted_proxy: Option<IpAddr>,
     has_auth: bool,
-    mounts: Mutex<HashMap<String, Mount>>,
+    accounts: Accounts,
+    mounts: Mutex<HashMap<String, Home>>,
+}
+
+/// How users map to Unix accounts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accounts {
+    /// Each user acts as the Unix account of the same name (`--users-as-unix`).
+    pub users_as_unix: bool,
+    /// Each home acts as the owner of its directory (`--as-owner`).
+    pub as_owner: bool,
+    /// With `as_owner`, homes owned by uid 0 too.
+    pub allow_root_owner: bool,
+}
+
+/// A user's root, and the identity their requests act as.
+#[derive(Clone)]
+struct Home {
+    mount: Mount,
+    identity: Option<Identity>,
+}
+
+/// Why a user's root cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// `--users-as-unix` and no account of that name: 403.
+    #[error("no Unix account named {0:?}")]
+    NoAccount(String),
+    /// `--as-owner` and the home belongs to root: 403.
+    #[error("the home directory belongs to root; refusing to act as root")]
+    RootOwned,
+    /// 500.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 const MAX_CACHED: usize = 4096;
@@ -38,12 +72,14 @@ impl UserRoots {
         policy: Policy,
         trusted_proxy: Option<IpAddr>,
         has_auth: bool,
+        accounts: Accounts,
     ) -> UserRoots {
         UserRoots {
             dir,
             policy,
             trusted_proxy,
             has_auth,
+            accounts,
             mounts: Mutex::new(HashMap::new()),
         }
     }
@@ -71,28 +107,57 @@ impl UserRoots {
             .map(str::to_owned)
     }
 
-    fn mount_for(&self, user: &str) -> std::io::Result<Mount> {
-        if let Some(m) = self
+    /// The user's home (created on first use, mode 0700; with
+    /// `users_as_unix`, owned by their account) and identity. Blocking.
+    fn home_for(&self, user: &str) -> Result<Home, HomeError> {
+        if let Some(h) = self
             .mounts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(user)
         {
-            return Ok(m.clone());
+            return Ok(h.clone());
         }
+        let account = if self.accounts.users_as_unix {
+            match Identity::of_user(user) {
+                Ok(id) => Some(id),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(HomeError::NoAccount(user.to_owned()))
+                }
+                // A numeric name is a uid, not an account name.
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
         let dir = self.dir.join(user);
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(id) = &account {
+                    std::os::unix::fs::lchown(&dir, Some(id.uid()), Some(id.gid()))?;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
-        let mount = Mount::new(LocalFs::open(&dir)?).with_policy(self.policy.clone());
+        let mut policy = self.policy.clone();
+        if self.accounts.as_owner && account.is_none() {
+            let owner = Identity::of_owner(&dir)?;
+            if owner.is_root() && !self.accounts.allow_root_owner {
+                return Err(HomeError::RootOwned);
+            }
+            policy = policy.act_as(Some(owner));
+        }
+        let home = Home {
+            mount: Mount::new(LocalFs::open(&dir)?).with_policy(policy),
+            identity: account,
+        };
         let mut cache = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
-        cache.insert(user.to_owned(), mount.clone());
-        Ok(mount)
+        cache.insert(user.to_owned(), home.clone());
+        Ok(home)
     }
 }
 
@@ -134,9 +199,13 @@ pub async fn choose_root(
     }
     let r2 = roots.clone();
     let u2 = user.clone();
-    let mount = match tokio::task::spawn_blocking(move || r2.mount_for(&u2)).await {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => {
+    let home = match tokio::task::spawn_blocking(move || r2.home_for(&u2)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e @ (HomeError::NoAccount(_) | HomeError::RootOwned))) => {
+            tracing::info!(user, error = %e, "user refused");
+            return deny(StatusCode::FORBIDDEN, &e.to_string());
+        }
+        Ok(Err(HomeError::Io(e))) => {
             tracing::error!(user, error = %e, "cannot open the user's root");
             return deny(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,7 +219,10 @@ pub async fn choose_root(
             )
         }
     };
-    req.extensions_mut().insert(mount);
+    req.extensions_mut().insert(home.mount);
+    if let Some(id) = home.identity {
+        req.extensions_mut().insert(id);
+    }
     next.run(req).await
 }
 

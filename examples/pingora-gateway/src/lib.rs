@@ -120,6 +120,34 @@ pub struct Vhost {
     /// and POSIX ACLs; other names answer 403 EPERM.
     #[serde(default)]
     pub allow_any_xattr: bool,
+    /// Local vhosts: every request acts as this user (a name from the user
+    /// database or a numeric uid; gid and groups from the database). Needs
+    /// CAP_SETUID/CAP_SETGID. Default: the gateway's own identity.
+    pub as_user: Option<String>,
+    /// Local vhosts: act as the uid/gid that own the root directory (each
+    /// site's, with `sites_dir`), with that user's groups. A root owned by
+    /// uid 0 is refused unless `as_owner_allow_root`.
+    #[serde(default)]
+    pub as_owner: bool,
+    /// With `as_owner`: serve roots owned by uid 0 too, as root.
+    #[serde(default)]
+    pub as_owner_allow_root: bool,
+    /// Local vhosts: believe the identity clients declare in
+    /// `X-Spock-caller` (spockfs-mount sends it), root squashed to
+    /// `anon_user` unless `no_root_squash`; only for trusted clients.
+    #[serde(default)]
+    pub trust_client_ids: bool,
+    /// The anonymous identity of `trust_client_ids`. Default `nobody`.
+    pub anon_user: Option<String>,
+    /// With `trust_client_ids`: a client's uid 0 is root here too.
+    #[serde(default)]
+    pub no_root_squash: bool,
+    /// Serve `Host: example.com` from `DIR/example.com` (host lowercased,
+    /// port dropped, one path component, not a symlink), looked up per
+    /// request; a host without a directory there is 404. Instead of `root`.
+    pub sites_dir: Option<PathBuf>,
+    /// Most `sites_dir` sites kept open at once. Default 4096.
+    pub sites_cache: Option<usize>,
     /// Upstream SpockFS nodes (`host:port`), load-balanced round robin.
     #[serde(default)]
     pub upstreams: Vec<String>,
@@ -129,6 +157,40 @@ pub struct Vhost {
     /// Path the health check sends `OPTIONS` to on each node.
     #[serde(default = "default_hc_path")]
     pub health_check_path: String,
+}
+
+impl Vhost {
+    /// The policy of a local vhost: read-only, set-ID bits, xattr
+    /// namespaces, `as_user`, `trust_client_ids` (`as_owner` is per root).
+    fn policy(&self) -> Result<Policy, ConfigError> {
+        let user = |key: &str, name: &str| {
+            spockfs_core::Identity::of_user(name)
+                .map_err(|e| ConfigError::Vhost(self.host.clone(), format!("{key} {name:?}: {e}")))
+        };
+        if self.as_user.is_some() && self.as_owner {
+            return Err(ConfigError::Vhost(
+                self.host.clone(),
+                "as_user and as_owner exclude each other".into(),
+            ));
+        }
+        let act_as = self
+            .as_user
+            .as_deref()
+            .map(|u| user("as_user", u))
+            .transpose()?;
+        let client_ids = if self.trust_client_ids {
+            let anon = user("anon_user", self.anon_user.as_deref().unwrap_or("nobody"))?;
+            Some(spockfs_core::ClientIds::new(anon).no_root_squash(self.no_root_squash))
+        } else {
+            None
+        };
+        Ok(Policy::default()
+            .read_only(self.read_only)
+            .allow_setid(self.allow_setid)
+            .allow_any_xattr(self.allow_any_xattr)
+            .act_as(act_as)
+            .trust_client_ids(client_ids))
+    }
 }
 
 /// Process settings.
@@ -224,6 +286,14 @@ fn default_vhosts() -> Vec<Vhost> {
         read_only: false,
         allow_setid: false,
         allow_any_xattr: false,
+        as_user: None,
+        as_owner: false,
+        as_owner_allow_root: false,
+        trust_client_ids: false,
+        anon_user: None,
+        no_root_squash: false,
+        sites_dir: None,
+        sites_cache: None,
         upstreams: vec![],
         health_check_ms: default_hc_ms(),
         health_check_path: default_hc_path(),
@@ -738,29 +808,65 @@ pub fn build_with(
     for v in &config.vhosts {
         let host = (v.host != "*").then(|| v.host.to_ascii_lowercase());
         let prefix = v.prefix.trim_end_matches('/').to_owned();
-        let local = v.root.is_some() || v.memory;
+        let local = v.root.is_some() || v.memory || v.sites_dir.is_some();
+        if [v.root.is_some(), v.memory, v.sites_dir.is_some()]
+            .iter()
+            .filter(|&&x| x)
+            .count()
+            > 1
+        {
+            return Err(ConfigError::Vhost(
+                v.host.clone(),
+                "`root`, `memory` and `sites_dir` exclude each other".into(),
+            ));
+        }
         match (local, v.upstreams.is_empty()) {
             (true, true) => {
-                let mount = if v.memory {
-                    Mount::new(MemFs::new())
+                let policy = v.policy()?;
+                let builder = Engine::builder().limits(limits).limiter(limiter.clone());
+                let builder = if let Some(dir) = &v.sites_dir {
+                    let sites = spockfs_core::sites::SitesDir::open(dir)
+                        .map_err(|e| ConfigError::Root(v.host.clone(), dir.clone(), e))?
+                        .policy(policy)
+                        .as_owner(v.as_owner)
+                        .allow_root_owner(v.as_owner_allow_root)
+                        .cache_size(
+                            v.sites_cache
+                                .unwrap_or(spockfs_core::sites::DEFAULT_SITES_CACHE),
+                        );
+                    builder.sites(sites)
+                } else if v.memory {
+                    builder.default_mount(Mount::new(MemFs::new()).with_policy(policy))
                 } else {
                     let root = v.root.clone().unwrap_or_default();
                     std::fs::create_dir_all(&root)
                         .map_err(|e| ConfigError::Root(v.host.clone(), root.clone(), e))?;
-                    Mount::new(
-                        LocalFs::open(&root)
-                            .map_err(|e| ConfigError::Root(v.host.clone(), root.clone(), e))?,
-                    )
+                    let fs = LocalFs::open(&root)
+                        .map_err(|e| ConfigError::Root(v.host.clone(), root.clone(), e))?;
+                    let policy = if v.as_owner && policy.identity().is_none() {
+                        let id = spockfs_core::Identity::of_owner(&root)
+                            .map_err(|e| ConfigError::Root(v.host.clone(), root.clone(), e))?;
+                        if id.is_root() && !v.as_owner_allow_root {
+                            return Err(ConfigError::Vhost(
+                                v.host.clone(),
+                                format!(
+                                    "root {} is owned by uid 0; as_owner refuses to act as \
+                                     root (as_owner_allow_root)",
+                                    root.display()
+                                ),
+                            ));
+                        }
+                        policy.act_as(Some(id))
+                    } else {
+                        policy
+                    };
+                    builder.default_mount(Mount::new(fs).with_policy(policy))
                 };
-                let policy = Policy::default()
-                    .read_only(v.read_only)
-                    .allow_setid(v.allow_setid)
-                    .allow_any_xattr(v.allow_any_xattr);
-                let engine = Engine::builder()
-                    .default_mount(mount.with_policy(policy))
-                    .limits(limits)
-                    .limiter(limiter.clone())
-                    .build();
+                let engine = builder.build();
+                if engine.mounts().switches_identity() {
+                    spockfs_core::identity::check_can_switch()
+                        .map_err(|e| ConfigError::Vhost(v.host.clone(), e.to_string()))?;
+                }
                 module = module.route(host.as_deref(), &prefix, engine);
                 for l in &config.listen {
                     let h = host.clone().unwrap_or_else(|| l.addr.clone());
@@ -768,12 +874,17 @@ pub fn build_with(
                 }
             }
             (false, false) => {
-                if v.allow_setid || v.allow_any_xattr {
+                if v.allow_setid
+                    || v.allow_any_xattr
+                    || v.as_user.is_some()
+                    || v.as_owner
+                    || v.trust_client_ids
+                {
                     // The nodes apply their own policy; never ignore a key.
                     return Err(ConfigError::Vhost(
                         v.host.clone(),
-                        "allow_setid and allow_any_xattr apply to local roots; \
-                         set them on the upstream nodes"
+                        "allow_setid, allow_any_xattr, as_user, as_owner and trust_client_ids \
+                         apply to local roots; set them on the upstream nodes"
                             .into(),
                     ));
                 }
@@ -811,7 +922,7 @@ pub fn build_with(
             (false, true) => {
                 return Err(ConfigError::Vhost(
                     v.host.clone(),
-                    "needs `root`, `memory = true` or `upstreams`".into(),
+                    "needs `root`, `memory = true`, `sites_dir` or `upstreams`".into(),
                 ))
             }
         }

@@ -49,6 +49,8 @@ pub struct LocalFs {
     /// Milliseconds after `created` before which the root is not checked
     /// for removal again.
     next_check: AtomicU64,
+    /// The root was found removed (and not restored) at the last check.
+    gone: std::sync::atomic::AtomicBool,
     created: std::time::Instant,
 }
 
@@ -110,6 +112,20 @@ impl LocalFs {
             resolved: resolve_at_start(dir.as_ref()),
             root: OnceLock::new(),
             next_check: AtomicU64::new(0),
+            gone: Default::default(),
+            created: std::time::Instant::now(),
+        }
+    }
+
+    /// Serves `resolved`, a path known to be absolute and free of
+    /// symlinks (nothing is resolved again).
+    pub(crate) fn with_resolved(resolved: PathBuf) -> LocalFs {
+        LocalFs {
+            path: resolved.clone(),
+            resolved,
+            root: OnceLock::new(),
+            next_check: AtomicU64::new(0),
+            gone: Default::default(),
             created: std::time::Instant::now(),
         }
     }
@@ -145,18 +161,27 @@ impl LocalFs {
         while let Some(next) = cur.next.get() {
             cur = next;
         }
-        if self.recheck_due() && is_removed(&cur.fd) {
-            // Removed: serve the directory now at the path, if there is one.
-            if let Ok(fd) = open_root(&self.resolved) {
-                if !is_removed(&fd) {
-                    tracing::warn!(root = %self.path.display(),
-                        "the root directory was removed and is back: serving the new one");
-                    let _ = cur.next.set(Box::new(RootFd::new(fd)));
-                    while let Some(next) = cur.next.get() {
-                        cur = next;
+        if self.recheck_due() {
+            let mut gone = is_removed(&cur.fd);
+            if gone {
+                // Removed: serve the directory now at the path, if there is one.
+                if let Ok(fd) = open_root(&self.resolved) {
+                    if !is_removed(&fd) {
+                        tracing::warn!(root = %self.path.display(),
+                            "the root directory was removed and is back: serving the new one");
+                        let _ = cur.next.set(Box::new(RootFd::new(fd)));
+                        while let Some(next) = cur.next.get() {
+                            cur = next;
+                        }
+                        gone = false;
                     }
                 }
             }
+            self.gone.store(gone, Ordering::Relaxed);
+        }
+        if self.gone.load(Ordering::Relaxed) {
+            // Not even the removed directory's own attributes.
+            return Err(Errno::ENOENT);
         }
         Ok(cur.fd.as_fd())
     }
@@ -283,6 +308,19 @@ fn resolve_beneath(
             r => return r.map_err(io_err),
         }
     }
+}
+
+/// Opens the directory `name` (one component) beneath `dir` as an `O_PATH`
+/// fd without following a symlink, with its `fstat`.
+pub(crate) fn open_dir_beneath(dir: &impl AsFd, name: &[u8]) -> FsResult<(OwnedFd, Stat)> {
+    let fd = resolve_beneath(
+        dir.as_fd(),
+        name,
+        O_BASE | OFlags::PATH | OFlags::DIRECTORY,
+        Mode::empty(),
+    )?;
+    let st = fstat(&fd)?;
+    Ok((fd, st))
 }
 
 /// The configured root path as [`LocalFs::new`] resolves it: absolute,
