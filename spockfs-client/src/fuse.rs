@@ -65,7 +65,7 @@
 //!   (atime); listing a directory does not, so a directory's atime seen
 //!   through the mount may lag by up to the attribute timeout.
 
-use crate::{Client, DirEntry, Errno, Stat, XattrFlag};
+use crate::{Caller, Changed, Client, DirEntry, Errno, Stat, XattrFlag};
 use bytes::Bytes;
 use fuser::{
     AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -97,8 +97,17 @@ pub struct MountConfig {
     pub fsname: String,
     /// FUSE event-loop threads (each with its own `/dev/fuse` descriptor,
     /// runtime and connections; each serves any number of requests at
-    /// once). Linux only; other systems use one.
+    /// once).
     pub threads: usize,
+    /// Let the kernel check permissions against the mode, owner and group
+    /// the server reports, for the local caller (`default_permissions`),
+    /// as for a local disk. Default: `true`.
+    pub default_permissions: bool,
+    /// Send each caller's uid, gid and groups (`X-Spock-caller`) when the
+    /// server speaks the `identity` extension, so that it acts as that
+    /// user: new files belong to it and the server checks its permissions
+    /// too. Default: `true`.
+    pub send_ids: bool,
 }
 
 impl Default for MountConfig {
@@ -110,6 +119,8 @@ impl Default for MountConfig {
             allow_other: false,
             fsname: "spockfs".into(),
             threads: 1,
+            default_permissions: true,
+            send_ids: true,
         }
     }
 }
@@ -342,6 +353,26 @@ struct Shared {
     /// Recent attributes and listings.
     fresh: Fresh,
     next_fh: Mutex<u64>,
+    /// Callers' supplementary groups, by pid, and when they were read.
+    groups: Mutex<HashMap<u32, (Arc<[u32]>, Instant)>>,
+}
+
+tokio::task_local! {
+    /// Who the FUSE request a task serves was made by.
+    static CALLER: Option<Caller>;
+}
+
+/// How long a caller's groups read from `/proc` are reused.
+const GROUPS_TTL: Duration = Duration::from_secs(1);
+/// Most callers whose groups are remembered.
+const GROUPS_MAX: usize = 1024;
+
+/// The supplementary groups of process (or thread) `pid`, from the
+/// `Groups:` line of `/proc/PID/status`.
+fn proc_groups(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    line.split_whitespace().map(|g| g.parse().ok()).collect()
 }
 
 /// The FUSE filesystem; see the module documentation.
@@ -437,6 +468,7 @@ impl SpockFuse {
                 dirs: Mutex::new(HashMap::new()),
                 fresh: Fresh::default(),
                 next_fh: Mutex::new(1),
+                groups: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -452,6 +484,9 @@ impl SpockFuse {
             O::NoDev,
             O::NoSuid,
         ];
+        if self.s.cfg.default_permissions {
+            c.mount_options.push(O::DefaultPermissions);
+        }
         if self.s.cfg.allow_other {
             c.acl = fuser::SessionACL::All;
         }
@@ -461,6 +496,38 @@ impl SpockFuse {
             c.clone_fd = true;
         }
         c
+    }
+
+    /// The caller of a FUSE request (uid, gid, and groups read from
+    /// `/proc`), if ids are sent at all.
+    fn caller_of(&self, req: &Request) -> Option<Caller> {
+        if !self.s.cfg.send_ids {
+            return None;
+        }
+        let pid = req.pid();
+        let groups = {
+            let mut cache = self.s.groups.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&pid) {
+                Some((g, at)) if at.elapsed() < GROUPS_TTL => g.clone(),
+                _ => {
+                    // A caller gone already has no groups to add.
+                    let g: Arc<[u32]> = proc_groups(pid).unwrap_or_default().into();
+                    if cache.len() >= GROUPS_MAX {
+                        cache.retain(|_, (_, at)| at.elapsed() < GROUPS_TTL);
+                        if cache.len() >= GROUPS_MAX {
+                            cache.clear();
+                        }
+                    }
+                    cache.insert(pid, (g.clone(), Instant::now()));
+                    g
+                }
+            }
+        };
+        Some(Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+            groups: groups.to_vec(),
+        })
     }
 
     fn path(&self, ino: INodeNo) -> Result<Vec<u8>, fuser::Errno> {
@@ -480,17 +547,18 @@ impl SpockFuse {
     /// Starts a request as a task on this FUSE thread's event loop (see
     /// [`Filesystem::session_loop`]): it runs while the loop reads more
     /// requests.
-    fn run<F>(&self, f: F)
+    fn run<F>(&self, req: &Request, f: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 let guard = InFlight::start();
-                h.spawn(async move {
+                let caller = self.caller_of(req);
+                h.spawn(CALLER.scope(caller, async move {
                     f.await;
                     drop(guard);
-                });
+                }));
             }
             // Only the event loop calls in here. Dropping `f` drops its
             // reply, which answers EIO.
@@ -522,7 +590,7 @@ impl SpockFuse {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             tokio::select! {
                 r = fut => done(reply, r),
                 Ok(()) = rx => {
@@ -538,12 +606,12 @@ impl SpockFuse {
     }
 
     /// Runs `f` and answers its entry (or error) with the entry timeout.
-    fn run_entry<F>(&self, reply: ReplyEntry, f: F)
+    fn run_entry<F>(&self, req: &Request, reply: ReplyEntry, f: F)
     where
         F: std::future::Future<Output = Result<FileAttr, Errno>> + Send + 'static,
     {
         let ttl = self.s.cfg.entry_timeout;
-        self.run(async move {
+        self.run(req, async move {
             match f.await {
                 Ok(a) => reply.entry(&ttl, &a, Generation(0)),
                 Err(e) => reply.error(fe(e)),
@@ -728,11 +796,15 @@ impl Shared {
     /// This thread's client (its own pool), or the shared one off the
     /// FUSE threads.
     fn client(&self) -> Client {
-        LOCAL
+        let c = LOCAL
             .try_with(|l| l.client.get().cloned())
             .ok()
             .flatten()
-            .unwrap_or_else(|| self.client.clone())
+            .unwrap_or_else(|| self.client.clone());
+        match CALLER.try_with(|c| c.clone()).ok().flatten() {
+            Some(caller) => c.with_caller(Some(&caller)),
+            None => c,
+        }
     }
 
     /// True if `path` is known not to exist: its directory was created or
@@ -774,9 +846,36 @@ impl Shared {
 
     /// After a call that creates `path`: the name exists if it succeeded
     /// or was refused with `EEXIST`.
-    fn made(&self, path: &[u8], r: Result<Option<Stat>, Errno>) -> Result<Option<Stat>, Errno> {
+    fn made(&self, path: &[u8], r: Result<Changed, Errno>) -> Result<Changed, Errno> {
         self.listed_name(path, r.is_ok() || r == Err(Errno::EEXIST));
         r
+    }
+
+    /// The epoch and time before a change of `path`'s directory starts, for
+    /// [`keep_parent`](Shared::keep_parent).
+    fn before(&self) -> (u64, Instant) {
+        (self.epoch(), Instant::now())
+    }
+
+    /// After [`change`](Shared::change) of a name in `path`'s directory,
+    /// answered with the directory's attributes (`parent-stat`): keeps
+    /// them, so the kernel's next permission check in that directory (it
+    /// drops a directory's attributes whenever an entry changes) is
+    /// answered without a round trip. Only if no other change ran
+    /// meanwhile (the change itself moves the epoch by two).
+    fn keep_parent(&self, path: &[u8], parent: Option<Stat>, before: (u64, Instant)) {
+        let Some(st) = parent else { return };
+        let epoch = self.epoch();
+        if epoch != before.0 + 2 {
+            return;
+        }
+        let ino = {
+            let t = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            t.by_path.get(split_parent(path).0).copied()
+        };
+        if let Some(ino) = ino {
+            self.keep(ino, &st, before.1, epoch);
+        }
     }
 
     /// `path` exists now (or, with `false`, no longer does).
@@ -1149,7 +1248,7 @@ impl Filesystem for SpockFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -1170,7 +1269,7 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             let r = s
                 .change(&[&path], false, async {
                     let (epoch, at) = (s.epoch(), Instant::now());
@@ -1231,7 +1330,7 @@ impl Filesystem for SpockFuse {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -1244,22 +1343,26 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.run_entry(reply, async move {
-            s.change(&[&path], true, async {
-                let epoch = s.epoch();
-                // MKNOD, also for S_IFREG: exact mode and EEXIST, where
-                // POST would be creat() and truncate a file created
-                // meanwhile.
-                let st = s.made(&path, s.client().mknod(&path, mode, u64::from(rdev)).await)?;
-                Self::entry(&s, &path, st, epoch).await
-            })
-            .await
+        self.run_entry(req, reply, async move {
+            let before = s.before();
+            let (a, parent) = s
+                .change(&[&path], true, async {
+                    let epoch = s.epoch();
+                    // MKNOD, also for S_IFREG: exact mode and EEXIST, where
+                    // POST would be creat() and truncate a file created
+                    // meanwhile.
+                    let ch = s.made(&path, s.client().mknod(&path, mode, u64::from(rdev)).await)?;
+                    Ok::<_, Errno>((Self::entry(&s, &path, ch.stat, epoch).await?, ch.parent))
+                })
+                .await?;
+            s.keep_parent(&path, parent, before);
+            Ok(a)
         });
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -1271,14 +1374,16 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.run_entry(reply, async move {
-            let a = s
+        self.run_entry(req, reply, async move {
+            let before = s.before();
+            let (a, parent) = s
                 .change(&[&path], true, async {
                     let epoch = s.epoch();
-                    let st = s.made(&path, s.client().mkdir(&path, mode & 0o7777).await)?;
-                    Self::entry(&s, &path, st, epoch).await
+                    let ch = s.made(&path, s.client().mkdir(&path, mode & 0o7777).await)?;
+                    Ok::<_, Errno>((Self::entry(&s, &path, ch.stat, epoch).await?, ch.parent))
                 })
                 .await?;
+            s.keep_parent(&path, parent, before);
             // Just created: empty, whatever a stale listing said.
             s.unlist_tree(&path);
             s.listed(&path, HashSet::new());
@@ -1286,17 +1391,17 @@ impl Filesystem for SpockFuse {
         });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove(parent, name, false, reply);
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(req, parent, name, false, reply);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove(parent, name, true, reply);
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(req, parent, name, true, reply);
     }
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
@@ -1308,19 +1413,23 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.child(parent, link_name), reply);
         let target = target.as_os_str().as_bytes().to_vec();
         let s = self.s.clone();
-        self.run_entry(reply, async move {
-            s.change(&[&path], true, async {
-                let epoch = s.epoch();
-                let st = s.made(&path, s.client().symlink(&path, &target).await)?;
-                Self::entry(&s, &path, st, epoch).await
-            })
-            .await
+        self.run_entry(req, reply, async move {
+            let before = s.before();
+            let (a, parent) = s
+                .change(&[&path], true, async {
+                    let epoch = s.epoch();
+                    let ch = s.made(&path, s.client().symlink(&path, &target).await)?;
+                    Ok::<_, Errno>((Self::entry(&s, &path, ch.stat, epoch).await?, ch.parent))
+                })
+                .await?;
+            s.keep_parent(&path, parent, before);
+            Ok(a)
         });
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -1339,7 +1448,7 @@ impl Filesystem for SpockFuse {
         let from = path_or!(self, self.child(parent, name), reply);
         let to = path_or!(self, self.child(newparent, newname), reply);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             let r = s
                 .change(&[&from, &to], true, async {
                     if noreplace {
@@ -1354,7 +1463,7 @@ impl Filesystem for SpockFuse {
                 })
                 .await;
             match r {
-                Ok(()) => {
+                Ok(_) => {
                     s.unlist_tree(&from);
                     s.unlist_tree(&to);
                     s.listed_name(&from, false);
@@ -1372,7 +1481,7 @@ impl Filesystem for SpockFuse {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
@@ -1384,10 +1493,10 @@ impl Filesystem for SpockFuse {
         let existing = path_or!(self, self.path(ino), reply);
         let path = path_or!(self, self.child(newparent, newname), reply);
         let s = self.s.clone();
-        self.run_entry(reply, async move {
+        self.run_entry(req, reply, async move {
             s.change(&[&existing, &path], true, async {
                 let (epoch, at) = (s.epoch(), Instant::now());
-                let st = s.made(&path, s.client().link(&path, &existing).await)?;
+                let st = s.made(&path, s.client().link(&path, &existing).await)?.stat;
                 let st = match st {
                     Some(st) => st,
                     None => s.client().getattr(&path).await?,
@@ -1425,7 +1534,7 @@ impl Filesystem for SpockFuse {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -1438,17 +1547,19 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             let perm = mode & 0o7777;
+            let before = s.before();
             let r = s
                 .change(&[&path], true, async {
                     let epoch = s.epoch();
-                    let st = s.made(&path, s.client().create(&path, perm).await)?;
-                    Self::entry(&s, &path, st, epoch).await
+                    let ch = s.made(&path, s.client().create(&path, perm).await)?;
+                    Ok::<_, Errno>((Self::entry(&s, &path, ch.stat, epoch).await?, ch.parent))
                 })
                 .await;
             match r {
-                Ok(mut a) => {
+                Ok((mut a, parent)) => {
+                    s.keep_parent(&path, parent, before);
                     let mut fh = 0;
                     if perm & 0o200 == 0 {
                         fh = next_fh(&s);
@@ -1473,7 +1584,7 @@ impl Filesystem for SpockFuse {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -1492,7 +1603,7 @@ impl Filesystem for SpockFuse {
         };
         let path = path_or!(self, self.path(INodeNo(ino)), reply);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             match s
                 .change(&[&path], false, s.client().chmod(&path, perm))
                 .await
@@ -1534,7 +1645,7 @@ impl Filesystem for SpockFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -1550,7 +1661,7 @@ impl Filesystem for SpockFuse {
         let path = path_or!(self, self.path(ino), reply);
         let data = Bytes::copy_from_slice(data);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             let n = data.len() as u32;
             match s
                 .change(&[&path], false, s.client().write(&path, offset, data))
@@ -1576,7 +1687,7 @@ impl Filesystem for SpockFuse {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         datasync: bool,
@@ -1584,7 +1695,7 @@ impl Filesystem for SpockFuse {
     ) {
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             match s.client().fsync(&path, datasync).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(fe(e)),
@@ -1686,7 +1797,7 @@ impl Filesystem for SpockFuse {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1697,7 +1808,7 @@ impl Filesystem for SpockFuse {
         };
         let dir = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             let list = &listing.entries;
             // A reused listing is as old as its fetch.
             let ttl = s.cfg.attr_timeout.saturating_sub(listing.at.elapsed());
@@ -1820,7 +1931,7 @@ impl Filesystem for SpockFuse {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -1841,7 +1952,7 @@ impl Filesystem for SpockFuse {
         let name = name.as_bytes().to_vec();
         let value = Bytes::copy_from_slice(value);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             let r = s
                 .change(
                     &[&path],
@@ -1923,14 +2034,14 @@ impl Filesystem for SpockFuse {
         );
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if self.ro() {
             return reply.error(fuser::Errno::EROFS);
         }
         let path = path_or!(self, self.path(ino), reply);
         let name = name.as_bytes().to_vec();
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             match s
                 .change(&[&path], false, s.client().removexattr(&path, &name))
                 .await
@@ -1970,7 +2081,7 @@ impl Filesystem for SpockFuse {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -1983,7 +2094,7 @@ impl Filesystem for SpockFuse {
         }
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
             match s
                 .change(
                     &[&path],
@@ -2009,13 +2120,14 @@ impl SpockFuse {
             .cloned()
     }
 
-    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+    fn remove(&self, req: &Request, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         if self.ro() {
             return reply.error(fuser::Errno::EROFS);
         }
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
-        self.run(async move {
+        self.run(req, async move {
+            let before = s.before();
             let r = s
                 .change(&[&path], true, async {
                     if dir {
@@ -2026,7 +2138,8 @@ impl SpockFuse {
                 })
                 .await;
             match r {
-                Ok(()) => {
+                Ok(ch) => {
+                    s.keep_parent(&path, ch.parent, before);
                     s.listed_name(&path, false);
                     if dir {
                         s.unlist_tree(&path);

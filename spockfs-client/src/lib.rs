@@ -70,6 +70,23 @@ pub struct Extensions {
     /// `X-Spock-stat: 1`: calls that create or change an entry answer with
     /// its attributes.
     pub stat: bool,
+    /// `X-Spock-caller`: the server acts as the identity the client
+    /// declares (it trusts this client's ids).
+    pub identity: bool,
+    /// `X-Spock-parent`: a call that adds or removes a name answers with
+    /// its directory's attributes too.
+    pub parent_stat: bool,
+}
+
+/// What a call that adds or removes a name learnt of the result, with the
+/// server's `stat` and `parent-stat` extensions (saving GETATTR round
+/// trips); all `None` without them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The entry's attributes after the call (none for a removal).
+    pub stat: Option<Stat>,
+    /// The attributes of the directory holding the name, after the call.
+    pub parent: Option<Stat>,
 }
 
 /// A directory entry; `stat` is filled when the server speaks
@@ -196,6 +213,7 @@ impl ClientBuilder {
             .enable_all_versions()
             .wrap_connector(http);
         Ok(Client {
+            caller: None,
             inner: Arc::new(Inner {
                 http: pool(https.clone(), self.http2_prior_knowledge),
                 connector: https,
@@ -236,6 +254,33 @@ struct Inner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// `X-Spock-caller` value, sent when the server speaks `identity`.
+    caller: Option<HeaderValue>,
+}
+
+/// Who a call is made for: the `X-Spock-caller` identity (extension
+/// `identity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Caller {
+    /// The `X-Spock-caller` value: `UID GID G1,G2,...`.
+    ///
+    /// ```
+    /// let c = spockfs_client::Caller { uid: 1000, gid: 100, groups: vec![27, 100] };
+    /// assert_eq!(c.header_value(), "1000 100 27,100");
+    /// ```
+    pub fn header_value(&self) -> String {
+        let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
+        format!("{} {} {}", self.uid, self.gid, groups.join(","))
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -331,6 +376,8 @@ pub fn parse_extensions(h: &http::HeaderMap) -> Extensions {
         readdir_attrs: has("readdir-attrs"),
         fsync: has("fsync"),
         stat: has("stat"),
+        identity: has("identity"),
+        parent_stat: has("parent-stat"),
     }
 }
 
@@ -417,6 +464,12 @@ impl Client {
         if let Some(a) = &self.inner.auth {
             req = req.header(AUTHORIZATION, a.clone());
         }
+        if let Some(c) = &self.caller {
+            // Only to a server that says it uses it.
+            if self.inner.extensions.get().is_some_and(|e| e.identity) {
+                req = req.header("x-spock-caller", c.clone());
+            }
+        }
         for (k, v) in headers {
             req = req.header(HeaderName::from_static(k), v.clone());
         }
@@ -453,6 +506,7 @@ impl Client {
     pub fn with_own_pool(&self) -> Client {
         let i = &self.inner;
         Client {
+            caller: self.caller.clone(),
             inner: Arc::new(Inner {
                 http: pool(i.connector.clone(), i.http2_only),
                 connector: i.connector.clone(),
@@ -462,6 +516,25 @@ impl Client {
                 timeout: i.timeout,
                 extensions: i.extensions.clone(),
             }),
+        }
+    }
+
+    /// The same client (same pool), making its calls for `caller`: each
+    /// request carries `X-Spock-caller` if the server speaks the `identity`
+    /// extension (learnt from [`extensions`](Client::extensions)), so that a
+    /// server that trusts this client acts as that user. `None`: no caller.
+    ///
+    /// ```
+    /// use spockfs_client::{Caller, Client};
+    /// let c = Client::new("http://127.0.0.1:8080/fs")?;
+    /// let alice = c.with_caller(Some(&Caller { uid: 1000, gid: 1000, groups: vec![] }));
+    /// # drop(alice);
+    /// # Ok::<(), spockfs_client::BuildError>(())
+    /// ```
+    pub fn with_caller(&self, caller: Option<&Caller>) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            caller: caller.and_then(|c| HeaderValue::from_str(&c.header_value()).ok()),
         }
     }
 
@@ -501,17 +574,36 @@ impl Client {
         headers: &[(&'static str, HeaderValue)],
         ok: &[u16],
     ) -> FsResult<Option<Stat>> {
-        if !self.extensions().await.stat {
+        self.change_in_dir(method, path, headers, ok)
+            .await
+            .map(|c| c.stat)
+    }
+
+    /// A change answered, where the server can, with the entry's and its
+    /// directory's attributes.
+    async fn change_in_dir(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        ok: &[u16],
+    ) -> FsResult<Changed> {
+        let ext = self.extensions().await;
+        if !ext.stat && !ext.parent_stat {
             self.call(method, path, headers, Bytes::new(), ok).await?;
-            return Ok(None);
+            return Ok(Changed::default());
         }
         let mut h = headers.to_vec();
         h.push(("x-spock-stat", HeaderValue::from_static("1")));
         let r = self.call(method, path, &h, Bytes::new(), ok).await?;
-        // Absent if the entry vanished between the change and the stat.
-        Ok(r.headers()
-            .contains_key("x-spock-mode")
-            .then(|| parse_stat(r.headers())))
+        let hm = r.headers();
+        Ok(Changed {
+            // Absent if the entry vanished between the change and the stat.
+            stat: hm.contains_key("x-spock-mode").then(|| parse_stat(hm)),
+            parent: hm
+                .get("x-spock-parent")
+                .and_then(|v| spockfs_core::listing::parse_attrs(v.as_bytes())),
+        })
     }
 
     /// Lists a directory (without `.`/`..`); with `readdir-attrs`, each
@@ -531,11 +623,11 @@ impl Client {
 
     /// `mknod`.
     ///
-    /// With the server's `stat` extension, the result carries the entry's
-    /// attributes after the call (saving a GETATTR); `None` otherwise.
-    pub async fn mknod(&self, path: &[u8], mode: u32, dev: u64) -> FsResult<Option<Stat>> {
+    /// With the server's `stat` and `parent-stat` extensions, the result
+    /// carries the entry's and its directory's attributes after the call.
+    pub async fn mknod(&self, path: &[u8], mode: u32, dev: u64) -> FsResult<Changed> {
         let h = [("x-spock-mode", hv(mode)), ("x-spock-dev", hv(dev as i64))];
-        self.change("MKNOD", path, &h, &[201]).await
+        self.change_in_dir("MKNOD", path, &h, &[201]).await
     }
 
     /// `open` permission check with `flags`.
@@ -601,9 +693,9 @@ impl Client {
     ///
     /// With the server's `stat` extension, the result carries the entry's
     /// attributes after the call (saving a GETATTR); `None` otherwise.
-    pub async fn symlink(&self, path: &[u8], target: &[u8]) -> FsResult<Option<Stat>> {
+    pub async fn symlink(&self, path: &[u8], target: &[u8]) -> FsResult<Changed> {
         let t = HeaderValue::from_bytes(target).map_err(|_| Errno::EINVAL)?;
-        self.change("SYMLINK", path, &[("x-spock-target", t)], &[201])
+        self.change_in_dir("SYMLINK", path, &[("x-spock-target", t)], &[201])
             .await
     }
 
@@ -617,18 +709,16 @@ impl Client {
     }
 
     /// `rmdir`.
-    pub async fn rmdir(&self, path: &[u8]) -> FsResult<()> {
-        self.call("RMDIR", path, &[], Bytes::new(), &[200])
-            .await
-            .map(drop)
+    pub async fn rmdir(&self, path: &[u8]) -> FsResult<Changed> {
+        self.change_in_dir("RMDIR", path, &[], &[200]).await
     }
 
     /// `mkdir`.
     ///
     /// With the server's `stat` extension, the result carries the entry's
     /// attributes after the call (saving a GETATTR); `None` otherwise.
-    pub async fn mkdir(&self, path: &[u8], mode: u32) -> FsResult<Option<Stat>> {
-        self.change("MKDIR", path, &[("x-spock-mode", hv(mode))], &[201])
+    pub async fn mkdir(&self, path: &[u8], mode: u32) -> FsResult<Changed> {
+        self.change_in_dir("MKDIR", path, &[("x-spock-mode", hv(mode))], &[201])
             .await
     }
 
@@ -636,18 +726,18 @@ impl Client {
     ///
     /// With the server's `stat` extension, the result carries the entry's
     /// attributes after the call (saving a GETATTR); `None` otherwise.
-    pub async fn link(&self, path: &[u8], existing: &[u8]) -> FsResult<Option<Stat>> {
+    pub async fn link(&self, path: &[u8], existing: &[u8]) -> FsResult<Changed> {
         let t = HeaderValue::from_bytes(existing).map_err(|_| Errno::EINVAL)?;
-        self.change("LINK", path, &[("x-spock-target", t)], &[201])
+        self.change_in_dir("LINK", path, &[("x-spock-target", t)], &[201])
             .await
     }
 
-    /// `rename(from, to)`.
-    pub async fn rename(&self, from: &[u8], to: &[u8]) -> FsResult<()> {
+    /// `rename(from, to)`. With the server's extensions, the result
+    /// carries `to`'s attributes and its directory's.
+    pub async fn rename(&self, from: &[u8], to: &[u8]) -> FsResult<Changed> {
         let t = HeaderValue::from_bytes(from).map_err(|_| Errno::EINVAL)?;
-        self.call("RENAME", to, &[("x-spock-target", t)], Bytes::new(), &[200])
+        self.change_in_dir("RENAME", to, &[("x-spock-target", t)], &[200])
             .await
-            .map(drop)
     }
 
     /// `fallocate(mode, offset, len)`.
@@ -743,16 +833,15 @@ impl Client {
     ///
     /// With the server's `stat` extension, the result carries the entry's
     /// attributes after the call (saving a GETATTR); `None` otherwise.
-    pub async fn create(&self, path: &[u8], mode: u32) -> FsResult<Option<Stat>> {
-        self.change("POST", path, &[("x-spock-mode", hv(mode))], &[201])
+    pub async fn create(&self, path: &[u8], mode: u32) -> FsResult<Changed> {
+        self.change_in_dir("POST", path, &[("x-spock-mode", hv(mode))], &[201])
             .await
     }
 
-    /// `unlink`.
-    pub async fn unlink(&self, path: &[u8]) -> FsResult<()> {
-        self.call("DELETE", path, &[], Bytes::new(), &[200])
-            .await
-            .map(drop)
+    /// `unlink`. With the server's `parent-stat` extension, the result
+    /// carries the directory's attributes after the call.
+    pub async fn unlink(&self, path: &[u8]) -> FsResult<Changed> {
+        self.change_in_dir("DELETE", path, &[], &[200]).await
     }
 
     /// `fsync`/`fdatasync`; a no-op on servers without the `fsync`

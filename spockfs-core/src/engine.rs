@@ -428,6 +428,12 @@ impl Op {
         )
     }
 
+    /// True if the operation adds or removes a name in the request path's
+    /// directory, whose attributes the `parent-stat` extension returns.
+    pub fn changes_parent(&self) -> bool {
+        self.names_entry() || matches!(self, Op::Delete | Op::Rmdir)
+    }
+
     /// True if the operation leaves an entry at the request path whose
     /// attributes the `stat` extension can return.
     pub fn can_stat(&self) -> bool {
@@ -714,8 +720,8 @@ enum Outcome {
     Status(StatusCode),
     Stat(Stat),
     /// A success status with the entry's attributes after the change (the
-    /// `stat` extension).
-    StatusStat(StatusCode, Stat),
+    /// `stat` extension), and its directory's (`parent-stat`), where known.
+    StatusStat(StatusCode, Option<Stat>, Option<Stat>),
     StatFs(StatFs),
     Body(Bytes),
     Size(u64),
@@ -863,7 +869,11 @@ impl Engine {
             Op::Put { range } => self.put(&mount, cx, path, range, body).await,
             Op::Setxattr { name, flag } => self.setxattr(cx, path, name, flag, body).await,
             op => {
-                let stat = op.can_stat() && wants_stat(&parts.headers);
+                let wants = wants_stat(&parts.headers);
+                let stat = Stats {
+                    entry: wants && op.can_stat(),
+                    parent: wants && op.changes_parent(),
+                };
                 self.execute(&mount, cx, path, op, stat).await
             }
         };
@@ -972,26 +982,31 @@ impl Engine {
     }
 
     /// Runs `op` on the blocking pool; with `stat`, a successful change is
-    /// answered with the entry's attributes, read in the same pool call.
+    /// answered with the entry's attributes and its directory's, read in
+    /// the same pool call.
     async fn execute(
         &self,
         mount: &Mount,
         cx: Cx<'_>,
         path: FsPath,
         op: Op,
-        stat: bool,
+        stat: Stats,
     ) -> Result<Outcome, Fail> {
         let limits = self.limits;
         let setid = mount.setid();
         blocking(&self.pool, cx, move |b| {
             let out = execute_sync(b, &path, op, &limits, setid)?;
             Ok(match out {
-                Outcome::Status(s) if stat => match b.getattr(&path) {
-                    Ok(st) => Outcome::StatusStat(s, st),
+                Outcome::Status(s) if stat.entry || stat.parent => {
                     // Changed, then removed or replaced by someone else:
-                    // the change still succeeded.
-                    Err(_) => Outcome::Status(s),
-                },
+                    // the change still succeeded, without attributes.
+                    let entry = stat.entry.then(|| b.getattr(&path).ok()).flatten();
+                    let parent = stat
+                        .parent
+                        .then(|| path.parent().and_then(|p| b.getattr(&p).ok()))
+                        .flatten();
+                    Outcome::StatusStat(s, entry, parent)
+                }
                 out => out,
             })
         })
@@ -1174,9 +1189,16 @@ impl Engine {
                 h::put_stat(r.headers_mut(), &st);
                 r
             }
-            Outcome::StatusStat(s, st) => {
+            Outcome::StatusStat(s, entry, parent) => {
                 let mut r = status_response(s);
-                h::put_stat(r.headers_mut(), &st);
+                if let Some(st) = entry {
+                    h::put_stat(r.headers_mut(), &st);
+                }
+                if let Some(v) = parent
+                    .and_then(|st| HeaderValue::from_str(&crate::listing::format_attrs(&st)).ok())
+                {
+                    r.headers_mut().insert(h::X_SPOCK_PARENT.clone(), v);
+                }
                 r
             }
             Outcome::StatFs(s) => {
@@ -1303,6 +1325,13 @@ fn errno_response(e: Errno, context: &str) -> Response<SpockBody> {
         format!("{} ({context})", e.description())
     };
     error_response(e.status(), e, &msg)
+}
+
+/// Which attributes a change is answered with (`stat`, `parent-stat`).
+#[derive(Clone, Copy)]
+struct Stats {
+    entry: bool,
+    parent: bool,
 }
 
 /// Where and as whom a request's filesystem calls run.

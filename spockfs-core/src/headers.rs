@@ -153,6 +153,12 @@ pub static X_SPOCK_READDIR: HeaderName = HeaderName::from_static("x-spock-readdi
 /// headers, saving the client a GETATTR round trip.
 pub static X_SPOCK_STAT: HeaderName = HeaderName::from_static("x-spock-stat");
 
+/// `X-Spock-parent` (extension `parent-stat`): on the answer to a request
+/// that carried `X-Spock-stat: 1` and added or removed a name, the
+/// attributes of the directory holding it, after the change, in the
+/// `readdir-attrs` field format ([`format_attrs`](crate::listing::format_attrs)).
+pub static X_SPOCK_PARENT: HeaderName = HeaderName::from_static("x-spock-parent");
+
 /// `X-Spock-caller: UID GID G1,G2,...` (extension `identity`): who the
 /// client's caller is, honoured only on mounts that trust their clients.
 pub static X_SPOCK_CALLER: HeaderName = HeaderName::from_static("x-spock-caller");

@@ -16,6 +16,32 @@ pub fn write_attrs_prefix(out: &mut Vec<u8>, st: &Stat) {
     );
 }
 
+/// The ten attribute fields alone, space separated: the value of the
+/// `X-Spock-parent` response header (extension `parent-stat`).
+///
+/// ```
+/// use spockfs_core::listing::{format_attrs, parse_attrs};
+/// use spockfs_core::Stat;
+/// let st = Stat { mode: 0o40755, ino: 2, nlink: 3, mtime: 9, ..Stat::default() };
+/// assert_eq!(format_attrs(&st), "16877 2 3 0 0 0 0 0 9 0");
+/// assert_eq!(parse_attrs(format_attrs(&st).as_bytes()), Some(st));
+/// assert_eq!(parse_attrs(b"1 2 3"), None);
+/// ```
+pub fn format_attrs(st: &Stat) -> String {
+    let mut out = Vec::with_capacity(64);
+    write_attrs_prefix(&mut out, st);
+    out.pop();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Parses [`format_attrs`]' ten fields; `None` if malformed.
+pub fn parse_attrs(fields: &[u8]) -> Option<Stat> {
+    let mut line = Vec::with_capacity(fields.len() + 2);
+    line.extend_from_slice(fields);
+    line.extend_from_slice(b" .");
+    parse_attrs_line(&line).map(|(_, st)| st)
+}
+
 /// Parses one line (without its `\n`) into the name and its attributes
 /// (`dev` and `rdev` are not in the format: 0). `None` if malformed.
 ///

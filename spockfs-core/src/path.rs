@@ -149,6 +149,22 @@ impl FsPath {
         })
     }
 
+    /// The directory holding this path's final name; `None` for the root.
+    ///
+    /// ```
+    /// use spockfs_core::FsPath;
+    /// let p = FsPath::from_url_path("/a/b/c").unwrap();
+    /// assert_eq!(p.parent().map(|d| d.relative().to_vec()), Some(b"a/b".to_vec()));
+    /// assert!(FsPath::from_url_path("/a").unwrap().parent().unwrap().is_root());
+    /// assert!(FsPath::root().parent().is_none());
+    /// ```
+    pub fn parent(&self) -> Option<FsPath> {
+        self.parent_and_name().map(|(dir, _)| FsPath {
+            rel: dir.to_vec(),
+            trailing_slash: false,
+        })
+    }
+
     /// The final component; `None` for the root.
     pub fn name(&self) -> Option<&[u8]> {
         self.parent_and_name().map(|(_, n)| n)

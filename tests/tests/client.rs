@@ -17,15 +17,27 @@ async fn every_method_round_trips() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(t.store.stat("d").map(|s| s.perm), Some(0o750));
-    assert_eq!(st.map(|s| s.mode), Some(libc::S_IFDIR | 0o750), "stat ext");
+    assert_eq!(
+        st.stat.map(|s| s.mode),
+        Some(libc::S_IFDIR | 0o750),
+        "stat ext"
+    );
+    assert_eq!(
+        st.parent.map(|s| s.mode & libc::S_IFMT),
+        Some(libc::S_IFDIR),
+        "parent-stat ext"
+    );
     let st = c
         .create(b"/d/f", 0o640)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        st.map(|s| (s.mode, s.size)),
+        st.stat.map(|s| (s.mode, s.size)),
         Some((libc::S_IFREG | 0o640, 0))
     );
+    // The directory's attributes, after the create: its mtime moved.
+    let d = t.store.stat("d").map(|s| (s.ino, s.mtime));
+    assert_eq!(st.parent.map(|s| (s.ino, s.mtime)), d, "parent-stat ext");
     c.write(b"/d/f", 3, Bytes::from_static(b"hello"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -183,7 +195,11 @@ async fn plain_server_gets_only_the_spec() {
         .create(b"/f", 0o644)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(st, None, "no attributes from a 0.1 server");
+    assert_eq!(
+        st,
+        spockfs_client::Changed::default(),
+        "no attributes from a 0.1 server"
+    );
     let entries = c.readdir(b"/").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(entries.len(), 1);
     assert!(entries[0].stat.is_none());

@@ -777,7 +777,13 @@ fn counted_mount(
                 .push(r.method().to_string());
             r
         })
-        .service(spockfs_tower::SpockFs::new(root));
+        // The mount's xattr caches are under test, not the server's
+        // namespace policy.
+        .service(
+            spockfs_tower::SpockFs::builder()
+                .default_mount(spockfs_tower::Mount::local(root).allow_any_xattr(true))
+                .build(),
+        );
     let app = axum::Router::new().nest_service("/fs", svc);
     let (tx, m) = serve_and_mount(rt, app, mnt);
     (seen, tx, m)
@@ -1231,8 +1237,11 @@ fn access_after_chmod_with_an_unprivileged_server() {
             .build()
             .unwrap_or_else(|e| panic!("client: {e}"))
     };
+    // The server's own checks, not the kernel's: the mounting root would
+    // pass those.
     let cfg = MountConfig {
         fsname: url.clone(),
+        default_permissions: false,
         ..MountConfig::default()
     };
     let m = spawn_mount(client, &mnt, cfg).unwrap_or_else(|e| panic!("mount: {e}"));

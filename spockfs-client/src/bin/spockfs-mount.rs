@@ -58,6 +58,15 @@ struct Args {
     /// CPU
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
+    /// Do not let the kernel check permissions against the attributes the
+    /// server reports (default: it does, `default_permissions`, as for a
+    /// local disk; the server checks only what its identity rules say)
+    #[arg(long)]
+    no_default_permissions: bool,
+    /// Do not send each caller's uid, gid and groups (`X-Spock-caller`) to
+    /// a server that speaks the `identity` extension
+    #[arg(long)]
+    no_send_ids: bool,
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
@@ -189,6 +198,8 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
         allow_other: args.allow_other,
         fsname: public_url(&args.url),
         threads: usize::from(args.threads),
+        default_permissions: !args.no_default_permissions,
+        send_ids: !args.no_send_ids,
     };
     let fs = SpockFuse::new(client, cfg);
     let config = fs.fuser_config();
