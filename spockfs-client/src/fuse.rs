@@ -354,8 +354,11 @@ struct Shared {
     fresh: Fresh,
     next_fh: Mutex<u64>,
     /// Callers' supplementary groups, by pid, and when they were read.
-    groups: Mutex<HashMap<u32, (Arc<[u32]>, Instant)>>,
+    groups: Mutex<HashMap<u32, CallerGroups>>,
 }
+
+/// A caller's supplementary groups and when they were read.
+type CallerGroups = (Arc<[u32]>, Instant);
 
 tokio::task_local! {
     /// Who the FUSE request a task serves was made by.
