@@ -16,6 +16,7 @@ pub mod method;
 pub mod mount;
 pub mod path;
 pub mod pool;
+mod reaper;
 
 pub use body::SpockBody;
 pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limiter, Limits, Op};
