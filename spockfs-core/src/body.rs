@@ -563,3 +563,63 @@ impl Drop for DirListing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Engine, Limits, MemFs, Mount};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use std::time::Duration;
+
+    fn req(method: &str, path: &str, body: &'static [u8]) -> http::Request<Full<Bytes>> {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "x")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A response nobody pulls gives its slot back after the write
+    /// timeout, and fails if it is polled afterwards; one that is pulled
+    /// keeps going.
+    #[tokio::test]
+    async fn unpulled_response_releases_its_slot() {
+        let engine = Engine::builder()
+            .default_mount(Mount::new(MemFs::new()))
+            .limits(Limits {
+                max_requests: 1,
+                max_requests_wait: Duration::from_millis(50),
+                write_timeout: Some(Duration::from_millis(200)),
+                chunk_size: 4096,
+                ..Limits::default()
+            })
+            .build();
+        let data: &'static [u8] = &[5u8; 64 * 1024];
+        assert_eq!(engine.handle(req("PUT", "/f", data)).await.status(), 201);
+        let stalled = engine.handle(req("GET", "/f", b"")).await;
+        assert_eq!(stalled.status(), 200);
+        // Its slot is held: another request waits, then 503.
+        let busy = engine.handle(req("GETATTR", "/f", b"")).await;
+        assert_eq!(busy.status(), 503);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(engine.handle(req("GETATTR", "/f", b"")).await.status(), 200);
+        let e = stalled.into_body().collect().await.err();
+        assert_eq!(
+            e.map(|e| e.kind()),
+            Some(std::io::ErrorKind::TimedOut),
+            "an aborted body must fail, not end short"
+        );
+        // Pulled slowly but steadily (a chunk every 100 ms): not aborted.
+        let mut body = engine.handle(req("GET", "/f", b"")).await.into_body();
+        let mut got = 0;
+        while let Some(f) = body.frame().await {
+            got += f.map_err(|e| panic!("{e}")).ok().and_then(|f| f.into_data().ok()).map_or(0, |d| d.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if got >= 16 * 1024 {
+                break;
+            }
+        }
+        assert_eq!(got, 16 * 1024);
+    }
+}
