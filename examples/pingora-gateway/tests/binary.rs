@@ -37,7 +37,7 @@ fn example_config_is_valid() {
             _ => format!("{l}\n"),
         })
         .collect();
-    assert_eq!(keys, 11, "commented [limits] keys found");
+    assert_eq!(keys, 17, "commented [limits] keys found");
     let cfg = pingora_gateway::Config::from_toml(&format!("{head}{tail}"))
         .unwrap_or_else(|e| panic!("uncommented [limits]: {e}"));
     assert_eq!(cfg.limits.max_requests, Some(1024));
