@@ -239,6 +239,9 @@ pub struct GuardedIo<S> {
     sniff: Option<usize>,
     /// HTTP/2: the client's frames.
     frames: Option<H2Frames>,
+    /// Bytes read by [`detect_http2`](GuardedIo::detect_http2), to be
+    /// read again (and how many were).
+    replay: Option<(Vec<u8>, usize)>,
     /// Lingering close: set once our side is shut down.
     linger: Option<Linger>,
     _admission: Option<Registration>,
@@ -299,6 +302,7 @@ impl<S> GuardedIo<S> {
             write_blocked: false,
             sniff: Some(0),
             frames: None,
+            replay: None,
             linger: None,
             _admission: admission,
         }
@@ -308,6 +312,9 @@ impl<S> GuardedIo<S> {
     /// recognised the preface itself); otherwise the preface, as the first
     /// bytes read, decides.
     pub fn http2(mut self) -> GuardedIo<S> {
+        if self.frames.is_some() {
+            return self; // recognised already
+        }
         self.sniff = None;
         self.frames = Some(H2Frames::new(0));
         let mut st = self.shared.lock();
@@ -404,13 +411,34 @@ impl<S> GuardedIo<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+impl<S: AsyncRead + Unpin> GuardedIo<S> {
+    /// Reads the first bytes — under the connection's timeouts, and
+    /// closing if the connection is evicted — until they show whether the
+    /// client speaks HTTP/2 (its preface) or not; the following reads
+    /// return them again. `Ok(false)` also when the connection ends first.
+    /// This is how a server that serves both on one port (cleartext HTTP/2
+    /// by prior knowledge) tells them apart without an unguarded peek.
+    pub async fn detect_http2(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 1024];
+        while self.sniff.is_some() {
+            let n = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(&mut chunk);
+                std::task::ready!(self.poll_guarded(cx, &mut rb))?;
+                Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
+            })
+            .await?;
+            if n == 0 {
+                break;
+            }
+            let (buf, _) = self.replay.get_or_insert_with(|| (Vec::new(), 0));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(self.frames.is_some())
+    }
+
+    /// A read with the timeouts (not from the replay buffer).
+    fn poll_guarded(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         {
             let st = this.shared.lock();
             if st.evicted && st.in_flight == 0 {
@@ -481,6 +509,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some((bytes, at)) = &mut this.replay {
+            let n = (bytes.len() - *at).min(buf.remaining());
+            buf.put_slice(&bytes[*at..*at + n]);
+            *at += n;
+            if *at == bytes.len() {
+                this.replay = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_guarded(cx, buf)
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -498,6 +546,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
     }
     /// Shuts down our side, then lingers (see [`LINGER_TIME`]): done when
     /// the client closes too, errs, or the time or byte budget runs out.
+    /// A connection closed to make room (see [`ConnLimiter`]) does not
+    /// linger: it was idle, nothing of it is in flight, and its descriptor
+    /// is wanted now.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.linger.is_none() {
@@ -511,6 +562,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
         let Some(l) = this.linger.as_mut() else {
             return Poll::Ready(Ok(()));
         };
+        {
+            let mut st = this.shared.lock();
+            if st.evicted {
+                return Poll::Ready(Ok(()));
+            }
+            // Eviction cuts the lingering short: wake this task for it.
+            if !st
+                .reader
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                st.reader = Some(cx.waker().clone());
+            }
+        }
         let mut scratch = [0u8; 8192];
         loop {
             let mut rb = ReadBuf::new(&mut scratch);

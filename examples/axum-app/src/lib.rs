@@ -364,9 +364,14 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        // A plain connection is guarded (and may be closed to make room)
+        // from now on; a TLS one once its handshake is done.
+        let accepted = match &tls {
+            Some(acceptor) => Accepted::Tls(acceptor.clone(), stream, admission),
+            None => Accepted::Plain(GuardedIo::admitted(stream, timeouts, admission)),
+        };
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let tls = tls.clone();
         let router = router.clone();
         tokio::spawn(async move {
             // The service reports each request to the connection guard; the
@@ -397,8 +402,8 @@ pub async fn serve(
                     },
                 ))
             };
-            let res = match tls {
-                Some(acceptor) => {
+            let res = match accepted {
+                Accepted::Tls(acceptor, stream, admission) => {
                     // The TLS handshake gets the header timeout too.
                     let hs = acceptor.accept(stream);
                     let hs = match timeouts.header {
@@ -423,8 +428,7 @@ pub async fn serve(
                         }
                     }
                 }
-                None => {
-                    let io = GuardedIo::admitted(stream, timeouts, admission);
+                Accepted::Plain(io) => {
                     let svc = svc(io.activity());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                     watcher.watch(conn.into_owned()).await
@@ -443,6 +447,16 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A connection just accepted.
+enum Accepted {
+    Plain(spockfs_core::conn::GuardedIo<tokio::net::TcpStream>),
+    Tls(
+        tokio_rustls::TlsAcceptor,
+        tokio::net::TcpStream,
+        spockfs_core::conn::Admission,
+    ),
 }
 
 /// A response body that keeps its request "in progress" for the

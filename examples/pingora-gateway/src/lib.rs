@@ -540,8 +540,6 @@ impl Endpoint {
     }
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// Malformed streams one HTTP/2 connection may send before it is closed
 /// (Pingora's own accept loop allows as many).
 const MAX_MALFORMED_STREAMS: usize = 32;
@@ -589,22 +587,6 @@ impl GuardedApp {
                 tracing::debug!(error = %e, "TLS handshake failed");
                 None
             }
-        }
-    }
-
-    /// Cleartext HTTP/2 (prior knowledge): the preface, peeked within the
-    /// idle timeout. `None`: nothing came in time.
-    async fn sniff_h2c(&self, io: &mut GuardedIo<Stream>) -> Option<bool> {
-        let mut buf = [0u8; H2_PREFACE.len()];
-        let peek = io.get_mut().try_peek(&mut buf);
-        let peeked = match self.timeouts.idle.or(self.timeouts.header) {
-            Some(t) => tokio::time::timeout(t, peek).await.ok()?,
-            None => peek.await,
-        };
-        match peeked {
-            Ok(true) => Some(buf == H2_PREFACE),
-            Ok(false) => Some(false),
-            Err(_) => None,
         }
     }
 
@@ -722,8 +704,9 @@ impl ServerApp for GuardedApp {
             None => (stream, false),
         };
         let mut io = GuardedIo::admitted(stream, self.timeouts, admission);
-        let h2 = alpn_h2
-            || (endpoint.is_some_and(|e| e.h2c) && self.sniff_h2c(&mut io).await?);
+        // Cleartext HTTP/2 (prior knowledge): the preface, read under the
+        // connection's timeouts (and replayed to whichever stack serves it).
+        let h2 = alpn_h2 || (endpoint.is_some_and(|e| e.h2c) && io.detect_http2().await.ok()?);
         if h2 {
             self.serve_h2(io.http2(), shutdown).await;
             return None;
