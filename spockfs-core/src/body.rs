@@ -293,7 +293,10 @@ impl Body for SpockBody {
     fn size_hint(&self) -> SizeHint {
         match &self.repr {
             Repr::Local(p) => p.size_hint(),
-            Repr::Watched(w, _) => w.lock().as_ref().map_or_else(SizeHint::default, Parts::size_hint),
+            Repr::Watched(w, _) => w
+                .lock()
+                .as_ref()
+                .map_or_else(SizeHint::default, Parts::size_hint),
         }
     }
 }
@@ -614,7 +617,11 @@ mod tests {
         let mut body = engine.handle(req("GET", "/f", b"")).await.into_body();
         let mut got = 0;
         while let Some(f) = body.frame().await {
-            got += f.map_err(|e| panic!("{e}")).ok().and_then(|f| f.into_data().ok()).map_or(0, |d| d.len());
+            got += f
+                .map_err(|e| panic!("{e}"))
+                .ok()
+                .and_then(|f| f.into_data().ok())
+                .map_or(0, |d| d.len());
             tokio::time::sleep(Duration::from_millis(100)).await;
             if got >= 16 * 1024 {
                 break;

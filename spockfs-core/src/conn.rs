@@ -348,12 +348,7 @@ impl<S> GuardedIo<S> {
 
     /// Bytes just read: recognise HTTP/2, follow its frames, or start the
     /// HTTP/1 header clock.
-    fn saw(
-        sniff: &mut Option<usize>,
-        frames: &mut Option<H2Frames>,
-        new: &[u8],
-        st: &mut State,
-    ) {
+    fn saw(sniff: &mut Option<usize>, frames: &mut Option<H2Frames>, new: &[u8], st: &mut State) {
         if let Some(matched) = *sniff {
             let want = &H2_PREFACE[matched..];
             let n = new.len().min(want.len());
@@ -380,7 +375,11 @@ impl<S> GuardedIo<S> {
 
     /// A write's outcome: `Pending` starts (or continues) the write clock;
     /// past [`ConnTimeouts::write`] it becomes `TimedOut`.
-    fn write_result<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+    fn write_result<T>(
+        &mut self,
+        r: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
         if r.is_ready() {
             self.write_blocked = false;
             return r;
@@ -401,7 +400,9 @@ impl<S> GuardedIo<S> {
         match sleep.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(()) => {
-                tracing::debug!("closing a connection: the client read nothing for the write timeout");
+                tracing::debug!(
+                    "closing a connection: the client read nothing for the write timeout"
+                );
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the client read nothing for the write timeout",
@@ -437,7 +438,11 @@ impl<S: AsyncRead + Unpin> GuardedIo<S> {
     }
 
     /// A read with the timeouts (not from the replay buffer).
-    fn poll_guarded(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_guarded(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self;
         {
             let st = this.shared.lock();
@@ -460,11 +465,7 @@ impl<S: AsyncRead + Unpin> GuardedIo<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if !st
-                    .reader
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
+                if !st.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     st.reader = Some(cx.waker().clone());
                 }
                 let (deadline, header) = match (st.header_started, this.timeouts) {
@@ -568,11 +569,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
                 return Poll::Ready(Ok(()));
             }
             // Eviction cuts the lingering short: wake this task for it.
-            if !st
-                .reader
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
+            if !st.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 st.reader = Some(cx.waker().clone());
             }
         }
@@ -873,13 +870,7 @@ mod tests {
 
     /// An HTTP/2 frame header (+ payload of zeros).
     fn frame(ty: u8, flags: u8, stream: u32, len: usize) -> Vec<u8> {
-        let mut f = vec![
-            (len >> 16) as u8,
-            (len >> 8) as u8,
-            len as u8,
-            ty,
-            flags,
-        ];
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
         f.extend_from_slice(&stream.to_be_bytes());
         f.resize(9 + len, 0);
         f
@@ -1037,6 +1028,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn detected_preface_is_replayed_and_keeps_its_clocks() {
+        // HTTP/2: the preface, settings and an unfinished head are read to
+        // decide, read again by the next reads, and the header clock that
+        // the head started keeps running (declaring HTTP/2 again changes
+        // nothing).
+        let (a, mut b) = tokio::io::duplex(4096);
+        let mut g = GuardedIo::new(a, timeouts(5000, 200));
+        let mut sent = H2_PREFACE.to_vec();
+        sent.extend(frame(0x4, 0, 0, 0));
+        sent.extend(frame(0x1, 0, 1, 3));
+        b.write_all(&sent).await.ok();
+        assert!(g.detect_http2().await.unwrap_or(false));
+        let mut g = g.http2();
+        let mut got = vec![0u8; sent.len()];
+        g.read_exact(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, sent);
+        let (r, _) = read_to_end(&mut g, Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|| panic!("still open"));
+        assert_eq!(r.err().map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+        // HTTP/1: decided on the first byte that differs, replayed too.
+        let (a, mut b) = tokio::io::duplex(4096);
+        let mut g = GuardedIo::new(a, timeouts(5000, 200));
+        b.write_all(b"GETATTR / HTTP/1.1\r\n").await.ok();
+        assert!(!g.detect_http2().await.unwrap_or(true));
+        let mut got = [0u8; 20];
+        g.read_exact(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&got, b"GETATTR / HTTP/1.1\r\n");
+        // Nothing at all: the idle timeout decides (end of file).
+        let (a, _b) = tokio::io::duplex(64);
+        let mut g = GuardedIo::new(a, timeouts(100, 50));
+        assert!(!g.detect_http2().await.unwrap_or(true));
+        assert_eq!(g.read(&mut got).await.ok(), Some(0));
+    }
+
+    #[tokio::test]
     async fn blocked_write_times_out() {
         let (a, mut b) = tokio::io::duplex(1024);
         let mut g = GuardedIo::new(
@@ -1092,10 +1119,18 @@ mod tests {
         let limiter = ConnLimiter::new(Some(2), None);
         let ip: Option<IpAddr> = "192.0.2.1".parse().ok();
         let (a1, _p1) = tokio::io::duplex(64);
-        let mut a = GuardedIo::admitted(a1, timeouts(60_000, 10_000), limiter.admit(ip).unwrap_or_else(|e| panic!("{e}")));
+        let mut a = GuardedIo::admitted(
+            a1,
+            timeouts(60_000, 10_000),
+            limiter.admit(ip).unwrap_or_else(|e| panic!("{e}")),
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         let (b1, _p2) = tokio::io::duplex(64);
-        let b = GuardedIo::admitted(b1, timeouts(60_000, 10_000), limiter.admit(ip).unwrap_or_else(|e| panic!("{e}")));
+        let b = GuardedIo::admitted(
+            b1,
+            timeouts(60_000, 10_000),
+            limiter.admit(ip).unwrap_or_else(|e| panic!("{e}")),
+        );
         let b_req = b.activity().request();
         // A reader parked on `a` is woken and sees end of file.
         let reader = tokio::spawn(async move {
@@ -1112,7 +1147,11 @@ mod tests {
         assert_eq!(n, Some(0));
         assert_eq!(limiter.open(), 2);
         drop(a);
-        assert_eq!(limiter.open(), 2, "an evicted connection's place is not freed twice");
+        assert_eq!(
+            limiter.open(),
+            2,
+            "an evicted connection's place is not freed twice"
+        );
         // `b` is busy and `c` is not wrapped yet (mid-handshake): refused.
         assert_eq!(limiter.admit(ip).err(), Some(Refused::Full));
         drop(b_req);
@@ -1127,9 +1166,17 @@ mod tests {
         let x: Option<IpAddr> = "192.0.2.1".parse().ok();
         let y: Option<IpAddr> = "192.0.2.2".parse().ok();
         let (s1, _p1) = tokio::io::duplex(64);
-        let x1 = GuardedIo::admitted(s1, timeouts(60_000, 10_000), limiter.admit(x).unwrap_or_else(|e| panic!("{e}")));
+        let x1 = GuardedIo::admitted(
+            s1,
+            timeouts(60_000, 10_000),
+            limiter.admit(x).unwrap_or_else(|e| panic!("{e}")),
+        );
         let (s2, _p2) = tokio::io::duplex(64);
-        let y1 = GuardedIo::admitted(s2, timeouts(60_000, 10_000), limiter.admit(y).unwrap_or_else(|e| panic!("{e}")));
+        let y1 = GuardedIo::admitted(
+            s2,
+            timeouts(60_000, 10_000),
+            limiter.admit(y).unwrap_or_else(|e| panic!("{e}")),
+        );
         let y_req = y1.activity().request();
         // x's second connection closes x's first (idle); y's is refused
         // (its only one is busy), and x's is never touched for it.

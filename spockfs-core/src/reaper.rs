@@ -153,7 +153,7 @@ impl<T> Shared<T> {
                     continue; // reaped already
                 }
                 slot.stale.store(stale + 1, Relaxed);
-                if stale + 1 <= SCANS {
+                if stale < SCANS {
                     continue;
                 }
                 // Locked: being polled right now, which is progress.
@@ -225,7 +225,11 @@ mod tests {
             busy.touch();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(drops.load(Relaxed), 1, "only the untouched value is dropped");
+        assert_eq!(
+            drops.load(Relaxed),
+            1,
+            "only the untouched value is dropped"
+        );
         assert!(idle.lock().is_none());
         assert!(busy.lock().is_some());
         drop(busy);

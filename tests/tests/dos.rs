@@ -169,8 +169,11 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 /// Connects from `local` (any address of 127.0.0.0/8).
 async fn connect_from(local: &str, addr: SocketAddr) -> TcpStream {
     let sock = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-    let from: SocketAddr = format!("{local}:0").parse().unwrap_or_else(|e| panic!("{e}"));
-    sock.bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    let from: SocketAddr = format!("{local}:0")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    sock.bind(from)
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
     sock.connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr} from {local}: {e}"))
@@ -361,7 +364,10 @@ async fn zero_window_http2_streams_are_aborted() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let r = s.client.req("GETATTR", "/f", &[]).await;
-        assert_eq!(r.status, 503, "{srv:?}: the zero-window streams hold every slot");
+        assert_eq!(
+            r.status, 503,
+            "{srv:?}: the zero-window streams hold every slot"
+        );
         let held = until_served(srv, &s.client, start, Duration::from_secs(6)).await;
         assert!(
             held >= Duration::from_millis(900) && held < Duration::from_millis(2600),
@@ -456,7 +462,10 @@ async fn http2_stream_cap_bounds_open_files() {
         let r = client.req("GETATTR", "/f", &[]).await;
         let took = t.elapsed();
         assert_eq!(r.status, 200, "{kind:?}: a normal client during the attack");
-        assert!(took < Duration::from_millis(400), "{kind:?}: served in {took:?}");
+        assert!(
+            took < Duration::from_millis(400),
+            "{kind:?}: served in {took:?}"
+        );
         assert!(
             (600..=600 + 6 + 20).contains(&fds),
             "{kind:?}: {fds} more fds open (6 connections x 100 streams x 1 file expected)"
@@ -502,7 +511,10 @@ async fn http2_connections_time_out() {
                         if c.write_all(&frame(0x6, 0, 0, &[0; 8])).await.is_err() {
                             break;
                         }
-                        if drain_until_closed(&mut c, Duration::from_millis(200)).await.is_ok() {
+                        if drain_until_closed(&mut c, Duration::from_millis(200))
+                            .await
+                            .is_ok()
+                        {
                             return (i, Some(t.elapsed()));
                         }
                     }
@@ -513,7 +525,8 @@ async fn http2_connections_time_out() {
         }
         for c in conns {
             let (i, took) = c.await.unwrap_or_else(|e| panic!("{e}"));
-            let took = took.unwrap_or_else(|| panic!("{srv:?}: HTTP/2 connection {i} still open after 5 s"));
+            let took = took
+                .unwrap_or_else(|| panic!("{srv:?}: HTTP/2 connection {i} still open after 5 s"));
             assert!(
                 took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
                 "{srv:?}: connection {i} closed after {took:?} (idle timeout 1 s)"
@@ -595,16 +608,20 @@ async fn tls_handshake_and_http2_over_tls_time_out() {
             "{srv:?}: silent TLS client closed after {silent:?} (header timeout 1 s)"
         );
         // HTTP/2 over TLS, the preface alone.
-        let name = rustls::pki_types::ServerName::try_from("localhost")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let name =
+            rustls::pki_types::ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
         let mut tls = tls_connector(&s.roots, b"h2")
             .connect(name.clone(), connect(s.addr).await)
             .await
             .unwrap_or_else(|e| panic!("{srv:?}: {e}"));
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let t = Instant::now();
-        tls.write_all(PREFACE).await.unwrap_or_else(|e| panic!("{e}"));
-        tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap_or_else(|e| panic!("{e}"));
+        tls.write_all(PREFACE)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tls.write_all(&frame(0x4, 0, 0, &[]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         drain_until_closed(&mut tls, Duration::from_secs(4))
             .await
             .unwrap_or_else(|e| panic!("{srv:?}: idle HTTP/2 over TLS: {e}"));
@@ -653,8 +670,12 @@ async fn http2_pings_disconnect_dead_peers() {
         // Dead: the preface, settings and a GET, then silence.
         let mut dead = connect(s.addr).await;
         let t = Instant::now();
-        dead.write_all(PREFACE).await.unwrap_or_else(|e| panic!("{e}"));
-        dead.write_all(&frame(0x4, 0, 0, &[])).await.unwrap_or_else(|e| panic!("{e}"));
+        dead.write_all(PREFACE)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        dead.write_all(&frame(0x4, 0, 0, &[]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         dead.write_all(&frame(0x1, 0x5, 1, &get_block("/fs/big")))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -677,7 +698,9 @@ async fn http2_pings_disconnect_dead_peers() {
         tokio::time::sleep(Duration::from_secs(2).saturating_sub(t.elapsed())).await;
         body.send_data(Bytes::from_static(b"hello"), true)
             .unwrap_or_else(|e| panic!("{srv:?}: live client cut off: {e}"));
-        let resp = resp.await.unwrap_or_else(|e| panic!("{srv:?}: live client: {e}"));
+        let resp = resp
+            .await
+            .unwrap_or_else(|e| panic!("{srv:?}: live client: {e}"));
         assert_eq!(resp.status(), 201, "{srv:?}");
         assert_eq!(
             std::fs::read(s.root.join("up")).unwrap_or_default(),
@@ -713,12 +736,18 @@ async fn idle_connections_past_the_fd_limit_do_not_stall_accept() {
             .unwrap_or_else(|_| panic!("{kind:?}: no answer in 3 s past 300 idle connections"));
         let took = t.elapsed();
         assert_eq!(r.status, 200, "{kind:?}");
-        assert!(took < Duration::from_secs(1), "{kind:?}: served in {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{kind:?}: served in {took:?}"
+        );
         // The server shed the idlest of them and kept at most its cap
         // (256 - 64 reserved - 96 for files = 96).
         let mut closed = 0;
         for c in &mut idle {
-            if drain_until_closed(c, Duration::from_millis(5)).await.is_ok() {
+            if drain_until_closed(c, Duration::from_millis(5))
+                .await
+                .is_ok()
+            {
                 closed += 1;
             }
         }
@@ -772,7 +801,10 @@ async fn per_address_cap_refuses_or_makes_room() {
             Duration::from_secs(2),
         )
         .await;
-        assert_eq!(status, 0, "{srv:?}: a fifth connection from a busy address must be refused");
+        assert_eq!(
+            status, 0,
+            "{srv:?}: a fifth connection from a busy address must be refused"
+        );
         // Another address is served.
         let mut other = connect_from("127.0.0.3", s.addr).await;
         let status = raw_status(
@@ -801,13 +833,18 @@ async fn per_address_cap_refuses_or_makes_room() {
             Duration::from_secs(2),
         )
         .await;
-        assert_eq!(status, 200, "{srv:?}: fifth from an address with idle connections");
+        assert_eq!(
+            status, 200,
+            "{srv:?}: fifth from an address with idle connections"
+        );
         drain_until_closed(&mut idle[0], Duration::from_secs(1))
             .await
             .unwrap_or_else(|e| panic!("{srv:?}: the idlest was not closed: {e}"));
         for (i, c) in idle.iter_mut().enumerate().skip(1) {
             assert!(
-                drain_until_closed(c, Duration::from_millis(50)).await.is_err(),
+                drain_until_closed(c, Duration::from_millis(50))
+                    .await
+                    .is_err(),
                 "{srv:?}: idle connection {i} closed too"
             );
         }

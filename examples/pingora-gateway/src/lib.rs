@@ -11,11 +11,14 @@
 //! Configured by a TOML file ([`Config`]); see `gateway.example.toml`.
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerApp;
 use pingora::apps::ServerApp;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::*;
+use pingora::protocols::http::v2::server::{self as h2_server, H2Options};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
@@ -23,13 +26,10 @@ use pingora::protocols::{
 };
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::upstreams::peer::HttpPeer;
 use serde::Deserialize;
-use pingora::apps::HttpServerApp;
-use pingora::protocols::http::v2::server::{self as h2_server, H2Options};
-use pingora::protocols::http::ServerSession;
-use pingora::server::ShutdownWatch;
 use spockfs_core::conn::{ConnLimiter, ConnTimeouts, GuardedIo, RequestActive};
 use spockfs_core::mount::{normalize_host, vhost_matches};
 use spockfs_core::path::strip_mount_prefix;
@@ -534,9 +534,9 @@ struct Endpoint {
 
 impl Endpoint {
     fn matches(&self, local: &std::net::SocketAddr) -> bool {
-        self.addrs.iter().any(|a| {
-            a.port() == local.port() && (a.ip() == local.ip() || a.ip().is_unspecified())
-        })
+        self.addrs
+            .iter()
+            .any(|a| a.port() == local.port() && (a.ip() == local.ip() || a.ip().is_unspecified()))
     }
 }
 
@@ -550,7 +550,7 @@ impl GuardedApp {
         // An exact address first, then a wildcard one on the same port.
         self.endpoints
             .iter()
-            .find(|e| e.addrs.iter().any(|a| *a == local))
+            .find(|e| e.addrs.contains(&local))
             .or_else(|| self.endpoints.iter().find(|e| e.matches(&local)))
     }
 
@@ -667,7 +667,9 @@ async fn keepalive(pings: Option<h2::PingPong>, every: Option<(Duration, Duratio
                 return;
             }
             Err(_) => {
-                tracing::debug!("closing an HTTP/2 connection: keep-alive ping not answered in time");
+                tracing::debug!(
+                    "closing an HTTP/2 connection: keep-alive ping not answered in time"
+                );
                 return;
             }
         }
@@ -986,10 +988,20 @@ pub fn build_with(
     proxy.server_options = Some(options);
     let mut h2 = h2_server::default_h2_options();
     h2.max_header_list_size(config.max_header_bytes().min(u32::MAX as usize) as u32);
-    h2.max_concurrent_streams(config.limits.h2_max_concurrent_streams.unwrap_or(100).max(1));
+    h2.max_concurrent_streams(
+        config
+            .limits
+            .h2_max_concurrent_streams
+            .unwrap_or(100)
+            .max(1),
+    );
     proxy.h2_options = Some(h2.clone());
     let keepalive = ms(config.limits.h2_keepalive_interval_ms.unwrap_or(30_000)).map(|every| {
-        let wait = config.limits.h2_keepalive_timeout_ms.unwrap_or(20_000).max(1);
+        let wait = config
+            .limits
+            .h2_keepalive_timeout_ms
+            .unwrap_or(20_000)
+            .max(1);
         (every, Duration::from_millis(wait))
     });
     let mut endpoints = Vec::new();
@@ -998,9 +1010,9 @@ pub fn build_with(
             .map_err(|e| ConfigError::Listener(l.addr.clone(), e.to_string()))?
             .collect();
         let tls = match (&l.tls_cert, &l.tls_key) {
-            (Some(c), Some(k)) => Some(Arc::new(tls_acceptor(c, k).map_err(|e| {
-                ConfigError::Listener(l.addr.clone(), e)
-            })?)),
+            (Some(c), Some(k)) => Some(Arc::new(
+                tls_acceptor(c, k).map_err(|e| ConfigError::Listener(l.addr.clone(), e))?,
+            )),
             (None, None) => None,
             _ => {
                 return Err(ConfigError::Listener(
@@ -1052,18 +1064,20 @@ fn tls_acceptor(
 ) -> Result<pingora::listeners::tls::Acceptor, String> {
     use pingora::tls::{load_certs_and_key_files, version, ServerConfig};
     pingora::tls::install_default_crypto_provider();
-    let (certs, key) = match load_certs_and_key_files(&cert.to_string_lossy(), &key.to_string_lossy())
-    {
-        Ok(Some(ck)) => ck,
-        Ok(None) => return Err("no certificate or no private key in the PEM files".into()),
-        Err(e) => return Err(e.to_string()),
-    };
+    let (certs, key) =
+        match load_certs_and_key_files(&cert.to_string_lossy(), &key.to_string_lossy()) {
+            Ok(Some(ck)) => ck,
+            Ok(None) => return Err("no certificate or no private key in the PEM files".into()),
+            Err(e) => return Err(e.to_string()),
+        };
     let mut cfg = ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| e.to_string())?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(pingora::listeners::tls::Acceptor::from_server_config(Arc::new(cfg)))
+    Ok(pingora::listeners::tls::Acceptor::from_server_config(
+        Arc::new(cfg),
+    ))
 }
 
 /// A shutdown trigger for [`run_in_background`].
