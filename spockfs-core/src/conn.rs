@@ -1042,7 +1042,9 @@ mod tests {
         assert!(g.detect_http2().await.unwrap_or(false));
         let mut g = g.http2();
         let mut got = vec![0u8; sent.len()];
-        g.read_exact(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
+        g.read_exact(&mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got, sent);
         let (r, _) = read_to_end(&mut g, Duration::from_secs(2))
             .await
@@ -1054,7 +1056,9 @@ mod tests {
         b.write_all(b"GETATTR / HTTP/1.1\r\n").await.ok();
         assert!(!g.detect_http2().await.unwrap_or(true));
         let mut got = [0u8; 20];
-        g.read_exact(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
+        g.read_exact(&mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(&got, b"GETATTR / HTTP/1.1\r\n");
         // Nothing at all: the idle timeout decides (end of file).
         let (a, _b) = tokio::io::duplex(64);

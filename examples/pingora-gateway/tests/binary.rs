@@ -28,7 +28,9 @@ fn example_config_is_valid() {
         .map(|l| match l.strip_prefix("# ") {
             Some(kv)
                 if kv.split_once(" = ").is_some_and(|(k, _)| {
-                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    !k.is_empty()
+                        && k.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                 }) =>
             {
                 keys += 1;
