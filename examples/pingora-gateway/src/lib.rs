@@ -403,9 +403,11 @@ fn head_size(req: &RequestHeader) -> usize {
             .sum::<usize>()
 }
 
-/// A downstream connection under [`GuardedIo`]'s idle and header timeouts
-/// (Pingora's own timeouts are per read, so a client trickling a header one
-/// byte at a time would never hit them).
+/// A downstream connection (HTTP/1 or HTTP/2, cleartext or TLS) under
+/// [`GuardedIo`]'s idle, header and write timeouts and its place under the
+/// connection caps (Pingora's own timeouts are per read, so a client
+/// trickling a header one byte at a time would never hit them, and it has
+/// none for HTTP/2 connections).
 #[derive(Debug)]
 pub struct GuardedStream(GuardedIo<Stream>);
 
