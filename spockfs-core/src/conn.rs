@@ -444,13 +444,6 @@ impl<S: AsyncRead + Unpin> GuardedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self;
-        {
-            let st = this.shared.lock();
-            if st.evicted && st.in_flight == 0 {
-                tracing::debug!("closing an idle connection to make room for a new one");
-                return Poll::Ready(Ok(()));
-            }
-        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         let mut st = this.shared.lock();
@@ -465,6 +458,13 @@ impl<S: AsyncRead + Unpin> GuardedIo<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                // Evicted: end of file once nothing is in progress (a
+                // request that came in first is served; its end wakes
+                // this reader again).
+                if st.evicted && st.in_flight == 0 {
+                    tracing::debug!("closing an idle connection to make room for a new one");
+                    return Poll::Ready(Ok(()));
+                }
                 if !st.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     st.reader = Some(cx.waker().clone());
                 }

@@ -698,8 +698,13 @@ impl ServerApp for GuardedApp {
                 return None;
             }
         };
-        let endpoint = self.endpoint(local);
-        let (stream, alpn_h2) = match endpoint.and_then(|e| e.tls.as_ref()) {
+        let Some(endpoint) = self.endpoint(local) else {
+            // Every listener is known: this would be a TLS one served as
+            // plain text, or the reverse.
+            tracing::warn!(?local, "connection on an unknown listener; closing it");
+            return None;
+        };
+        let (stream, alpn_h2) = match &endpoint.tls {
             Some(acceptor) => {
                 let s = self.tls_handshake(acceptor, stream).await?;
                 let h2 = matches!(s.selected_alpn_proto(), Some(ALPN::H2));
@@ -710,7 +715,7 @@ impl ServerApp for GuardedApp {
         let mut io = GuardedIo::admitted(stream, self.timeouts, admission);
         // Cleartext HTTP/2 (prior knowledge): the preface, read under the
         // connection's timeouts (and replayed to whichever stack serves it).
-        let h2 = alpn_h2 || (endpoint.is_some_and(|e| e.h2c) && io.detect_http2().await.ok()?);
+        let h2 = alpn_h2 || (endpoint.h2c && io.detect_http2().await.ok()?);
         if h2 {
             self.serve_h2(io.http2(), shutdown).await;
             return None;
