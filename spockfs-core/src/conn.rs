@@ -616,8 +616,9 @@ pub const RESERVED_FDS: u64 = 64;
 /// The default connection cap for an open-file limit of `nofile` and a
 /// request cap of `max_requests` (`0`: none): of `nofile` minus
 /// [`RESERVED_FDS`], the smaller of `max_requests` and half is kept for the
-/// files requests open (each request holds at most one open file or
-/// directory at a time), and the rest is for connections:
+/// files requests open (a request holds one open file or directory at a
+/// time — a GET, a READDIR — or two — a whole-file PUT, its temporary and
+/// its directory), and the rest is for connections:
 ///
 /// ```text
 /// avail = nofile - 64

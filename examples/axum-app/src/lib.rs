@@ -120,9 +120,10 @@ pub struct Args {
     /// default).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_connections_per_ip: usize,
-    /// Most concurrent streams (requests) per HTTP/2 connection. Each
-    /// request holds at most one open file at a time, so this bounds the
-    /// files one connection holds open (--max-requests bounds them all).
+    /// Most concurrent streams (requests) per HTTP/2 connection. A request
+    /// holds at most one open file at a time (a whole-file PUT two: its
+    /// temporary and its directory), so this bounds the files one
+    /// connection holds open (--max-requests bounds them all).
     #[arg(long, value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub h2_max_streams: u32,

@@ -192,10 +192,10 @@ pub struct LimitSettings {
     /// or its new one if none is idle; other clients are never closed for
     /// it.
     pub max_connections_per_ip: Option<usize>,
-    /// Most concurrent streams (requests) per HTTP/2 connection. Each
-    /// SpockFS request holds at most one open file at a time, so this
-    /// bounds the files one connection holds open (`max_requests` bounds
-    /// them all). Default 100.
+    /// Most concurrent streams (requests) per HTTP/2 connection. A SpockFS
+    /// request holds at most one open file at a time (a whole-file PUT two:
+    /// its temporary and its directory), so this bounds the files one
+    /// connection holds open (`max_requests` bounds them all). Default 100.
     pub h2_max_concurrent_streams: Option<u32>,
     /// Period of HTTP/2 keep-alive pings, milliseconds (0: no pings); a
     /// peer that does not answer one within `h2_keepalive_timeout_ms` is
