@@ -5,6 +5,7 @@
 
 use crate::backend::{DirStream, FileHandle};
 use crate::pool::{BlockingPool, JobHandle};
+use crate::reaper::{Reaper, Watched};
 use crate::{identity, Errno, FsPath, FsResult, Identity};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -15,12 +16,34 @@ use std::task::{ready, Context, Poll};
 /// Body of every SpockFS response. Its size is known (so responses carry
 /// an exact `Content-Length`) except for a READDIR listing too large for
 /// one batch, which is streamed chunked.
+///
+/// A body that holds something (a request slot, an open file or
+/// directory) is watched by the engine's write timeout
+/// ([`Limits::write_timeout`](crate::Limits::write_timeout)): if the
+/// transport stops pulling it for that long, the slot and the file are
+/// released at once, and the body fails when (if ever) it is polled again.
 pub struct SpockBody {
+    repr: Repr,
+}
+
+enum Repr {
+    /// Not watched: owned here.
+    Local(Parts),
+    /// Under the write timeout; `true` once the abort has been reported.
+    Watched(Watched<Parts>, bool),
+}
+
+/// What a body owns, and what the write timeout takes away from a body
+/// that stopped moving.
+pub(crate) struct Parts {
     kind: Kind,
     /// The request's slot under the engine's concurrency limit, held until
     /// the body has been sent (or dropped).
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+/// The write-timeout reaper of an engine's response bodies.
+pub(crate) type BodyReaper = Reaper<Parts>;
 
 enum Kind {
     Full(Option<Bytes>),
@@ -30,7 +53,19 @@ enum Kind {
 
 impl std::fmt::Debug for SpockBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
+        match &self.repr {
+            Repr::Local(p) => p.kind.fmt(f),
+            Repr::Watched(w, _) => match &*w.lock() {
+                Some(p) => p.kind.fmt(f),
+                None => f.write_str("SpockBody::Aborted"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
             Kind::Full(b) => f
                 .debug_tuple("SpockBody::Full")
                 .field(&b.as_ref().map_or(0, Bytes::len))
@@ -50,18 +85,44 @@ impl std::fmt::Debug for SpockBody {
 }
 
 impl SpockBody {
-    /// No body.
-    pub fn empty() -> SpockBody {
+    fn of(kind: Kind) -> SpockBody {
         SpockBody {
-            kind: Kind::Full(None),
-            permit: None,
+            repr: Repr::Local(Parts { kind, permit: None }),
         }
     }
 
-    /// Holds `permit` until this body is dropped.
+    /// No body.
+    pub fn empty() -> SpockBody {
+        SpockBody::of(Kind::Full(None))
+    }
+
+    /// Holds `permit` until this body is dropped (or aborted by the write
+    /// timeout).
     pub(crate) fn with_permit(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> SpockBody {
-        self.permit = Some(permit);
+        match &mut self.repr {
+            Repr::Local(p) => p.permit = Some(permit),
+            Repr::Watched(w, _) => {
+                if let Some(p) = w.lock().as_mut() {
+                    p.permit = Some(permit);
+                }
+            }
+        }
         self
+    }
+
+    /// Puts this body under `reaper` if it holds anything worth taking
+    /// back (a request slot, a file, a directory) and is not finished. A
+    /// finished body is dropped by the transport right after the head, so
+    /// the hot path of an empty answer (GETATTR) registers nothing.
+    pub(crate) fn watched(self, reaper: &BodyReaper) -> SpockBody {
+        match self.repr {
+            Repr::Local(p) if !p.is_end_stream() && (p.permit.is_some() || p.kind.holds_fd()) => {
+                SpockBody {
+                    repr: Repr::Watched(reaper.watch(p), false),
+                }
+            }
+            repr => SpockBody { repr },
+        }
     }
 
     /// A directory listing: `first` (already formatted), then the rest of
@@ -80,31 +141,25 @@ impl SpockBody {
         pool: Option<BlockingPool>,
         who: Option<Identity>,
     ) -> SpockBody {
-        SpockBody {
-            kind: Kind::Dir(DirListing {
-                who,
-                dir: Some(dir),
-                first: if first.is_empty() { None } else { Some(first) },
-                attrs,
-                path,
-                batch,
-                budget,
-                pool,
-                pending: None,
-                done: false,
-                buf: Vec::new(),
-            }),
-            permit: None,
-        }
+        SpockBody::of(Kind::Dir(DirListing {
+            who,
+            dir: Some(dir),
+            first: if first.is_empty() { None } else { Some(first) },
+            attrs,
+            path,
+            batch,
+            budget,
+            pool,
+            pending: None,
+            done: false,
+            buf: Vec::new(),
+        }))
     }
 
     /// A buffered body.
     pub fn full(bytes: impl Into<Bytes>) -> SpockBody {
         let b = bytes.into();
-        SpockBody {
-            kind: Kind::Full(if b.is_empty() { None } else { Some(b) }),
-            permit: None,
-        }
+        SpockBody::of(Kind::Full(if b.is_empty() { None } else { Some(b) }))
     }
 
     /// `len` bytes of `file` from `offset`, starting with `first` (already
@@ -117,18 +172,22 @@ impl SpockBody {
         chunk: usize,
         pool: Option<BlockingPool>,
     ) -> SpockBody {
-        SpockBody {
-            kind: Kind::File(FileStream {
-                file,
-                first: if first.is_empty() { None } else { Some(first) },
-                offset,
-                remaining: len,
-                chunk,
-                pool,
-                pending: None,
-            }),
-            permit: None,
-        }
+        SpockBody::of(Kind::File(FileStream {
+            file,
+            first: if first.is_empty() { None } else { Some(first) },
+            offset,
+            remaining: len,
+            chunk,
+            pool,
+            pending: None,
+        }))
+    }
+}
+
+impl Kind {
+    /// Holds an open file or directory.
+    fn holds_fd(&self) -> bool {
+        matches!(self, Kind::File(_) | Kind::Dir(_))
     }
 }
 
@@ -193,6 +252,14 @@ impl FileStream {
     }
 }
 
+/// The error a body aborted by the write timeout fails with.
+fn aborted() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "response aborted: it made no progress for the write timeout",
+    )
+}
+
 impl Body for SpockBody {
     type Data = Bytes;
     type Error = std::io::Error;
@@ -201,8 +268,49 @@ impl Body for SpockBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        let this = self.get_mut();
-        match &mut this.kind {
+        match &mut self.get_mut().repr {
+            Repr::Local(p) => p.poll_frame(cx),
+            Repr::Watched(w, reported) => {
+                // Being polled is progress (even if the next chunk is still
+                // being read from disk): the transport wants data.
+                w.touch();
+                let mut parts = w.lock();
+                match parts.as_mut() {
+                    Some(p) => p.poll_frame(cx),
+                    None if *reported => Poll::Ready(None),
+                    None => {
+                        *reported = true;
+                        Poll::Ready(Some(Err(aborted())))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.repr {
+            Repr::Local(p) => p.is_end_stream(),
+            Repr::Watched(w, reported) => w.lock().as_ref().map_or(*reported, Parts::is_end_stream),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.repr {
+            Repr::Local(p) => p.size_hint(),
+            Repr::Watched(w, _) => w
+                .lock()
+                .as_ref()
+                .map_or_else(SizeHint::default, Parts::size_hint),
+        }
+    }
+}
+
+impl Parts {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match &mut self.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::File(s) => {
                 if s.remaining == 0 {
@@ -481,5 +589,69 @@ impl Drop for DirListing {
         if let (Some(pool), Some(dir)) = (&self.pool, self.dir.take()) {
             pool.detach(move || drop(dir));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Engine, Limits, MemFs, Mount};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use std::time::Duration;
+
+    fn req(method: &str, path: &str, body: &'static [u8]) -> http::Request<Full<Bytes>> {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "x")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A response nobody pulls gives its slot back after the write
+    /// timeout, and fails if it is polled afterwards; one that is pulled
+    /// keeps going.
+    #[tokio::test]
+    async fn unpulled_response_releases_its_slot() {
+        let engine = Engine::builder()
+            .default_mount(Mount::new(MemFs::new()))
+            .limits(Limits {
+                max_requests: 1,
+                max_requests_wait: Duration::from_millis(50),
+                write_timeout: Some(Duration::from_millis(200)),
+                chunk_size: 4096,
+                ..Limits::default()
+            })
+            .build();
+        let data: &'static [u8] = &[5u8; 64 * 1024];
+        assert_eq!(engine.handle(req("PUT", "/f", data)).await.status(), 201);
+        let stalled = engine.handle(req("GET", "/f", b"")).await;
+        assert_eq!(stalled.status(), 200);
+        // Its slot is held: another request waits, then 503.
+        let busy = engine.handle(req("GETATTR", "/f", b"")).await;
+        assert_eq!(busy.status(), 503);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(engine.handle(req("GETATTR", "/f", b"")).await.status(), 200);
+        let e = stalled.into_body().collect().await.err();
+        assert_eq!(
+            e.map(|e| e.kind()),
+            Some(std::io::ErrorKind::TimedOut),
+            "an aborted body must fail, not end short"
+        );
+        // Pulled slowly but steadily (a chunk every 100 ms): not aborted.
+        let mut body = engine.handle(req("GET", "/f", b"")).await.into_body();
+        let mut got = 0;
+        while let Some(f) = body.frame().await {
+            got += f
+                .map_err(|e| panic!("{e}"))
+                .ok()
+                .and_then(|f| f.into_data().ok())
+                .map_or(0, |d| d.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if got >= 16 * 1024 {
+                break;
+            }
+        }
+        assert_eq!(got, 16 * 1024);
     }
 }

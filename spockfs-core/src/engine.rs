@@ -9,7 +9,7 @@
 //! builders turn the outcome into status, headers and body.
 
 use crate::backend::{Backend, FileHandle, Owner, Replacement, SetId, Stat, StatFs, XattrFlag};
-use crate::body::{read_chunk, SpockBody};
+use crate::body::{read_chunk, BodyReaper, SpockBody};
 use crate::headers::{
     self as h, parse_content_range, parse_range, BadHeader, ByteRange, X_SPOCK_CALLER,
     X_SPOCK_ERRNO, X_SPOCK_EXTENSIONS, X_SPOCK_POLICY, X_SPOCK_READDIR, X_SPOCK_STAT,
@@ -98,6 +98,20 @@ pub struct Limits {
     /// leaves the previous content intact) and the connection is closed.
     /// Default 30 s.
     pub body_timeout: Duration,
+    /// Response deadline: a response body that the transport stops pulling
+    /// (a client that reads nothing, an HTTP/2 stream whose flow-control
+    /// window stays at zero) for this long is aborted, and its request slot
+    /// ([`max_requests`](Limits::max_requests)) and open file or directory
+    /// are released at once, whether or not the transport ever polls the
+    /// body again (it fails if it does). One background task per engine
+    /// checks every in-flight body a few times per timeout, so the abort
+    /// comes between 1 and 1.25 times this after the body last moved. A
+    /// body pulls a [`chunk_size`](Limits::chunk_size) at a time, so a
+    /// client reading slower than `chunk_size / write_timeout` on average
+    /// (4.4 KB/s with the defaults) is cut off too. Bodies that hold
+    /// nothing (no slot, no file) and empty bodies are not watched.
+    /// `None`: off. Default 60 s.
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -113,6 +127,7 @@ impl Default for Limits {
             max_put_size: None,
             readdir_max_entries: None,
             body_timeout: Duration::from_secs(30),
+            write_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -204,6 +219,8 @@ pub struct Engine {
     limits: Limits,
     pool: BlockingPool,
     limiter: Limiter,
+    /// Aborts response bodies past [`Limits::write_timeout`].
+    reaper: Option<BodyReaper>,
 }
 
 /// Builds an [`Engine`].
@@ -272,6 +289,7 @@ impl EngineBuilder {
     pub fn build(self) -> Engine {
         Engine {
             pool: BlockingPool::new(self.limits.blocking_threads),
+            reaper: self.limits.write_timeout.map(BodyReaper::new),
             limiter: self
                 .limiter
                 .unwrap_or_else(|| Limiter::from_limits(&self.limits)),
@@ -815,7 +833,11 @@ impl Engine {
             }
             Err(()) => busy_response(self.limiter.wait),
         };
-        self.finish(parts.version, resp, body.as_mut()).await
+        let resp = self.finish(parts.version, resp, body.as_mut()).await;
+        match &self.reaper {
+            Some(r) => resp.map(|b| b.watched(r)),
+            None => resp,
+        }
     }
 
     /// The response to a request; its body may be left partly unread.

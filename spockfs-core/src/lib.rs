@@ -17,6 +17,7 @@ pub mod method;
 pub mod mount;
 pub mod path;
 pub mod pool;
+mod reaper;
 pub mod sites;
 
 pub use body::SpockBody;

@@ -69,6 +69,16 @@ pub struct Opts {
     pub user: Option<(u32, u32)>,
     /// `RUST_LOG` (default `warn`).
     pub log: Option<String>,
+    /// Extra command-line flags of the axum app.
+    pub axum_args: Vec<String>,
+    /// Extra lines of the gateway's `[limits]` section.
+    pub gateway_limits: String,
+    /// The gateway's listener also accepts cleartext HTTP/2 (the axum app
+    /// always does).
+    pub h2c: bool,
+    /// The server's open-file limit (`RLIMIT_NOFILE`, soft and hard), set
+    /// in the child only.
+    pub nofile: Option<u64>,
 }
 
 /// A server process serving `root` at `/fs` on 127.0.0.1; stopped (SIGTERM,
@@ -108,20 +118,43 @@ impl ServerProcess {
                 cmd.arg("--listen")
                     .arg(addr.to_string())
                     .arg("--root")
-                    .arg(root);
+                    .arg(root)
+                    .args(&opts.axum_args);
             }
             ServerKind::Gateway => {
                 let conf = workdir.join(format!("gateway-{port}.toml"));
                 std::fs::write(
                     &conf,
                     format!(
-                        "listen = [{{ addr = \"{addr}\" }}]\n[server]\nthreads = 2\n\
-                         [[vhost]]\nhost = \"*\"\nprefix = \"/fs\"\nroot = \"{}\"\n",
-                        root.display()
+                        "listen = [{{ addr = \"{addr}\", h2c = {} }}]\n[server]\nthreads = 2\n\
+                         [[vhost]]\nhost = \"*\"\nprefix = \"/fs\"\nroot = \"{}\"\n\
+                         [limits]\n{}\n",
+                        opts.h2c,
+                        root.display(),
+                        opts.gateway_limits
                     ),
                 )
                 .unwrap_or_else(|e| panic!("{e}"));
                 cmd.arg("--config").arg(conf);
+            }
+        }
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: runs in the forked child before exec and only calls
+            // setrlimit(2), which is async-signal-safe; `lim` is a plain
+            // value copied into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
             }
         }
         let child = cmd

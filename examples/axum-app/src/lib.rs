@@ -17,8 +17,11 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub mod auth;
+mod stall;
 pub mod tls;
 pub mod users;
+
+pub use stall::StreamExecutor;
 
 /// Command-line flags.
 #[derive(Parser, Debug, Clone)]
@@ -145,17 +148,54 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,
     /// Seconds a client may take to send a request head, from its first
-    /// byte (slowloris); then the connection is closed. 0: off.
+    /// byte (slowloris; HTTP/2: from a HEADERS frame to END_HEADERS), and
+    /// to complete a TLS handshake; then the connection is closed. 0: off.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub header_timeout: Duration,
-    /// Seconds a keep-alive connection may stay idle between requests
-    /// (and after accept); then it is closed. 0: off.
+    /// Seconds a connection may stay without a request in progress (after
+    /// accept, between requests; for HTTP/2, pings and other frames do not
+    /// count); then it is closed. 0: off.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
     pub idle_timeout: Duration,
     /// Seconds a request body may stall (no data at all) before the request
     /// is answered 408 and the connection closed. 0: off.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub body_timeout: Duration,
+    /// Seconds a response may make no progress (the client reads nothing,
+    /// or keeps an HTTP/2 window at zero) before it is aborted: its request
+    /// slot and open file are released, and an HTTP/1 connection whose
+    /// write stays blocked that long is closed. 0: off.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub write_timeout: Duration,
+    /// Most connections open at once. At the cap a new connection closes
+    /// the idlest one (no request in progress, idle longest), or is closed
+    /// at once if none is idle; accept never stalls. Default: from the
+    /// open-file limit (`ulimit -n`): n - 64 reserved, minus
+    /// min(--max-requests, half the rest) kept for the files requests
+    /// open. 0: no limit.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one client address; past it
+    /// that address's idlest connection is closed, or its new one if none
+    /// is idle (other clients are never closed for it). 0: no limit (the
+    /// default).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// Most concurrent streams (requests) per HTTP/2 connection. A request
+    /// holds at most one open file at a time (a whole-file PUT two: its
+    /// temporary and its directory), so this bounds the files one
+    /// connection holds open (--max-requests bounds them all).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub h2_max_streams: u32,
+    /// Seconds between HTTP/2 keep-alive pings; a peer that does not
+    /// answer one within --h2-keepalive-timeout is disconnected. 0: no
+    /// pings.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub h2_keepalive_interval: Duration,
+    /// Seconds to wait for the answer to an HTTP/2 keep-alive ping.
+    #[arg(long, value_name = "SECS", default_value = "20", value_parser = parse_secs)]
+    pub h2_keepalive_timeout: Duration,
 }
 
 /// Seconds, possibly fractional (`0.5`).
@@ -226,6 +266,7 @@ impl Args {
             readdir_max_entries: self.readdir_max_entries,
             // "Off": a day.
             body_timeout: nonzero(self.body_timeout).unwrap_or(Duration::from_secs(86400)),
+            write_timeout: nonzero(self.write_timeout),
             ..spockfs_tower::Limits::default()
         }
     }
@@ -235,7 +276,17 @@ impl Args {
         spockfs_core::conn::ConnTimeouts {
             idle: nonzero(self.idle_timeout),
             header: nonzero(self.header_timeout),
+            write: nonzero(self.write_timeout),
         }
+    }
+
+    /// The connection caps these flags set.
+    pub fn conn_limiter(&self) -> spockfs_core::conn::ConnLimiter {
+        let max = match self.max_connections {
+            Some(n) => Some(n),
+            None => spockfs_core::conn::default_max_connections(self.max_requests),
+        };
+        spockfs_core::conn::ConnLimiter::new(max, Some(self.max_connections_per_ip))
     }
 }
 
@@ -428,7 +479,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
     use spockfs_core::conn::GuardedIo;
@@ -439,7 +490,7 @@ pub async fn serve(
         (Some(c), Some(k)) => Some(tls::acceptor(c, k).map_err(StartError::Tls)?),
         _ => None,
     };
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(StreamExecutor::new(nonzero(args.write_timeout)));
     let timeouts = args.conn_timeouts();
     // Idle and header timeouts are enforced precisely by GuardedIo (below);
     // hyper's own header timer starts when it begins waiting for a head
@@ -457,7 +508,16 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(args.max_header_bytes);
+        .max_header_list_size(args.max_header_bytes)
+        .max_concurrent_streams(args.h2_max_streams)
+        .keep_alive_interval(nonzero(args.h2_keepalive_interval))
+        .keep_alive_timeout(args.h2_keepalive_timeout);
+    let limiter = args.conn_limiter();
+    tracing::debug!(
+        max_connections = ?limiter.max(),
+        max_connections_per_ip = ?limiter.max_per_ip(),
+        "connection caps"
+    );
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -474,10 +534,25 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // At a cap the idlest connection makes room, or this one is
+        // closed at once: the loop never waits for a place.
+        let admission = match limiter.admit(Some(peer.ip())) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::debug!(%peer, "connection refused: {why}");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
+        // A plain connection is guarded (and may be closed to make room)
+        // from now on; a TLS one once its handshake is done.
+        let accepted = match &tls {
+            Some(acceptor) => Accepted::Tls(acceptor.clone(), stream, admission),
+            None => Accepted::Plain(GuardedIo::admitted(stream, timeouts, admission)),
+        };
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let tls = tls.clone();
         let router = router.clone();
         tokio::spawn(async move {
             // The service reports each request to the connection guard; the
@@ -491,9 +566,16 @@ pub async fn serve(
                         let router = router.clone();
                         async move {
                             let resp = router.oneshot(req).await?;
+                            // HTTP/2: this task is the stream's; its
+                            // watchdog follows the body from here on.
+                            let watch = stall::StreamWatch::current();
+                            if let Some(w) = &watch {
+                                w.start();
+                            }
                             Ok::<_, std::convert::Infallible>(resp.map(|b| {
                                 axum::body::Body::new(ActiveBody {
                                     inner: b,
+                                    watch,
                                     _active: active,
                                 })
                             }))
@@ -501,8 +583,8 @@ pub async fn serve(
                     },
                 ))
             };
-            let res = match tls {
-                Some(acceptor) => {
+            let res = match accepted {
+                Accepted::Tls(acceptor, stream, admission) => {
                     // The TLS handshake gets the header timeout too.
                     let hs = acceptor.accept(stream);
                     let hs = match timeouts.header {
@@ -513,7 +595,9 @@ pub async fn serve(
                     };
                     match hs {
                         Ok(Ok(s)) => {
-                            let io = GuardedIo::new(s, timeouts);
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let io = GuardedIo::admitted(s, timeouts, admission);
+                            let io = if h2 { io.http2() } else { io };
                             let svc = svc(io.activity());
                             let conn =
                                 builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -525,8 +609,7 @@ pub async fn serve(
                         }
                     }
                 }
-                None => {
-                    let io = GuardedIo::new(stream, timeouts);
+                Accepted::Plain(io) => {
                     let svc = svc(io.activity());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                     watcher.watch(conn.into_owned()).await
@@ -547,10 +630,22 @@ pub async fn serve(
     Ok(())
 }
 
+/// A connection just accepted.
+enum Accepted {
+    Plain(spockfs_core::conn::GuardedIo<tokio::net::TcpStream>),
+    Tls(
+        tokio_rustls::TlsAcceptor,
+        tokio::net::TcpStream,
+        spockfs_core::conn::Admission,
+    ),
+}
+
 /// A response body that keeps its request "in progress" for the
 /// connection guard until it has been sent or dropped.
 struct ActiveBody {
     inner: axum::body::Body,
+    /// HTTP/2: the stream's progress, for its write-timeout watchdog.
+    watch: Option<Arc<stall::StreamWatch>>,
     _active: spockfs_core::conn::RequestActive,
 }
 
@@ -562,6 +657,9 @@ impl http_body::Body for ActiveBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        if let Some(w) = &self.watch {
+            w.moved();
+        }
         std::pin::Pin::new(&mut self.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {

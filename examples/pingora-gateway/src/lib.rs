@@ -14,11 +14,14 @@
 //! Configured by a TOML file ([`Config`]); see `gateway.example.toml`.
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerApp;
 use pingora::apps::ServerApp;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::*;
+use pingora::protocols::http::v2::server::{self as h2_server, H2Options};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
@@ -26,10 +29,11 @@ use pingora::protocols::{
 };
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::upstreams::peer::HttpPeer;
 use serde::Deserialize;
-use spockfs_core::conn::{ConnTimeouts, GuardedIo, RequestActive};
+use spockfs_core::conn::{ConnLimiter, ConnTimeouts, GuardedIo, RequestActive};
 use spockfs_core::mount::{normalize_host, vhost_matches};
 use spockfs_core::path::strip_mount_prefix;
 use spockfs_core::{Engine, Limiter, Limits, LocalFs, MemFs, Method, Mount, Policy};
@@ -244,16 +248,51 @@ pub struct LimitSettings {
     /// 431 (Pingora itself refuses heads over 1 MiB with 400). Default
     /// 65536.
     pub max_header_bytes: Option<usize>,
-    /// Longest time from the first byte of a request head to its end,
-    /// milliseconds (0: off). Default 10000.
+    /// Longest time from the first byte of a request head to its end
+    /// (HTTP/2: from a HEADERS frame to END_HEADERS), and longest TLS
+    /// handshake, milliseconds (0: off). Default 10000.
     pub header_timeout_ms: Option<u64>,
-    /// Longest idle time of a keep-alive connection (after accept or the
-    /// previous response), milliseconds (0: off). Default 60000.
+    /// Longest time a connection may stay without a request in progress
+    /// (after accept, between requests; for HTTP/2, pings and other frames
+    /// do not count), milliseconds (0: off). Default 60000.
     pub idle_timeout_ms: Option<u64>,
     /// Longest stall of a request body, milliseconds (0: off): a SpockFS
     /// request is answered 408, a proxied one fails (Pingora's downstream
     /// read timeout). Default 30000.
     pub body_timeout_ms: Option<u64>,
+    /// Longest time a response may make no progress, milliseconds (0:
+    /// off): the client reads nothing, or keeps an HTTP/2 window at zero.
+    /// A SpockFS response is aborted and its request slot and open file
+    /// released (the engine's write timeout); every response, SpockFS or
+    /// proxied, fails its next write (Pingora's downstream write timeout:
+    /// an HTTP/1 connection is closed, an HTTP/2 stream reset). Default
+    /// 60000.
+    pub write_timeout_ms: Option<u64>,
+    /// Most downstream connections open at once, all listeners together
+    /// (0: no limit). At the cap a new connection closes the idlest one
+    /// (no request in progress, idle longest), or is closed at once if
+    /// none is idle; accepting never stalls. Default: from the open-file
+    /// limit (`ulimit -n`): n - 64 reserved, minus min(max_requests, half
+    /// the rest) kept for the files requests open (proxied requests use
+    /// upstream connections from that share too).
+    pub max_connections: Option<usize>,
+    /// Most downstream connections from one client address (0: no limit,
+    /// the default). Past it that address's idlest connection is closed,
+    /// or its new one if none is idle; other clients are never closed for
+    /// it.
+    pub max_connections_per_ip: Option<usize>,
+    /// Most concurrent streams (requests) per HTTP/2 connection. A SpockFS
+    /// request holds at most one open file at a time (a whole-file PUT two:
+    /// its temporary and its directory), so this bounds the files one
+    /// connection holds open (`max_requests` bounds them all). Default 100.
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// Period of HTTP/2 keep-alive pings, milliseconds (0: no pings); a
+    /// peer that does not answer one within `h2_keepalive_timeout_ms` is
+    /// disconnected. Default 30000.
+    pub h2_keepalive_interval_ms: Option<u64>,
+    /// How long to wait for the answer to a keep-alive ping, milliseconds.
+    /// Default 20000.
+    pub h2_keepalive_timeout_ms: Option<u64>,
 }
 
 /// `0` means off.
@@ -391,7 +430,22 @@ impl Config {
             // "Off": a day.
             l.body_timeout = ms(v).unwrap_or(Duration::from_secs(86400));
         }
+        l.write_timeout = self.write_timeout();
         l
+    }
+
+    /// The response write timeout (`None`: off).
+    pub fn write_timeout(&self) -> Option<Duration> {
+        ms(self.limits.write_timeout_ms.unwrap_or(60_000))
+    }
+
+    /// The downstream connection caps.
+    pub fn conn_limiter(&self) -> spockfs_core::conn::ConnLimiter {
+        let max = match self.limits.max_connections {
+            Some(n) => Some(n),
+            None => spockfs_core::conn::default_max_connections(self.limits().max_requests),
+        };
+        spockfs_core::conn::ConnLimiter::new(max, self.limits.max_connections_per_ip)
     }
 
     /// Largest request head, bytes.
@@ -399,11 +453,13 @@ impl Config {
         self.limits.max_header_bytes.unwrap_or(64 * 1024)
     }
 
-    /// Idle and header timeouts of downstream HTTP/1 connections.
+    /// Idle, header and write timeouts of downstream connections (HTTP/1
+    /// and HTTP/2; the header timeout bounds TLS handshakes too).
     pub fn conn_timeouts(&self) -> ConnTimeouts {
         ConnTimeouts {
             idle: ms(self.limits.idle_timeout_ms.unwrap_or(60_000)),
             header: ms(self.limits.header_timeout_ms.unwrap_or(10_000)),
+            write: self.write_timeout(),
         }
     }
 }
@@ -433,6 +489,7 @@ pub struct Gateway {
     max_header_bytes: usize,
     body_timeout: Option<Duration>,
     strip_request_headers: Vec<http::HeaderName>,
+    write_timeout: Option<Duration>,
 }
 
 /// Per-request state.
@@ -456,9 +513,11 @@ fn head_size(req: &RequestHeader) -> usize {
             .sum::<usize>()
 }
 
-/// A downstream connection under [`GuardedIo`]'s idle and header timeouts
-/// (Pingora's own timeouts are per read, so a client trickling a header one
-/// byte at a time would never hit them).
+/// A downstream connection (HTTP/1 or HTTP/2, cleartext or TLS) under
+/// [`GuardedIo`]'s idle, header and write timeouts and its place under the
+/// connection caps (Pingora's own timeouts are per read, so a client
+/// trickling a header one byte at a time would never hit them, and it has
+/// none for HTTP/2 connections).
 #[derive(Debug)]
 pub struct GuardedStream(GuardedIo<Stream>);
 
@@ -562,11 +621,171 @@ impl Peek for GuardedStream {
     }
 }
 
-/// The proxy application with every HTTP/1 downstream connection wrapped
-/// in a [`GuardedStream`] (HTTP/2 over TLS is left to the h2 stack).
+/// The proxy application behind every downstream connection: admits it
+/// under the connection caps ([`ConnLimiter`]), does the TLS handshake
+/// (under the header timeout), wraps it in a [`GuardedStream`] (idle,
+/// header and write timeouts, HTTP/1 and HTTP/2), and serves HTTP/2 with
+/// its own accept loop (Pingora's, plus keep-alive pings that disconnect
+/// a peer which stops answering); HTTP/1 goes to Pingora as is.
 pub struct GuardedApp {
     inner: Arc<pingora::proxy::HttpProxy<Gateway>>,
     timeouts: ConnTimeouts,
+    limiter: ConnLimiter,
+    endpoints: Vec<Endpoint>,
+    h2: H2Options,
+    /// Ping period and answer timeout.
+    keepalive: Option<(Duration, Duration)>,
+}
+
+/// A listening socket as [`GuardedApp`] sees it.
+struct Endpoint {
+    addrs: Vec<std::net::SocketAddr>,
+    tls: Option<Arc<pingora::listeners::tls::Acceptor>>,
+    h2c: bool,
+}
+
+impl Endpoint {
+    fn matches(&self, local: &std::net::SocketAddr) -> bool {
+        self.addrs
+            .iter()
+            .any(|a| a.port() == local.port() && (a.ip() == local.ip() || a.ip().is_unspecified()))
+    }
+}
+
+/// Malformed streams one HTTP/2 connection may send before it is closed
+/// (Pingora's own accept loop allows as many).
+const MAX_MALFORMED_STREAMS: usize = 32;
+
+impl GuardedApp {
+    fn endpoint(&self, local: Option<std::net::SocketAddr>) -> Option<&Endpoint> {
+        let local = local?;
+        // An exact address first, then a wildcard one on the same port.
+        self.endpoints
+            .iter()
+            .find(|e| e.addrs.contains(&local))
+            .or_else(|| self.endpoints.iter().find(|e| e.matches(&local)))
+    }
+
+    /// The TLS handshake, within the header timeout.
+    async fn tls_handshake(
+        &self,
+        acceptor: &pingora::listeners::tls::Acceptor,
+        stream: Stream,
+    ) -> Option<Stream> {
+        let l4 = match stream
+            .into_any()
+            .downcast::<pingora::protocols::l4::stream::Stream>()
+        {
+            Ok(l4) => *l4,
+            Err(_) => {
+                tracing::error!("TLS listener: not a TCP stream");
+                return None;
+            }
+        };
+        let hs = acceptor.tls_handshake(l4);
+        let done = match self.timeouts.header {
+            Some(t) => match tokio::time::timeout(t, hs).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!("closing a connection: TLS handshake not complete in time");
+                    return None;
+                }
+            },
+            None => hs.await,
+        };
+        match done {
+            Ok(tls) => Some(Box::new(tls)),
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+        }
+    }
+
+    /// Serves an HTTP/2 connection: Pingora's accept loop, with the
+    /// connection's requests reported to its guard and keep-alive pings.
+    async fn serve_h2(self: &Arc<Self>, io: GuardedIo<Stream>, shutdown: &ShutdownWatch) {
+        let activity = io.activity();
+        let stream: Stream = Box::new(GuardedStream(io));
+        let digest = Arc::new(pingora::protocols::Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let mut conn = match h2_server::handshake(stream, Some(self.h2.clone())).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+        };
+        let pings = keepalive(conn.ping_pong(), self.keepalive);
+        tokio::pin!(pings);
+        let mut shutdown = shutdown.clone();
+        let mut draining = false;
+        let mut malformed = 0;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed(), if !draining => {
+                    // GOAWAY; streams already sent are still served.
+                    conn.graceful_shutdown();
+                    draining = true;
+                }
+                () = &mut pings => return,
+                next = h2_server::HttpSession::from_h2_conn(&mut conn, digest.clone()) => match next {
+                    Err(e) => {
+                        tracing::debug!(error = %e, "HTTP/2 connection ended");
+                        return;
+                    }
+                    Ok(None) => return,
+                    Ok(Some(h2_server::H2Accept::Rejected)) => {
+                        malformed += 1;
+                        if malformed >= MAX_MALFORMED_STREAMS {
+                            tracing::warn!("closing an HTTP/2 connection after {malformed} malformed requests");
+                            return;
+                        }
+                    }
+                    Ok(Some(h2_server::H2Accept::Session(session))) => {
+                        let active = activity.request();
+                        let app = self.inner.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            let _active = active;
+                            app.process_new_http(ServerSession::new_http2(session), &shutdown)
+                                .await;
+                        });
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Pings the peer every `every`; completes when one is not answered
+/// within `wait` (or the connection failed). Never completes without a
+/// period.
+async fn keepalive(pings: Option<h2::PingPong>, every: Option<(Duration, Duration)>) {
+    let (Some(mut pings), Some((every, wait))) = (pings, every) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(wait, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "HTTP/2 keep-alive ping failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    "closing an HTTP/2 connection: keep-alive ping not answered in time"
+                );
+                return;
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -574,14 +793,44 @@ impl ServerApp for GuardedApp {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
-        shutdown: &pingora::server::ShutdownWatch,
+        shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            stream
-        } else {
-            Box::new(GuardedStream(GuardedIo::new(stream, self.timeouts)))
+        let socket = stream.get_socket_digest();
+        let inet = |a: Option<&SocketAddr>| a.and_then(|a| a.as_inet()).copied();
+        let peer = socket.as_ref().and_then(|d| inet(d.peer_addr()));
+        let local = socket.as_ref().and_then(|d| inet(d.local_addr()));
+        // At a cap the idlest connection makes room, or this one is closed
+        // at once: nothing waits for a place.
+        let admission = match self.limiter.admit(peer.map(|p| p.ip())) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::debug!(?peer, "connection refused: {why}");
+                return None;
+            }
         };
-        ServerApp::process_new(&self.inner, stream, shutdown).await
+        let Some(endpoint) = self.endpoint(local) else {
+            // Every listener is known: this would be a TLS one served as
+            // plain text, or the reverse.
+            tracing::warn!(?local, "connection on an unknown listener; closing it");
+            return None;
+        };
+        let (stream, alpn_h2) = match &endpoint.tls {
+            Some(acceptor) => {
+                let s = self.tls_handshake(acceptor, stream).await?;
+                let h2 = matches!(s.selected_alpn_proto(), Some(ALPN::H2));
+                (s, h2)
+            }
+            None => (stream, false),
+        };
+        let mut io = GuardedIo::admitted(stream, self.timeouts, admission);
+        // Cleartext HTTP/2 (prior knowledge): the preface, read under the
+        // connection's timeouts (and replayed to whichever stack serves it).
+        let h2 = alpn_h2 || (endpoint.h2c && io.detect_http2().await.ok()?);
+        if h2 {
+            self.serve_h2(io.http2(), shutdown).await;
+            return None;
+        }
+        ServerApp::process_new(&self.inner, Box::new(GuardedStream(io)), shutdown).await
     }
 
     async fn cleanup(&self) {
@@ -649,6 +898,12 @@ impl ProxyHttp for Gateway {
         session
             .as_downstream_mut()
             .set_read_timeout(self.body_timeout.map(|t| t + READ_BACKSTOP));
+        // A response the client does not take (HTTP/1 socket full, HTTP/2
+        // window at zero): the write fails, the connection is closed or
+        // the stream reset, and the request ends (SpockFS or proxied).
+        session
+            .as_downstream_mut()
+            .set_write_timeout(self.write_timeout);
         Ok(())
     }
 
@@ -942,17 +1197,61 @@ pub fn build_with(
         default_upstream: config.default_upstream.clone(),
         max_header_bytes: config.max_header_bytes(),
         body_timeout: ms(config.limits.body_timeout_ms.unwrap_or(30_000)),
+        write_timeout: config.write_timeout(),
     };
-    let mut options = pingora::apps::HttpServerOptions::default();
-    options.h2c = config.listen.iter().any(|l| l.h2c);
+    // HTTP/2 (prior knowledge or ALPN) is recognised and served by
+    // GuardedApp, not by Pingora's own detection.
+    let options = pingora::apps::HttpServerOptions::default();
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     proxy.server_options = Some(options);
-    let mut h2 = pingora::protocols::http::v2::server::H2Options::new();
+    let mut h2 = h2_server::default_h2_options();
     h2.max_header_list_size(config.max_header_bytes().min(u32::MAX as usize) as u32);
-    proxy.h2_options = Some(h2);
+    h2.max_concurrent_streams(
+        config
+            .limits
+            .h2_max_concurrent_streams
+            .unwrap_or(100)
+            .max(1),
+    );
+    proxy.h2_options = Some(h2.clone());
+    let keepalive = ms(config.limits.h2_keepalive_interval_ms.unwrap_or(30_000)).map(|every| {
+        let wait = config
+            .limits
+            .h2_keepalive_timeout_ms
+            .unwrap_or(20_000)
+            .max(1);
+        (every, Duration::from_millis(wait))
+    });
+    let mut endpoints = Vec::new();
+    for l in &config.listen {
+        let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&l.addr)
+            .map_err(|e| ConfigError::Listener(l.addr.clone(), e.to_string()))?
+            .collect();
+        let tls = match (&l.tls_cert, &l.tls_key) {
+            (Some(c), Some(k)) => Some(Arc::new(
+                tls_acceptor(c, k).map_err(|e| ConfigError::Listener(l.addr.clone(), e))?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Listener(
+                    l.addr.clone(),
+                    "tls_cert and tls_key go together".into(),
+                ))
+            }
+        };
+        endpoints.push(Endpoint {
+            addrs,
+            tls,
+            h2c: l.h2c,
+        });
+    }
     let app = GuardedApp {
         inner: Arc::new(proxy),
         timeouts: config.conn_timeouts(),
+        limiter: config.conn_limiter(),
+        endpoints,
+        h2,
+        keepalive,
     };
     let mut service = pingora::services::listening::Service::new("spockfs gateway".into(), app);
     // Pingora's default L4 write buffer is one MSS (1460 bytes), so a
@@ -963,27 +1262,40 @@ pub fn build_with(
         read: None,
         write: Some(16 * 1024),
     };
+    // Every listener is plain TCP to Pingora: TLS is done by GuardedApp,
+    // after the connection is admitted and under the header timeout
+    // (Pingora's own handshake has a fixed 60 s limit).
     for l in &config.listen {
-        let endpoint = pingora::listeners::ListenerConfig::tcp(l.addr.clone()).l4_buffer(l4);
-        match (&l.tls_cert, &l.tls_key) {
-            (Some(c), Some(k)) => {
-                let (c, k) = (c.to_string_lossy(), k.to_string_lossy());
-                let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&c, &k)
-                    .map_err(|e| ConfigError::Listener(l.addr.clone(), e.to_string()))?;
-                tls.enable_h2();
-                service.add_listener(endpoint.tls(tls));
-            }
-            (None, None) => service.add_listener(endpoint),
-            _ => {
-                return Err(ConfigError::Listener(
-                    l.addr.clone(),
-                    "tls_cert and tls_key go together".into(),
-                ))
-            }
-        }
+        service.add_listener(pingora::listeners::ListenerConfig::tcp(l.addr.clone()).l4_buffer(l4));
     }
     server.add_service(service);
     Ok(Built { server, urls })
+}
+
+/// Pingora's rustls acceptor for a certificate chain and key (PEM): TLS
+/// 1.2 and 1.3, HTTP/2 preferred by ALPN, as Pingora's own
+/// `TlsSettings::intermediate` + `enable_h2` builds it, but with a
+/// configuration error instead of a panic.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<pingora::listeners::tls::Acceptor, String> {
+    use pingora::tls::{load_certs_and_key_files, version, ServerConfig};
+    pingora::tls::install_default_crypto_provider();
+    let (certs, key) =
+        match load_certs_and_key_files(&cert.to_string_lossy(), &key.to_string_lossy()) {
+            Ok(Some(ck)) => ck,
+            Ok(None) => return Err("no certificate or no private key in the PEM files".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+    let mut cfg = ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(pingora::listeners::tls::Acceptor::from_server_config(
+        Arc::new(cfg),
+    ))
 }
 
 /// A shutdown trigger for [`run_in_background`].

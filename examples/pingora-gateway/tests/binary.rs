@@ -28,7 +28,9 @@ fn example_config_is_valid() {
         .map(|l| match l.strip_prefix("# ") {
             Some(kv)
                 if kv.split_once(" = ").is_some_and(|(k, _)| {
-                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    !k.is_empty()
+                        && k.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                 }) =>
             {
                 keys += 1;
@@ -37,7 +39,7 @@ fn example_config_is_valid() {
             _ => format!("{l}\n"),
         })
         .collect();
-    assert_eq!(keys, 11, "commented [limits] keys found");
+    assert_eq!(keys, 17, "commented [limits] keys found");
     let cfg = pingora_gateway::Config::from_toml(&format!("{head}{tail}"))
         .unwrap_or_else(|e| panic!("uncommented [limits]: {e}"));
     assert_eq!(cfg.limits.max_requests, Some(1024));
