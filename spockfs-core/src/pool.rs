@@ -140,14 +140,17 @@ impl SpinWindow {
     /// use spockfs_core::pool::SpinWindow;
     /// use std::time::Duration;
     ///
+    /// // A generous window: ready on the third call, however loaded the machine.
     /// let w = SpinWindow {
-    ///     min: Duration::from_micros(50),
-    ///     max: Duration::from_millis(1),
-    ///     sparse: Duration::from_millis(1),
+    ///     min: Duration::from_secs(5),
+    ///     max: Duration::from_secs(5),
+    ///     sparse: Duration::from_secs(5),
     /// };
     /// let mut calls = 0;
     /// assert_eq!(w.poll(u64::MAX, || { calls += 1; (calls == 3).then_some(calls) }), Some(3));
-    /// assert_eq!(w.poll(u64::MAX, || None::<()>), None);
+    /// // A zero window: nothing was ready at once.
+    /// let none = SpinWindow { min: Duration::ZERO, max: Duration::ZERO, sparse: Duration::ZERO };
+    /// assert_eq!(none.poll(u64::MAX, || None::<()>), None);
     /// ```
     pub fn poll<T>(self, avg: u64, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
         let window = self.window(avg);

@@ -618,7 +618,9 @@ impl Worker {
                     let r = self.fs.chmod(&self.p(&f), perm).await;
                     if self.check(&format!("CHMOD {f}"), r, want).is_some() {
                         if let Some(ino) = self.out.model.file(&f) {
-                            self.out.model.inodes[ino].perm = perm;
+                            // The servers' default policy (nosuid): set-ID
+                            // bits never land on a file.
+                            self.out.model.inodes[ino].perm = perm & !0o6000;
                         }
                     }
                 } else {
