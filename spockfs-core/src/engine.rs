@@ -1139,7 +1139,7 @@ impl Engine {
                     b.open_write(&p, setid).map(Arc::from)
                 })
                 .await??;
-                let file = DropOnPool::new(file, &self.pool, mount.backend());
+                let file = DropOnPool::new(file, &self.pool, cx);
                 stream_to(&self.pool, cx, body, rules(Some(len)), |buf, off| {
                     let f = file.get().clone();
                     move || f.write_at(&buf, offset + off)
@@ -1154,7 +1154,7 @@ impl Engine {
                     b.replace(&p, setid).map(Arc::from)
                 })
                 .await??;
-                let rep = DropOnPool::new(rep, &self.pool, mount.backend());
+                let rep = DropOnPool::new(rep, &self.pool, cx);
                 stream_to(&self.pool, cx, body, rules(exact), |buf, off| {
                     let r = rep.get().clone();
                     move || r.write_at(&buf, off)
@@ -1426,13 +1426,16 @@ async fn joined<T>(job: JobHandle<T>) -> FsResult<T> {
 struct DropOnPool<T: ?Sized + Send + Sync + 'static> {
     v: Option<Arc<T>>,
     pool: Option<BlockingPool>,
+    /// The request's identity.
+    who: Option<Identity>,
 }
 
 impl<T: ?Sized + Send + Sync + 'static> DropOnPool<T> {
-    fn new(v: Arc<T>, pool: &BlockingPool, backend: &Arc<dyn Backend>) -> Self {
+    fn new(v: Arc<T>, pool: &BlockingPool, cx: Cx<'_>) -> Self {
         DropOnPool {
             v: Some(v),
-            pool: backend.is_blocking().then(|| pool.clone()),
+            pool: cx.backend.is_blocking().then(|| pool.clone()),
+            who: cx.who.clone(),
         }
     }
 
@@ -1446,7 +1449,14 @@ impl<T: ?Sized + Send + Sync + 'static> Drop for DropOnPool<T> {
     fn drop(&mut self) {
         if let (Some(v), Some(pool)) = (self.v.take(), &self.pool) {
             if Arc::strong_count(&v) == 1 {
-                pool.detach(move || drop(v));
+                // As the request's identity: dropping an uncommitted
+                // replacement unlinks its temporary file.
+                let who = self.who.take();
+                pool.detach(move || {
+                    if identity::run_as(who.as_ref(), || drop(v)).is_err() {
+                        tracing::warn!("a PUT's file was closed without its identity");
+                    }
+                });
             }
         }
     }
