@@ -34,7 +34,35 @@
 //!
 //! A root chosen per request by the host application — say, each user's
 //! home after authentication — goes in the request's extensions as a
-//! [`Mount`], and takes precedence over virtual hosts.
+//! [`Mount`], and takes precedence over virtual hosts. The Unix account the
+//! request acts as goes there too, as an [`Identity`]: the engine then runs
+//! the request's filesystem calls with that user's credentials (the server
+//! needs `CAP_SETUID`/`CAP_SETGID`), so the kernel checks its permissions
+//! and what it creates belongs to it.
+//!
+//! ```no_run
+//! use axum::{extract::Request, middleware::Next, response::Response, Router};
+//! use spockfs_tower::{Identity, Mount, SpockFs};
+//!
+//! // After your auth layer: alice gets her home, acting as her account.
+//! async fn per_user(mut req: Request, next: Next) -> Response {
+//!     if let Ok(alice) = Identity::of_user("alice") {
+//!         req.extensions_mut().insert(Mount::local("/srv/homes/alice"));
+//!         req.extensions_mut().insert(alice);
+//!     }
+//!     next.run(req).await
+//! }
+//!
+//! let fs = SpockFs::builder().build(); // no default root: fail closed
+//! let app: Router = Router::new()
+//!     .nest_service("/fs", fs)
+//!     .layer(axum::middleware::from_fn(per_user));
+//! ```
+//!
+//! A mount can also carry its own identity ([`Mount::act_as`]), trust the
+//! identities clients declare ([`Mount::trust_client_ids`]), and a whole
+//! directory of sites can be served per `Host`
+//! ([`Builder::sites`], [`spockfs_core::sites::SitesDir`]).
 #![warn(missing_docs)]
 
 use bytes::Bytes;
@@ -46,8 +74,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 pub use spockfs_core::{
-    Backend, BoxError, Engine, EngineBuilder, Errno, FsPath, Limits, LocalFs, MemFs, Method, Mount,
-    Policy, SpockBody,
+    Backend, BoxError, ClientIds, Engine, EngineBuilder, Errno, FsPath, Identity, Limits, LocalFs,
+    MemFs, Method, Mount, Policy, SpockBody,
 };
 
 /// The SpockFS service. Cheap to clone (one `Arc`).
