@@ -157,20 +157,27 @@ impl Identity {
     /// ```
     pub fn of_user(name: &str) -> std::io::Result<Identity> {
         use nix::unistd::{Uid, User};
-        let user = match name.parse::<u32>() {
+        match name.parse::<u32>() {
             Ok(uid) => match User::from_uid(Uid::from_raw(uid)).map_err(std::io::Error::from)? {
-                Some(u) => u,
-                None => return Ok(Identity::new(uid, uid, [])),
+                Some(u) => Ok(Identity::of_account(&u)),
+                None => Ok(Identity::new(uid, uid, [])),
             },
-            Err(_) => User::from_name(name)
-                .map_err(std::io::Error::from)?
-                .ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("no user {name:?} in the user database"),
-                    )
-                })?,
-        };
+            Err(_) => Identity::of_account_name(name),
+        }
+    }
+
+    /// The identity of the account named `name` in the user database (a
+    /// name only: `"1000"` is the account called so, not uid 1000), with
+    /// its groups; `NotFound` if there is none.
+    pub fn of_account_name(name: &str) -> std::io::Result<Identity> {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(std::io::Error::from)?
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no user {name:?} in the user database"),
+                )
+            })?;
         Ok(Identity::of_account(&user))
     }
 

@@ -494,7 +494,7 @@ async fn users_as_unix_accounts() {
     let hash = bcrypt::hash("pw", 4).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(
         &htpasswd,
-        format!("daemon:{hash}\nbin:{hash}\nghost-user-x:{hash}\n"),
+        format!("daemon:{hash}\nbin:{hash}\nghost-user-x:{hash}\n0:{hash}\n"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let mut a = axum_args(&root);
@@ -523,4 +523,7 @@ async fn users_as_unix_accounts() {
         .await;
     assert_eq!(r.status, 403, "{:?}", String::from_utf8_lossy(&r.body));
     assert!(!homes.join("ghost-user-x").exists());
+    // A login named "0" is the account called "0" (there is none), not root.
+    let r = c.with_auth(&auth("0")).req("GETATTR", "/", &[]).await;
+    assert_eq!(r.status, 403, "{:?}", String::from_utf8_lossy(&r.body));
 }

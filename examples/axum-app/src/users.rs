@@ -119,12 +119,12 @@ impl UserRoots {
             return Ok(h.clone());
         }
         let account = if self.accounts.users_as_unix {
-            match Identity::of_user(user) {
+            // By name only: a login called "0" is not root.
+            match Identity::of_account_name(user) {
                 Ok(id) => Some(id),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(HomeError::NoAccount(user.to_owned()))
                 }
-                // A numeric name is a uid, not an account name.
                 Err(e) => return Err(e.into()),
             }
         } else {
