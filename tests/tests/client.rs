@@ -2,7 +2,7 @@
 //! server (no extensions), timeouts, restarts, auth and HTTPS.
 
 use bytes::Bytes;
-use spockfs_client::{Client, Errno, XattrFlag};
+use spockfs_client::{Client, Errno, SetTime, XattrFlag};
 use spockfs_tests::{axum_args, axum_local, start_axum};
 use std::time::Duration;
 
@@ -121,7 +121,7 @@ async fn every_method_round_trips() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.getxattr(b"/d/f", b"user.k").await, Err(Errno::ENODATA));
-    c.utimens(b"/d/f", 10, 20)
+    c.utimens(b"/d/f", SetTime::secs(10), SetTime::secs(20))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(

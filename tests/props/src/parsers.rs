@@ -6,7 +6,9 @@ use headers::Header;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use spockfs_core::engine::{self, Op};
 use spockfs_core::headers::{self as h, ByteRange};
-use spockfs_core::listing::{parse_attrs_line, write_attrs_prefix};
+use spockfs_core::listing::{
+    parse_attrs_line, parse_line, write_attrs_prefix, write_prefix, Format,
+};
 use spockfs_core::path::{percent_decode_strict, strip_mount_prefix};
 use spockfs_core::{Errno, FsPath, Method, PathError, Stat};
 
@@ -270,7 +272,13 @@ fn check_op(method: Method, op: &Op, hm: &HeaderMap) {
             assert!(off.checked_add(*len).is_some_and(|e| e <= i64::MAX as u64));
         }
         Op::Get { head, .. } => assert_eq!(*head, method == Method::Head),
-        Op::Readdir { attrs } => assert_eq!(*attrs, hm.contains_key("x-spock-readdir")),
+        Op::Readdir { attrs, nsec } => {
+            assert_eq!(*attrs, hm.contains_key("x-spock-readdir"));
+            assert_eq!(
+                *nsec,
+                one("x-spock-readdir").is_some_and(|v| v.eq_ignore_ascii_case(b"attrs-nsec"))
+            );
+        }
         _ => {}
     }
     // Whatever it parsed, it was spelled by the header that names it.
@@ -363,6 +371,9 @@ fn stat_from(c: &mut Cursor<'_>) -> Stat {
         atime: n() as i64,
         mtime: n() as i64,
         ctime: n() as i64,
+        atime_nsec: (n() % 1_000_000_000) as u32,
+        mtime_nsec: (n() % 1_000_000_000) as u32,
+        ctime_nsec: (n() % 1_000_000_000) as u32,
         dev: 0,
         rdev: 0,
     }
@@ -377,6 +388,23 @@ pub fn check_listing(data: &[u8]) {
     let st = stat_from(&mut c);
     let name: Vec<u8> = c.bytes().iter().copied().filter(|&b| b != b'\n').collect();
     if !name.is_empty() {
+        // The 13-field form (extension `nsec`) keeps the nanoseconds.
+        let mut line = Vec::new();
+        write_prefix(&mut line, &st, Format::AttrsNsec);
+        line.extend_from_slice(&name);
+        assert_eq!(
+            parse_line(&line, Format::AttrsNsec),
+            Some((&name[..], st)),
+            "{:?}",
+            String::from_utf8_lossy(&line)
+        );
+        // The ten fields carry whole seconds only.
+        let st = Stat {
+            atime_nsec: 0,
+            mtime_nsec: 0,
+            ctime_nsec: 0,
+            ..st
+        };
         let mut line = Vec::new();
         write_attrs_prefix(&mut line, &st);
         line.extend_from_slice(&name);
@@ -399,6 +427,15 @@ pub fn check_listing(data: &[u8]) {
     }
     // Arbitrary lines: accepted ones re-write to an equivalent line.
     let line = c.rest();
+    if let Some((name, st)) = parse_line(line, Format::AttrsNsec) {
+        assert!(!name.is_empty() && line.ends_with(name));
+        assert!(st.atime_nsec < 1_000_000_000 && st.mtime_nsec < 1_000_000_000);
+        assert!(st.ctime_nsec < 1_000_000_000);
+        let mut again = Vec::new();
+        write_prefix(&mut again, &st, Format::AttrsNsec);
+        again.extend_from_slice(name);
+        assert_eq!(parse_line(&again, Format::AttrsNsec), Some((name, st)));
+    }
     if let Some((name, st)) = parse_attrs_line(line) {
         assert!(!name.is_empty());
         assert!(line.ends_with(name));
