@@ -363,8 +363,8 @@ fn nanosecond_times_through_the_mount() {
     );
 
     // UTIME_OMIT: the atime stays exactly; UTIME_NOW: the clock.
-    let omit = ts(0, rustix::fs::UTIME_OMIT as i64);
-    let now = ts(0, rustix::fs::UTIME_NOW as i64);
+    let omit = ts(0, rustix::fs::UTIME_OMIT);
+    let now = ts(0, rustix::fs::UTIME_NOW);
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -408,8 +408,8 @@ fn touch_by_a_writer_who_is_not_the_owner() {
         rustix::thread::set_thread_groups(&[])?;
         rustix::thread::set_thread_res_gid(gid, gid, gid)?;
         rustix::thread::set_thread_res_uid(uid, uid, uid)?;
-        let now = ts(0, rustix::fs::UTIME_NOW as i64);
-        let omit = ts(0, rustix::fs::UTIME_OMIT as i64);
+        let now = ts(0, rustix::fs::UTIME_NOW);
+        let omit = ts(0, rustix::fs::UTIME_OMIT);
         Ok::<_, rustix::io::Errno>([
             utimensat(&shared, now, now),
             utimensat(&shared, ts(7, 0), ts(7, 0)),
