@@ -7,7 +7,13 @@
 //! handed out by the mount and never reused, so a hard link's two names are
 //! two inodes here (`st_ino` differs, `st_nlink` is the server's). Paths are
 //! updated on rename (descendants of a renamed directory included) and
-//! unlink.
+//! unlink. A file whose last name is removed through the mount while it is
+//! open (unlinked, or replaced by a rename) is renamed on the server to a
+//! hidden name instead and removed on its last close, so its open
+//! descriptors keep working, as on NFS (see [`HIDDEN_PREFIX`]). Names over
+//! 255 bytes are `ENAMETOOLONG` before any cache is asked. With the
+//! server's `nsec` extension times are exact to the nanosecond both ways,
+//! and `utimensat`'s `UTIME_NOW` and `UTIME_OMIT` reach the server as such.
 //!
 //! Requests run as tasks on the FUSE thread that read them (one by
 //! default, `threads`): the thread is an event loop — a single-threaded

@@ -2082,6 +2082,11 @@ mod tests {
             b"bytes 18446744073709551615-18446744073709551615/18446744073709551615",
             b"/../x",
             b"/a/b",
+            b"now",
+            b"OMIT",
+            b"attrs-nsec",
+            b"999999999",
+            b"1000000000",
         ];
         let names = [
             "x-spock-mode",
@@ -2096,6 +2101,8 @@ mod tests {
             "range",
             "content-range",
             "x-spock-readdir",
+            "x-spock-atime-nsec",
+            "x-spock-mtime-nsec",
         ];
         for m in Method::ALL {
             if m == Method::Options {

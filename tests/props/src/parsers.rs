@@ -10,7 +10,7 @@ use spockfs_core::listing::{
     parse_attrs_line, parse_line, write_attrs_prefix, write_prefix, Format,
 };
 use spockfs_core::path::{percent_decode_strict, strip_mount_prefix};
-use spockfs_core::{Errno, FsPath, Method, PathError, Stat};
+use spockfs_core::{Errno, FsPath, Method, PathError, SetTime, Stat};
 
 /// The reference validity rule of DESIGN.md, written independently of
 /// `FsPath`: decoded bytes start with `/`, no NUL, at most 4096 bytes, no
@@ -169,6 +169,8 @@ const HEADER_NAMES: &[&str] = &[
     "content-range",
     "x-spock-ctime",
     "x-spock-nlink",
+    "x-spock-atime-nsec",
+    "x-spock-mtime-nsec",
 ];
 
 /// Every typed `X-Spock-*` header against the reference decimal rule, and
@@ -199,7 +201,7 @@ pub fn check_headers(data: &[u8]) {
         XSpockBlocks: u64, XSpockDev: i64, XSpockIno: u64, XSpockFlag: i64,
         XSpockBsize: u64, XSpockFrsize: u64, XSpockBfree: u64, XSpockBavail: u64,
         XSpockFiles: u64, XSpockFfree: u64, XSpockFavail: u64, XSpockFsid: u64,
-        XSpockNamemax: u64);
+        XSpockNamemax: u64, XSpockAtimeNsec: u32, XSpockMtimeNsec: u32, XSpockCtimeNsec: u32);
     let t = h::XSpockTarget::decode(&mut values.iter());
     assert_eq!(t.is_ok(), values.len() == 1);
 
@@ -213,6 +215,11 @@ pub fn check_headers(data: &[u8]) {
             0 => c.choose(NUMBERS).as_bytes(),
             1 => c.choose(&[
                 &b"attrs"[..],
+                b"attrs-nsec",
+                b"now",
+                b"omit",
+                b"999999999",
+                b"1000000000",
                 b"/a",
                 b"/a/b/",
                 b"user.x",
@@ -272,6 +279,31 @@ fn check_op(method: Method, op: &Op, hm: &HeaderMap) {
             assert!(off.checked_add(*len).is_some_and(|e| e <= i64::MAX as u64));
         }
         Op::Get { head, .. } => assert_eq!(*head, method == Method::Head),
+        Op::Utimens { atime, mtime } => {
+            // Each time as its header spelled it; nanoseconds only with
+            // seconds, and in range.
+            for (t, secs, nsec) in [
+                (atime, "x-spock-atime", "x-spock-atime-nsec"),
+                (mtime, "x-spock-mtime", "x-spock-mtime-nsec"),
+            ] {
+                let v = one(secs).unwrap_or_else(|| panic!("{op:?} without {secs}"));
+                let ns = one(nsec);
+                match t {
+                    SetTime::Now => {
+                        assert!(v.eq_ignore_ascii_case(b"now") && ns.is_none())
+                    }
+                    SetTime::Omit => {
+                        assert!(v.eq_ignore_ascii_case(b"omit") && ns.is_none())
+                    }
+                    SetTime::At { sec, nsec } => {
+                        assert_eq!(reference_decimal(&v), Some(*sec as i128));
+                        assert!(*nsec < 1_000_000_000);
+                        let want = ns.map_or(Some(0), |n| reference_decimal(&n));
+                        assert_eq!(want, Some(*nsec as i128));
+                    }
+                }
+            }
+        }
         Op::Readdir { attrs, nsec } => {
             assert_eq!(*attrs, hm.contains_key("x-spock-readdir"));
             assert_eq!(
