@@ -7,7 +7,13 @@
 //! handed out by the mount and never reused, so a hard link's two names are
 //! two inodes here (`st_ino` differs, `st_nlink` is the server's). Paths are
 //! updated on rename (descendants of a renamed directory included) and
-//! unlink.
+//! unlink. A file whose last name is removed through the mount while it is
+//! open (unlinked, or replaced by a rename) is renamed on the server to a
+//! hidden name instead and removed on its last close, so its open
+//! descriptors keep working, as on NFS (see [`HIDDEN_PREFIX`]). Names over
+//! 255 bytes are `ENAMETOOLONG` before any cache is asked. With the
+//! server's `nsec` extension times are exact to the nanosecond both ways,
+//! and `utimensat`'s `UTIME_NOW` and `UTIME_OMIT` reach the server as such.
 //!
 //! Requests run as tasks on the FUSE thread that read them (one by
 //! default, `threads`): the thread is an event loop — a single-threaded
@@ -65,7 +71,7 @@
 //!   (atime); listing a directory does not, so a directory's atime seen
 //!   through the mount may lag by up to the attribute timeout.
 
-use crate::{Caller, Changed, Client, DirEntry, Errno, Stat, XattrFlag};
+use crate::{Caller, Changed, Client, DirEntry, Errno, SetTime, Stat, XattrFlag};
 use bytes::Bytes;
 use fuser::{
     AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -127,11 +133,41 @@ impl Default for MountConfig {
 
 struct Node {
     /// Every name the mount knows for this inode (hard links); the first
-    /// one is used for requests. The last name stays when it is unlinked,
-    /// so calls on an open unlinked file fail with the server's `ENOENT`.
+    /// one is used for requests. The last name stays when it is unlinked
+    /// (an open file's is renamed to a hidden name instead, see
+    /// [`HIDDEN_PREFIX`]).
     paths: Vec<Vec<u8>>,
     lookups: u64,
+    /// Open file handles (`open`/`create` not yet released).
+    open: u64,
+    /// The first path is a hidden name the file was renamed to when its
+    /// last name was removed while open: removed on the last release.
+    hidden: bool,
 }
+
+impl Node {
+    fn new(path: &[u8], lookups: u64) -> Node {
+        Node {
+            paths: vec![path.to_vec()],
+            lookups,
+            open: 0,
+            hidden: false,
+        }
+    }
+}
+
+/// The start of the name an open file is renamed to, in its own directory,
+/// when its last name is removed through the mount (unlinked, or replaced
+/// by a rename) while it is open: `.spockfs-hidden.<mount>.<ino>.<n>`
+/// (hexadecimal: a random id of this mount, the mount's inode number, a
+/// counter). Reads, writes, `fstat` and `ftruncate` on the open
+/// descriptors keep working (the way NFS clients keep `.nfsXXXX` files);
+/// the last release removes the hidden name. READDIR through the mount
+/// never shows such names. A directory holding only hidden names of files
+/// still open is not empty: `rmdir` fails with `ENOTEMPTY` until they are
+/// closed (as on NFS). If the mount dies first, the hidden files stay on
+/// the server (remove them there, or by exact name through a mount).
+pub const HIDDEN_PREFIX: &[u8] = b".spockfs-hidden.";
 
 #[derive(Default)]
 struct Inodes {
@@ -146,13 +182,7 @@ impl Inodes {
             next: 2,
             ..Default::default()
         };
-        t.nodes.insert(
-            1,
-            Node {
-                paths: vec![b"/".to_vec()],
-                lookups: 1,
-            },
-        );
+        t.nodes.insert(1, Node::new(b"/", 1));
         t.by_path.insert(b"/".to_vec(), 1);
         t
     }
@@ -174,13 +204,7 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.nodes.insert(
-            ino,
-            Node {
-                paths: vec![path.to_vec()],
-                lookups: 1,
-            },
-        );
+        self.nodes.insert(ino, Node::new(path, 1));
         self.by_path.insert(path.to_vec(), ino);
         ino
     }
@@ -233,6 +257,52 @@ impl Inodes {
         }
     }
 
+    /// One more open handle on `ino`.
+    fn opened(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.open += 1;
+        }
+    }
+
+    /// One handle on `ino` released: the hidden path to remove if that was
+    /// the last one of a hidden file (which is then no longer hidden).
+    fn closed(&mut self, ino: u64) -> Option<Vec<u8>> {
+        let n = self.nodes.get_mut(&ino)?;
+        n.open = n.open.saturating_sub(1);
+        if n.open > 0 || !n.hidden {
+            return None;
+        }
+        n.hidden = false;
+        n.paths.first().cloned()
+    }
+
+    /// The inode that removing `path` would leave without a name while
+    /// it is open: `path` is the only name the mount knows for it.
+    fn open_last_name(&self, path: &[u8]) -> Option<u64> {
+        let ino = *self.by_path.get(path)?;
+        let n = self.nodes.get(&ino)?;
+        (n.open > 0 && n.paths.len() == 1).then_some(ino)
+    }
+
+    /// `ino`, open, was renamed from `from` to the hidden name `to`.
+    /// Returns true if its handles were all released meanwhile: the
+    /// caller removes `to` now.
+    fn hid(&mut self, ino: u64, from: &[u8], to: &[u8]) -> bool {
+        self.rename(from, to);
+        match self.nodes.get_mut(&ino) {
+            Some(n) if n.open > 0 => {
+                n.hidden = true;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// True if `ino` is an open file whose last name was removed.
+    fn is_hidden(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| n.hidden)
+    }
+
     /// Renames `from` (and everything below it) to `to`.
     fn rename(&mut self, from: &[u8], to: &[u8]) {
         if from == to {
@@ -280,6 +350,10 @@ struct Probes {
     seen: HashSet<Vec<u8>>,
     disabled: bool,
 }
+
+/// The longest name of a path component (Linux's `NAME_MAX`, and the
+/// servers').
+const NAME_MAX: usize = 255;
 
 /// Bounds on what the mount remembers about xattr names and directories.
 const MAX_PROBE_NAMES: usize = 256;
@@ -350,6 +424,16 @@ struct Shared {
     pending_mode: Mutex<HashMap<u64, (u64, u32)>>,
     /// Open directory listings, by handle.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// The inode of each open file handle.
+    files: Mutex<HashMap<u64, u64>>,
+    /// Hidden names being removed after their last release, counted by
+    /// directory: `rmdir` of that directory waits for them.
+    reaping: Mutex<HashMap<Vec<u8>, usize>>,
+    /// Signalled when a removal of `reaping` ends.
+    reaped: tokio::sync::Notify,
+    /// This mount's part of hidden names, and their counter.
+    hidden_id: u64,
+    hidden_seq: AtomicU64,
     /// Recent attributes and listings.
     fresh: Fresh,
     next_fh: Mutex<u64>,
@@ -399,12 +483,27 @@ fn join(parent: &[u8], name: &OsStr) -> Vec<u8> {
     p
 }
 
-fn to_time(secs: i64) -> SystemTime {
-    if secs >= 0 {
+fn to_time(secs: i64, nsec: u32) -> SystemTime {
+    let base = if secs >= 0 {
         UNIX_EPOCH + Duration::from_secs(secs as u64)
     } else {
         UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    }
+    };
+    base + Duration::from_nanos(u64::from(nsec.min(999_999_999)))
+}
+
+/// A random id for this mount's hidden names (see [`HIDDEN_PREFIX`]), so
+/// that two mounts of one server never pick the same name.
+fn mount_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 fn kind_of(mode: u32) -> FileType {
@@ -424,10 +523,10 @@ fn attr_of(ino: u64, st: &Stat) -> FileAttr {
         ino: INodeNo(ino),
         size: st.size,
         blocks: st.blocks,
-        atime: to_time(st.atime),
-        mtime: to_time(st.mtime),
-        ctime: to_time(st.ctime),
-        crtime: to_time(st.ctime),
+        atime: to_time(st.atime, st.atime_nsec),
+        mtime: to_time(st.mtime, st.mtime_nsec),
+        ctime: to_time(st.ctime, st.ctime_nsec),
+        crtime: to_time(st.ctime, st.ctime_nsec),
         kind: kind_of(st.mode),
         perm: (st.mode & 0o7777) as u16,
         nlink: st.nlink as u32,
@@ -443,14 +542,29 @@ fn fe(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.raw())
 }
 
-fn secs(t: TimeOrNow) -> i64 {
-    let t = match t {
-        TimeOrNow::SpecificTime(t) => t,
-        TimeOrNow::Now => SystemTime::now(),
-    };
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
+/// A time of a FUSE setattr as UTIMENS sets it: absent is `UTIME_OMIT`,
+/// the kernel's "now" `UTIME_NOW` (the server's clock, and its permission
+/// rule: `touch` by a non-owner with write access).
+fn set_time(t: Option<TimeOrNow>) -> SetTime {
+    match t {
+        None => SetTime::Omit,
+        Some(TimeOrNow::Now) => SetTime::Now,
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At {
+                sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nsec: d.subsec_nanos(),
+            },
+            Err(e) => {
+                // Before 1970: seconds rounded down, nanoseconds up from them.
+                let d = e.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), 0);
+                if d.subsec_nanos() > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - d.subsec_nanos();
+                }
+                SetTime::At { sec, nsec }
+            }
+        },
     }
 }
 
@@ -469,6 +583,11 @@ impl SpockFuse {
                 inflight: Mutex::new(HashMap::new()),
                 pending_mode: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
+                files: Mutex::new(HashMap::new()),
+                reaping: Mutex::new(HashMap::new()),
+                reaped: tokio::sync::Notify::new(),
+                hidden_id: mount_id(),
+                hidden_seq: AtomicU64::new(0),
                 fresh: Fresh::default(),
                 next_fh: Mutex::new(1),
                 groups: Mutex::new(HashMap::new()),
@@ -540,7 +659,14 @@ impl SpockFuse {
             .ok_or(fuser::Errno::ENOENT)
     }
 
+    /// The path of `name` in `parent`. Every call that takes a name comes
+    /// through here, before any cache is asked: a name longer than a
+    /// component may be is `ENAMETOOLONG` (the kernel lets FUSE names of
+    /// up to 1024 bytes through), never a cached "no such entry".
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<Vec<u8>, fuser::Errno> {
+        if name.len() > NAME_MAX {
+            return Err(fuser::Errno::ENAMETOOLONG);
+        }
         if name.as_bytes().contains(&b'/') {
             return Err(fuser::Errno::EINVAL);
         }
@@ -796,6 +922,137 @@ fn went_idle() -> bool {
 const READ_BURST: usize = 64;
 
 impl Shared {
+    /// The server's extensions: as already learnt, else asked now on a
+    /// runtime of this call's own (at `init`, before the event loops run).
+    /// None if the server cannot be reached.
+    fn server_extensions(&self) -> crate::Extensions {
+        if let Some(e) = self.client.known_extensions() {
+            return e;
+        }
+        let client = self.client.with_own_pool();
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(client.extensions()),
+            Err(e) => {
+                tracing::warn!("no runtime to ask the server's extensions: {e}");
+                crate::Extensions::default()
+            }
+        }
+    }
+
+    /// The attributes the kernel sees for inode `ino`: those of a hidden
+    /// file (its last name removed while open) count one link fewer, the
+    /// hidden name, as after an unlink on a local disk.
+    fn attr(&self, ino: u64, st: &Stat) -> FileAttr {
+        let mut a = attr_of(ino, st);
+        if self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_hidden(ino)
+        {
+            a.nlink = a.nlink.saturating_sub(1);
+        }
+        a
+    }
+
+    /// A new hidden name for inode `ino` in `path`'s directory.
+    fn hidden_name(&self, path: &[u8], ino: u64) -> Vec<u8> {
+        let (dir, _) = split_parent(path);
+        let n = self.hidden_seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{:016x}.{ino:x}.{n:x}", self.hidden_id);
+        let mut p = dir.to_vec();
+        if !p.ends_with(b"/") {
+            p.push(b'/');
+        }
+        p.extend_from_slice(HIDDEN_PREFIX);
+        p.extend_from_slice(name.as_bytes());
+        p
+    }
+
+    /// Renames `path`, the last name of open inode `ino`, to a hidden name
+    /// (on the server, then in the mount's tables); removes that at once if
+    /// the file was closed meanwhile. Runs as a change of `path`'s
+    /// directory; the caller holds it in [`change`](Shared::change).
+    async fn hide(&self, path: &[u8], ino: u64) -> Result<(Changed, Vec<u8>), Errno> {
+        let hidden = self.hidden_name(path, ino);
+        let ch = self.client().rename(path, &hidden).await?;
+        self.listed_name(path, false);
+        self.listed_name(&hidden, true);
+        let closed = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .hid(ino, path, &hidden);
+        tracing::debug!(path = %String::from_utf8_lossy(path), "open file hidden");
+        if closed {
+            self.unhide(&hidden).await;
+        }
+        Ok((ch, hidden))
+    }
+
+    /// Gives `path` back to open inode `ino`, hidden as `hidden` by a
+    /// rename that then failed (best effort: it stays hidden otherwise).
+    async fn restore(&self, hidden: &[u8], path: &[u8], ino: u64) {
+        if self.client().rename(hidden, path).await.is_ok() {
+            self.listed_name(hidden, false);
+            self.listed_name(path, true);
+            let mut t = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            t.rename(hidden, path);
+            if let Some(n) = t.nodes.get_mut(&ino) {
+                n.hidden = false;
+            }
+        }
+    }
+
+    /// Removes a hidden name (its file's last handle is released).
+    async fn unhide(&self, hidden: &[u8]) {
+        match self.client().unlink(hidden).await {
+            Ok(_) => self.listed_name(hidden, false),
+            Err(e) => tracing::warn!(
+                path = %String::from_utf8_lossy(hidden),
+                errno = %e,
+                "cannot remove a hidden file after its last close: it stays on the server"
+            ),
+        }
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .detach(hidden);
+    }
+
+    /// Waits until no hidden name in `dir` is being removed.
+    async fn reaped(&self, dir: &[u8]) {
+        loop {
+            let notified = self.reaped.notified();
+            let busy = self
+                .reaping
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(dir);
+            if !busy {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Registers a new open file handle on `ino`.
+    fn open_handle(&self, ino: u64) -> u64 {
+        let fh = next_fh(self);
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, ino);
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .opened(ino);
+        fh
+    }
+
     /// This thread's client (its own pool), or the shared one off the
     /// FUSE threads.
     fn client(&self) -> Client {
@@ -1081,8 +1338,14 @@ impl Filesystem for SpockFuse {
         ] {
             let _ = config.add_capabilities(f);
         }
-        // SpockFS times are whole seconds.
-        let _ = config.set_time_granularity(Duration::from_secs(1));
+        // SpockFS 0.1 times are whole seconds; with the `nsec` extension
+        // the kernel passes times on (utimensat) to the nanosecond.
+        let gran = if self.s.server_extensions().nsec {
+            Duration::from_nanos(1)
+        } else {
+            Duration::from_secs(1)
+        };
+        let _ = config.set_time_granularity(gran);
         Ok(())
     }
 
@@ -1226,7 +1489,7 @@ impl Filesystem for SpockFuse {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         if let Some((st, ttl)) = self.s.kept(ino.0) {
-            return reply.attr(&ttl, &attr_of(ino.0, &st));
+            return reply.attr(&ttl, &self.s.attr(ino.0, &st));
         }
         let path = path_or!(self, self.path(ino), reply);
         let s = self.s.clone();
@@ -1243,7 +1506,7 @@ impl Filesystem for SpockFuse {
                 r
             },
             move |reply, r| match r {
-                Ok(st) => reply.attr(&s.cfg.attr_timeout, &attr_of(ino.0, &st)),
+                Ok(st) => reply.attr(&s.cfg.attr_timeout, &s.attr(ino.0, &st)),
                 Err(e) => reply.error(fe(e)),
             },
         );
@@ -1289,17 +1552,10 @@ impl Filesystem for SpockFuse {
                         last = s.client().truncate(&path, sz).await?;
                     }
                     if atime.is_some() || mtime.is_some() {
-                        let (a, m) = match (atime, mtime) {
-                            (Some(a), Some(m)) => (secs(a), secs(m)),
-                            _ => {
-                                let st = match last {
-                                    Some(st) => st,
-                                    None => s.client().getattr(&path).await?,
-                                };
-                                (atime.map_or(st.atime, secs), mtime.map_or(st.mtime, secs))
-                            }
-                        };
-                        last = s.client().utimens(&path, a, m).await?;
+                        last = s
+                            .client()
+                            .utimens(&path, set_time(atime), set_time(mtime))
+                            .await?;
                     }
                     let st = match last {
                         Some(st) => st,
@@ -1310,7 +1566,7 @@ impl Filesystem for SpockFuse {
                 })
                 .await;
             match r {
-                Ok(st) => reply.attr(&s.cfg.attr_timeout, &attr_of(ino.0, &st)),
+                Ok(st) => reply.attr(&s.cfg.attr_timeout, &s.attr(ino.0, &st)),
                 Err(e) => reply.error(fe(e)),
             }
         });
@@ -1452,6 +1708,15 @@ impl Filesystem for SpockFuse {
         let to = path_or!(self, self.child(newparent, newname), reply);
         let s = self.s.clone();
         self.run(req, async move {
+            // Replacing the last name of an open file (not another name of
+            // the moved one): hide it first.
+            let open = (!noreplace)
+                .then(|| {
+                    let t = s.inodes.lock().unwrap_or_else(|e| e.into_inner());
+                    t.open_last_name(&to)
+                        .filter(|&i| t.by_path.get(&from) != Some(&i))
+                })
+                .flatten();
             let r = s
                 .change(&[&from, &to], true, async {
                     if noreplace {
@@ -1462,7 +1727,15 @@ impl Filesystem for SpockFuse {
                             Err(e) => return Err(e),
                         }
                     }
-                    s.client().rename(&from, &to).await
+                    let Some(ino) = open else {
+                        return s.client().rename(&from, &to).await;
+                    };
+                    let (_, hidden) = s.hide(&to, ino).await?;
+                    let r = s.client().rename(&from, &to).await;
+                    if r.is_err() {
+                        s.restore(&hidden, &to, ino).await;
+                    }
+                    r
                 })
                 .await;
             match r {
@@ -1529,7 +1802,7 @@ impl Filesystem for SpockFuse {
             reply,
             async move { c.client().open(&path, flags.0).await },
             move |reply, r| match r {
-                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Ok(()) => reply.opened(FileHandle(s.open_handle(ino.0)), FopenFlags::empty()),
                 Err(e) => reply.error(fe(e)),
             },
         );
@@ -1563,9 +1836,8 @@ impl Filesystem for SpockFuse {
             match r {
                 Ok((mut a, parent)) => {
                     s.keep_parent(&path, parent, before);
-                    let mut fh = 0;
+                    let fh = s.open_handle(a.ino.0);
                     if perm & 0o200 == 0 {
-                        fh = next_fh(&s);
                         s.pending_mode
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -1601,17 +1873,65 @@ impl Filesystem for SpockFuse {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
-        let Some((ino, perm)) = pending else {
+        let file = self
+            .s
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        // Decided now, as the request is read: an rmdir read after this
+        // release waits for the hidden name to go.
+        let hidden = file.and_then(|ino| {
+            self.s
+                .inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .closed(ino)
+        });
+        if let Some(h) = &hidden {
+            *self
+                .s
+                .reaping
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(split_parent(h).0.to_vec())
+                .or_default() += 1;
+        }
+        if pending.is_none() && hidden.is_none() {
             return reply.ok();
-        };
-        let path = path_or!(self, self.path(INodeNo(ino)), reply);
+        }
         let s = self.s.clone();
         self.run(req, async move {
-            match s
-                .change(&[&path], false, s.client().chmod(&path, perm))
-                .await
-            {
-                Ok(_) => reply.ok(),
+            let mut r = Ok(());
+            if let Some(h) = hidden {
+                // Removed: its pending mode no longer matters.
+                s.change(&[&h], true, s.unhide(&h)).await;
+                let dir = split_parent(&h).0;
+                let mut reaping = s.reaping.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = reaping.get_mut(dir) {
+                    *n -= 1;
+                    if *n == 0 {
+                        reaping.remove(dir);
+                    }
+                }
+                drop(reaping);
+                s.reaped.notify_waiters();
+            } else if let Some((ino, perm)) = pending {
+                let path = s
+                    .inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .path(ino)
+                    .map(<[u8]>::to_vec);
+                if let Some(path) = path {
+                    r = s
+                        .change(&[&path], false, s.client().chmod(&path, perm))
+                        .await
+                        .map(drop);
+                }
+            }
+            match r {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(fe(e)),
             }
         });
@@ -1730,18 +2050,25 @@ impl Filesystem for SpockFuse {
             async move {
                 let (epoch, at) = (c.epoch(), Instant::now());
                 let r = c.client().readdir(&dir).await;
-                r.map(|entries| Listing {
-                    entries,
-                    at,
-                    epoch: Some(epoch).filter(|&e| e == c.epoch()),
+                r.map(|entries| {
+                    (
+                        entries.iter().map(|e| e.name.clone()).collect(),
+                        Listing {
+                            // Hidden files are not listed (but exist: the
+                            // names known to the negative cache keep them).
+                            entries: entries
+                                .into_iter()
+                                .filter(|e| !e.name.starts_with(HIDDEN_PREFIX))
+                                .collect(),
+                            at,
+                            epoch: Some(epoch).filter(|&e| e == c.epoch()),
+                        },
+                    )
                 })
             },
             move |reply, r| match r {
-                Ok(listing) => {
-                    s.listed(
-                        &path,
-                        listing.entries.iter().map(|e| e.name.clone()).collect(),
-                    );
+                Ok((names, listing)) => {
+                    s.listed(&path, names);
                     let listing = Arc::new(listing);
                     s.keep_listing(&path, &listing);
                     open(&s, listing, reply)
@@ -2130,13 +2457,26 @@ impl SpockFuse {
         let path = path_or!(self, self.child(parent, name), reply);
         let s = self.s.clone();
         self.run(req, async move {
+            if dir {
+                // Hidden files closed just before are being removed.
+                s.reaped(&path).await;
+            }
+            // An open file losing its last name is hidden instead.
+            let open = (!dir)
+                .then(|| {
+                    s.inodes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .open_last_name(&path)
+                })
+                .flatten();
             let before = s.before();
             let r = s
                 .change(&[&path], true, async {
-                    if dir {
-                        s.client().rmdir(&path).await
-                    } else {
-                        s.client().unlink(&path).await
+                    match open {
+                        Some(ino) => s.hide(&path, ino).await.map(|(ch, _)| ch),
+                        None if dir => s.client().rmdir(&path).await,
+                        None => s.client().unlink(&path).await,
                     }
                 })
                 .await;
@@ -2147,10 +2487,12 @@ impl SpockFuse {
                     if dir {
                         s.unlist_tree(&path);
                     }
-                    s.inodes
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .detach(&path);
+                    if open.is_none() {
+                        s.inodes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .detach(&path);
+                    }
                     reply.ok()
                 }
                 Err(e) => reply.error(fe(e)),

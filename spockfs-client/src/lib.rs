@@ -11,8 +11,9 @@
 //!   `EIO`, like the original client;
 //! - errors as [`Errno`]: the spec's status mapping, refined by
 //!   `X-Spock-errno` when the server advertises the `errno` extension;
-//! - extensions (`readdir-attrs`, `fsync`, `errno`) used only when `OPTIONS`
-//!   advertises them; with a plain 0.1 server it speaks only the spec;
+//! - extensions (`readdir-attrs`, `fsync`, `errno`, `stat`, `parent-stat`,
+//!   `nsec`, `identity`) used only when `OPTIONS` advertises them; with a
+//!   plain 0.1 server it speaks only the spec;
 //! - a restarted server is picked up transparently: dead pooled connections
 //!   are replaced on the next call.
 //!
@@ -42,11 +43,13 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 pub use spockfs_core::backend::XattrFlag;
 use spockfs_core::headers::{
-    XSpockAtime, XSpockBavail, XSpockBfree, XSpockBlocks, XSpockBsize, XSpockCtime, XSpockDev,
-    XSpockFavail, XSpockFfree, XSpockFiles, XSpockFlag, XSpockFrsize, XSpockFsid, XSpockGid,
-    XSpockIno, XSpockMode, XSpockMtime, XSpockNamemax, XSpockNlink, XSpockSize, XSpockUid,
+    XSpockAtime, XSpockAtimeNsec, XSpockBavail, XSpockBfree, XSpockBlocks, XSpockBsize,
+    XSpockCtime, XSpockCtimeNsec, XSpockDev, XSpockFavail, XSpockFfree, XSpockFiles, XSpockFlag,
+    XSpockFrsize, XSpockFsid, XSpockGid, XSpockIno, XSpockMode, XSpockMtime, XSpockMtimeNsec,
+    XSpockNamemax, XSpockNlink, XSpockSize, XSpockUid,
 };
-pub use spockfs_core::{Errno, Stat, StatFs};
+use spockfs_core::listing::Format;
+pub use spockfs_core::{Errno, SetTime, Stat, StatFs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +79,10 @@ pub struct Extensions {
     /// `X-Spock-parent`: a call that adds or removes a name answers with
     /// its directory's attributes too.
     pub parent_stat: bool,
+    /// Nanosecond times: `X-Spock-*time-nsec` in attributes,
+    /// `X-Spock-readdir: attrs-nsec`, and UTIMENS with nanoseconds, `now`
+    /// and `omit`.
+    pub nsec: bool,
 }
 
 /// What a call that adds or removes a name learnt of the result, with the
@@ -321,14 +328,29 @@ fn num<H: headers::Header, T: Default>(h: &http::HeaderMap, get: impl FnOnce(H) 
 /// atime mtime ctime name`) with the format's single definition in
 /// [`spockfs_core::listing`].
 pub fn parse_attrs_line(line: &[u8]) -> Option<DirEntry> {
-    spockfs_core::listing::parse_attrs_line(line).map(|(name, st)| DirEntry {
+    parse_line(line, Format::Attrs)
+}
+
+/// Parses one line of a listing with attributes in `format` (`attrs`, or
+/// `attrs-nsec` with the three nanosecond fields after the ten).
+pub fn parse_line(line: &[u8], format: Format) -> Option<DirEntry> {
+    spockfs_core::listing::parse_line(line, format).map(|(name, st)| DirEntry {
         name: name.to_vec(),
         stat: Some(st),
     })
 }
 
+/// Nanoseconds from a `X-Spock-*time-nsec` header: 0 if absent or out of
+/// range.
+fn nsec_of<H: headers::Header>(h: &http::HeaderMap, get: impl FnOnce(H) -> u32) -> u32 {
+    Some(num(h, get))
+        .filter(|&n| n < 1_000_000_000)
+        .unwrap_or(0)
+}
+
 /// The `lstat` a GETATTR response carries in its `X-Spock-*` headers
-/// (missing or malformed fields read as 0, as the original client does).
+/// (missing or malformed fields read as 0, as the original client does;
+/// so do the `nsec` extension's nanoseconds from a server without it).
 pub fn parse_stat(h: &http::HeaderMap) -> Stat {
     Stat {
         mode: num(h, |h: XSpockMode| h.0),
@@ -343,6 +365,9 @@ pub fn parse_stat(h: &http::HeaderMap) -> Stat {
         dev: num(h, |h: XSpockDev| h.0 as u64),
         ino: num(h, |h: XSpockIno| h.0),
         rdev: 0,
+        atime_nsec: nsec_of(h, |h: XSpockAtimeNsec| h.0),
+        mtime_nsec: nsec_of(h, |h: XSpockMtimeNsec| h.0),
+        ctime_nsec: nsec_of(h, |h: XSpockCtimeNsec| h.0),
     }
 }
 
@@ -378,19 +403,26 @@ pub fn parse_extensions(h: &http::HeaderMap) -> Extensions {
         stat: has("stat"),
         identity: has("identity"),
         parent_stat: has("parent-stat"),
+        nsec: has("nsec"),
     }
 }
 
 /// A READDIR body: one name per line (`.` and `..` skipped), or with
 /// `attrs` the `readdir-attrs` lines; a malformed attrs line is `EIO`.
 pub fn parse_readdir(body: &[u8], attrs: bool) -> FsResult<Vec<DirEntry>> {
+    parse_listing(body, attrs.then_some(Format::Attrs))
+}
+
+/// A READDIR body: one name per line (`.` and `..` skipped), or lines
+/// with attributes in `format`; a malformed line with attributes is `EIO`.
+pub fn parse_listing(body: &[u8], format: Option<Format>) -> FsResult<Vec<DirEntry>> {
     let mut out = Vec::new();
     for line in body.split(|&b| b == b'\n') {
         if line.is_empty() || line == b"." || line == b".." {
             continue;
         }
-        if attrs {
-            match parse_attrs_line(line) {
+        if let Some(format) = format {
+            match parse_line(line, format) {
                 Some(e) => out.push(e),
                 None => return Err(Errno::EIO),
             }
@@ -557,6 +589,12 @@ impl Client {
         r.copied().unwrap_or_default()
     }
 
+    /// The extensions learnt from the server so far, without asking it
+    /// (`None` until [`extensions`](Client::extensions) got an answer).
+    pub fn known_extensions(&self) -> Option<Extensions> {
+        self.inner.extensions.get().copied()
+    }
+
     /// `lstat`.
     pub async fn getattr(&self, path: &[u8]) -> FsResult<Stat> {
         let r = self
@@ -602,23 +640,43 @@ impl Client {
             stat: hm.contains_key("x-spock-mode").then(|| parse_stat(hm)),
             parent: hm
                 .get("x-spock-parent")
-                .and_then(|v| spockfs_core::listing::parse_attrs(v.as_bytes())),
+                .and_then(|v| spockfs_core::listing::parse_attrs(v.as_bytes()))
+                .map(|mut st| {
+                    if let Some(v) = hm.get("x-spock-parent-nsec") {
+                        // Malformed: seconds only.
+                        let _ = spockfs_core::listing::parse_nsec(v.as_bytes(), &mut st);
+                    }
+                    st
+                }),
         })
     }
 
     /// Lists a directory (without `.`/`..`); with `readdir-attrs`, each
     /// entry carries its attributes.
     pub async fn readdir(&self, path: &[u8]) -> FsResult<Vec<DirEntry>> {
-        let attrs = self.extensions().await.readdir_attrs;
-        let hdrs: &[(&'static str, HeaderValue)] = if attrs {
-            &[("x-spock-readdir", HeaderValue::from_static("attrs"))]
-        } else {
-            &[]
+        let ext = self.extensions().await;
+        let (format, hdrs): (_, &[(&'static str, HeaderValue)]) = match ext {
+            Extensions {
+                readdir_attrs: true,
+                nsec: true,
+                ..
+            } => (
+                Some(Format::AttrsNsec),
+                &[("x-spock-readdir", HeaderValue::from_static("attrs-nsec"))],
+            ),
+            Extensions {
+                readdir_attrs: true,
+                ..
+            } => (
+                Some(Format::Attrs),
+                &[("x-spock-readdir", HeaderValue::from_static("attrs"))],
+            ),
+            _ => (None, &[]),
         };
         let r = self
             .call("READDIR", path, hdrs, Bytes::new(), &[200])
             .await?;
-        parse_readdir(r.body(), attrs)
+        parse_listing(r.body(), format)
     }
 
     /// `mknod`.
@@ -820,12 +878,66 @@ impl Client {
         .map(drop)
     }
 
-    /// `utimensat` with whole seconds.
+    /// `utimensat` (never following a final symlink).
+    ///
+    /// With the server's `nsec` extension, the call is exactly
+    /// `utimensat`'s: nanoseconds, and [`SetTime::Now`] and
+    /// [`SetTime::Omit`] reach the server as `UTIME_NOW` and `UTIME_OMIT`
+    /// (which matters for permissions: both times `Now` is allowed to a
+    /// non-owner with write access, see [`SetTime`]). Without it (a 0.1
+    /// server), times are whole seconds (nanoseconds dropped), `Now` is
+    /// this machine's clock, and `Omit` is the current value, read with a
+    /// GETATTR first; both `Omit` sends nothing.
     ///
     /// With the server's `stat` extension, the result carries the entry's
     /// attributes after the call (saving a GETATTR); `None` otherwise.
-    pub async fn utimens(&self, path: &[u8], atime: i64, mtime: i64) -> FsResult<Option<Stat>> {
-        let h = [("x-spock-atime", hv(atime)), ("x-spock-mtime", hv(mtime))];
+    pub async fn utimens(
+        &self,
+        path: &[u8],
+        atime: SetTime,
+        mtime: SetTime,
+    ) -> FsResult<Option<Stat>> {
+        if !atime.is_valid() || !mtime.is_valid() {
+            return Err(Errno::EINVAL);
+        }
+        if !self.extensions().await.nsec {
+            if (atime, mtime) == (SetTime::Omit, SetTime::Omit) {
+                return Ok(None);
+            }
+            let old = if atime == SetTime::Omit || mtime == SetTime::Omit {
+                Some(self.getattr(path).await?)
+            } else {
+                None
+            };
+            let now = unix_now();
+            let secs = |t: SetTime, old: Option<i64>| match t {
+                SetTime::Now => now,
+                SetTime::Omit => old.unwrap_or(now),
+                SetTime::At { sec, .. } => sec,
+            };
+            let (a, m) = (
+                secs(atime, old.map(|s| s.atime)),
+                secs(mtime, old.map(|s| s.mtime)),
+            );
+            let h = [("x-spock-atime", hv(a)), ("x-spock-mtime", hv(m))];
+            return self.change("UTIMENS", path, &h, &[200]).await;
+        }
+        let mut h = Vec::with_capacity(4);
+        for (t, name, nsec_name) in [
+            (atime, "x-spock-atime", "x-spock-atime-nsec"),
+            (mtime, "x-spock-mtime", "x-spock-mtime-nsec"),
+        ] {
+            match t {
+                SetTime::Now => h.push((name, HeaderValue::from_static("now"))),
+                SetTime::Omit => h.push((name, HeaderValue::from_static("omit"))),
+                SetTime::At { sec, nsec } => {
+                    h.push((name, hv(sec)));
+                    if nsec != 0 {
+                        h.push((nsec_name, hv(nsec)));
+                    }
+                }
+            }
+        }
         self.change("UTIMENS", path, &h, &[200]).await
     }
 
@@ -897,6 +1009,14 @@ impl Client {
         self.call("PUT", path, &[], data, &[200, 201])
             .await
             .map(drop)
+    }
+}
+
+/// This machine's clock, unix seconds.
+fn unix_now() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
     }
 }
 

@@ -134,7 +134,7 @@ impl SpockBody {
     pub(crate) fn dir(
         dir: Box<dyn DirStream>,
         first: Bytes,
-        attrs: bool,
+        attrs: Option<crate::listing::Format>,
         path: FsPath,
         batch: usize,
         budget: Option<u64>,
@@ -405,12 +405,12 @@ impl Drop for FileStream {
 use std::future::Future;
 
 /// Formats up to `max` entries of `dir` as READDIR lines (plain names, or
-/// the `readdir-attrs` form) onto `out`. Returns the number of entries read
+/// the `readdir-attrs` form `attrs` names) onto `out`. Returns the number of entries read
 /// and whether the directory is exhausted. A name containing `\n` cannot
 /// be represented: it is omitted and logged.
 pub(crate) fn dir_batch(
     dir: &mut dyn DirStream,
-    attrs: bool,
+    attrs: Option<crate::listing::Format>,
     max: usize,
     path: &FsPath,
     out: &mut Vec<u8>,
@@ -423,10 +423,8 @@ pub(crate) fn dir_batch(
                 "READDIR: omitting a name that contains a newline");
             return Ok(());
         }
-        if attrs {
-            if let Some(st) = st {
-                crate::listing::write_attrs_prefix(out, st);
-            }
+        if let (Some(format), Some(st)) = (attrs, st) {
+            crate::listing::write_prefix(out, st, format);
         }
         out.extend_from_slice(name);
         out.push(b'\n');
@@ -446,7 +444,7 @@ struct DirListing {
     /// `None` while a batch is being read on the pool.
     dir: Option<Box<dyn DirStream>>,
     first: Option<Bytes>,
-    attrs: bool,
+    attrs: Option<crate::listing::Format>,
     path: FsPath,
     batch: usize,
     /// Entries that may still be sent (`None`: no limit).
@@ -464,7 +462,7 @@ impl DirListing {
     fn read_batch(
         mut dir: Box<dyn DirStream>,
         mut out: Vec<u8>,
-        attrs: bool,
+        attrs: Option<crate::listing::Format>,
         batch: usize,
         path: &FsPath,
     ) -> BatchResult {
@@ -478,7 +476,7 @@ impl DirListing {
         who: Option<&Identity>,
         dir: Box<dyn DirStream>,
         out: Vec<u8>,
-        attrs: bool,
+        attrs: Option<crate::listing::Format>,
         batch: usize,
         path: &FsPath,
     ) -> BatchResult {

@@ -8,7 +8,9 @@
 //! runs it against the backend on a blocking thread, and the response
 //! builders turn the outcome into status, headers and body.
 
-use crate::backend::{Backend, FileHandle, Owner, Replacement, SetId, Stat, StatFs, XattrFlag};
+use crate::backend::{
+    Backend, Devices, FileHandle, Owner, Replacement, SetId, SetTime, Stat, StatFs, XattrFlag,
+};
 use crate::body::{read_chunk, BodyReaper, SpockBody};
 use crate::headers::{
     self as h, parse_content_range, parse_range, BadHeader, ByteRange, X_SPOCK_CALLER,
@@ -332,8 +334,11 @@ pub fn is_mutating_request(method: Method, headers: &HeaderMap) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum Op {
+    /// `attrs`: the `readdir-attrs` format; `nsec`: its 13-field form
+    /// (`X-Spock-readdir: attrs-nsec`, extension `nsec`).
     Readdir {
         attrs: bool,
+        nsec: bool,
     },
     Getattr,
     Mknod {
@@ -390,8 +395,8 @@ pub enum Op {
         name: Vec<u8>,
     },
     Utimens {
-        atime: i64,
-        mtime: i64,
+        atime: SetTime,
+        mtime: SetTime,
     },
     Get {
         range: Option<ByteRange>,
@@ -532,16 +537,17 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
     use h::{optional as opt, required as req};
     let op = match method {
         Method::Readdir => {
-            let attrs = match headers.get(&X_SPOCK_READDIR) {
-                None => false,
-                Some(v) if v.as_bytes().eq_ignore_ascii_case(b"attrs") => true,
+            let (attrs, nsec) = match headers.get(&X_SPOCK_READDIR) {
+                None => (false, false),
+                Some(v) if v.as_bytes().eq_ignore_ascii_case(b"attrs") => (true, false),
+                Some(v) if v.as_bytes().eq_ignore_ascii_case(b"attrs-nsec") => (true, true),
                 Some(_) => {
                     return Err(Reject::bad(
-                        "malformed header X-Spock-readdir: expected 'attrs'",
+                        "malformed header X-Spock-readdir: expected 'attrs' or 'attrs-nsec'",
                     ))
                 }
             };
-            Op::Readdir { attrs }
+            Op::Readdir { attrs, nsec }
         }
         Method::Getattr => Op::Getattr,
         Method::Mknod => Op::Mknod {
@@ -657,8 +663,8 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
             name: xattr_name(headers)?,
         },
         Method::Utimens => Op::Utimens {
-            atime: req::<h::XSpockAtime>(headers, "X-Spock-atime")?.0,
-            mtime: req::<h::XSpockMtime>(headers, "X-Spock-mtime")?.0,
+            atime: h::set_time(headers, h::TimeField::Atime)?,
+            mtime: h::set_time(headers, h::TimeField::Mtime)?,
         },
         Method::Get | Method::Head => {
             let range = match headers.get(RANGE) {
@@ -726,10 +732,12 @@ enum Outcome {
     Listing {
         first: Bytes,
         dir: Box<dyn crate::backend::DirStream>,
-        attrs: bool,
+        attrs: Option<crate::listing::Format>,
         path: FsPath,
         budget: Option<u64>,
     },
+    /// Refused after a look at the filesystem, with the reason.
+    Refused(Reject),
     /// A READDIR over [`Limits::readdir_max_entries`].
     TooManyEntries {
         count: u64,
@@ -1016,8 +1024,9 @@ impl Engine {
     ) -> Result<Outcome, Fail> {
         let limits = self.limits;
         let setid = mount.setid();
+        let devices = mount.devices();
         blocking(&self.pool, cx, move |b| {
-            let out = execute_sync(b, &path, op, &limits, setid)?;
+            let out = execute_sync(b, &path, op, &limits, setid, devices)?;
             Ok(match out {
                 Outcome::Status(s) if stat.entry || stat.parent => {
                     // Changed, then removed or replaced by someone else:
@@ -1205,6 +1214,7 @@ impl Engine {
                     "the directory has {count} entries; this server lists at most {max} per READDIR"
                 ),
             ),
+            Outcome::Refused(rej) => reject(rej),
             Outcome::Status(s) => status_response(s),
             Outcome::Stat(st) => {
                 let mut r = status_response(StatusCode::OK);
@@ -1216,10 +1226,14 @@ impl Engine {
                 if let Some(st) = entry {
                     h::put_stat(r.headers_mut(), &st);
                 }
-                if let Some(v) = parent
-                    .and_then(|st| HeaderValue::from_str(&crate::listing::format_attrs(&st)).ok())
-                {
-                    r.headers_mut().insert(h::X_SPOCK_PARENT.clone(), v);
+                if let Some(st) = parent {
+                    let hm = r.headers_mut();
+                    if let Ok(v) = HeaderValue::from_str(&crate::listing::format_attrs(&st)) {
+                        hm.insert(h::X_SPOCK_PARENT.clone(), v);
+                    }
+                    if let Ok(v) = HeaderValue::from_str(&crate::listing::format_nsec(&st)) {
+                        hm.insert(h::X_SPOCK_PARENT_NSEC.clone(), v);
+                    }
                 }
                 r
             }
@@ -1687,20 +1701,48 @@ fn precheck(b: &dyn Backend, path: &FsPath, rule: DirRule) -> FsResult<()> {
     }
 }
 
+/// True for a character or block device's mode.
+fn is_device(mode: u32) -> bool {
+    use crate::backend::mode::{S_IFBLK, S_IFCHR, S_IFMT};
+    matches!(mode & S_IFMT, S_IFCHR | S_IFBLK)
+}
+
+/// Why a device node may not be made at `path` on a mount that allows
+/// inert ones: the filesystem of its directory is not mounted `nodev`.
+/// `None` if it is, or if that cannot be told (the backend's own check
+/// then decides, with its own error).
+fn not_nodev(b: &dyn Backend, path: &FsPath) -> Option<Reject> {
+    let dir = path.parent()?;
+    let fs = b.statfs(&dir).ok()?;
+    (fs.flag & crate::backend::ST_NODEV == 0).then(|| Reject {
+        status: StatusCode::FORBIDDEN,
+        errno: Errno::EPERM,
+        message: "device nodes are only made on a filesystem mounted nodev (where they are \
+                  inert), and the server's filesystem here is not"
+            .into(),
+    })
+}
+
 fn execute_sync(
     b: &dyn Backend,
     path: &FsPath,
     op: Op,
     limits: &Limits,
     setid: SetId,
+    devices: Devices,
 ) -> FsResult<Outcome> {
     use DirRule::*;
     let ok = StatusCode::OK;
     let created = StatusCode::CREATED;
     Ok(match op {
-        Op::Readdir { attrs } => {
+        Op::Readdir { attrs, nsec } => {
             precheck(b, path, Any)?;
             let mut dir = b.open_dir(path, attrs)?;
+            let attrs = attrs.then_some(if nsec {
+                crate::listing::Format::AttrsNsec
+            } else {
+                crate::listing::Format::Attrs
+            });
             if let Some(max) = limits.readdir_max_entries {
                 let count = dir.count_and_rewind()?;
                 if count > max {
@@ -1708,7 +1750,7 @@ fn execute_sync(
                 }
             }
             let mut out = Vec::with_capacity(512);
-            if !attrs {
+            if attrs.is_none() {
                 out.extend_from_slice(b".\n..\n");
             }
             let (n, done) =
@@ -1731,7 +1773,14 @@ fn execute_sync(
         }
         Op::Mknod { mode, dev } => {
             precheck(b, path, NotDir)?;
-            b.mknod(path, mode, dev)?;
+            if is_device(mode) && devices == Devices::Inert {
+                // The backend decides on the node's directory itself; this
+                // only says why, for the common refusal.
+                if let Some(why) = not_nodev(b, path) {
+                    return Ok(Outcome::Refused(why));
+                }
+            }
+            b.mknod(path, mode, dev, devices)?;
             Outcome::Status(created)
         }
         Op::Open { flags } => {
@@ -1932,6 +1981,13 @@ fn apply_policy(mount: &Mount, op: Op) -> Result<Op, Reject> {
         Op::Post { mode } => Op::Post {
             mode: setid.file_mode(mode),
         },
+        Op::Mknod { mode, .. } if is_device(mode) && mount.devices() == Devices::Refuse => {
+            return Err(Reject {
+                status: StatusCode::FORBIDDEN,
+                errno: Errno::EPERM,
+                message: "device nodes are not made on this mount".into(),
+            });
+        }
         // MKNOD never makes a directory (EPERM), so every mode is a file's.
         Op::Mknod { mode, dev } if mode & S_IFMT != S_IFDIR => Op::Mknod {
             mode: setid.file_mode(mode),
@@ -2036,6 +2092,11 @@ mod tests {
             b"bytes 18446744073709551615-18446744073709551615/18446744073709551615",
             b"/../x",
             b"/a/b",
+            b"now",
+            b"OMIT",
+            b"attrs-nsec",
+            b"999999999",
+            b"1000000000",
         ];
         let names = [
             "x-spock-mode",
@@ -2050,6 +2111,8 @@ mod tests {
             "range",
             "content-range",
             "x-spock-readdir",
+            "x-spock-atime-nsec",
+            "x-spock-mtime-nsec",
         ];
         for m in Method::ALL {
             if m == Method::Options {

@@ -113,6 +113,89 @@ numeric_headers! {
     XSpockFsid(u64) = "x-spock-fsid";
     /// `X-Spock-namemax` (STATFS).
     XSpockNamemax(u64) = "x-spock-namemax";
+    /// `X-Spock-atime-nsec` (extension `nsec`): the nanoseconds of
+    /// `X-Spock-atime`, 0 to 999 999 999 (GETATTR, UTIMENS).
+    XSpockAtimeNsec(u32) = "x-spock-atime-nsec";
+    /// `X-Spock-mtime-nsec` (extension `nsec`): the nanoseconds of
+    /// `X-Spock-mtime`, 0 to 999 999 999 (GETATTR, UTIMENS).
+    XSpockMtimeNsec(u32) = "x-spock-mtime-nsec";
+    /// `X-Spock-ctime-nsec` (extension `nsec`): the nanoseconds of
+    /// `X-Spock-ctime`, 0 to 999 999 999 (GETATTR).
+    XSpockCtimeNsec(u32) = "x-spock-ctime-nsec";
+}
+
+/// Which of UTIMENS's two times [`set_time`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeField {
+    /// `X-Spock-atime`, `X-Spock-atime-nsec`.
+    Atime,
+    /// `X-Spock-mtime`, `X-Spock-mtime-nsec`.
+    Mtime,
+}
+
+/// Reads one of UTIMENS's times: `X-Spock-atime` (or `-mtime`), required,
+/// unix seconds or (extension `nsec`) `now` (`UTIME_NOW`) or `omit`
+/// (`UTIME_OMIT`); with seconds, an optional `X-Spock-atime-nsec` (or
+/// `-mtime-nsec`) adds nanoseconds (0 to 999 999 999). Nanoseconds with
+/// `now` or `omit` are malformed.
+///
+/// ```
+/// use spockfs_core::headers::{set_time, TimeField};
+/// use spockfs_core::SetTime;
+/// let mut h = http::HeaderMap::new();
+/// h.insert("x-spock-atime", "now".parse().unwrap());
+/// h.insert("x-spock-mtime", "-5".parse().unwrap());
+/// h.insert("x-spock-mtime-nsec", "250".parse().unwrap());
+/// assert_eq!(set_time(&h, TimeField::Atime), Ok(SetTime::Now));
+/// assert_eq!(set_time(&h, TimeField::Mtime), Ok(SetTime::At { sec: -5, nsec: 250 }));
+/// h.insert("x-spock-atime-nsec", "1".parse().unwrap());
+/// assert!(set_time(&h, TimeField::Atime).is_err());
+/// ```
+pub fn set_time(
+    headers: &HeaderMap,
+    field: TimeField,
+) -> Result<crate::backend::SetTime, BadHeader> {
+    use crate::backend::SetTime;
+    let (secs_name, display, nsec) = match field {
+        TimeField::Atime => (
+            XSpockAtime::name(),
+            "X-Spock-atime",
+            optional::<XSpockAtimeNsec>(headers, "X-Spock-atime-nsec")?.map(|n| n.0),
+        ),
+        TimeField::Mtime => (
+            XSpockMtime::name(),
+            "X-Spock-mtime",
+            optional::<XSpockMtimeNsec>(headers, "X-Spock-mtime-nsec")?.map(|n| n.0),
+        ),
+    };
+    let malformed = |why| BadHeader::Malformed { name: display, why };
+    let mut values = headers.get_all(secs_name).iter();
+    let v = match (values.next(), values.next()) {
+        (None, _) => return Err(BadHeader::Missing(display)),
+        (Some(v), None) => v.as_bytes(),
+        (Some(_), Some(_)) => return Err(malformed("sent more than once")),
+    };
+    let special = if v.eq_ignore_ascii_case(b"now") {
+        Some(SetTime::Now)
+    } else if v.eq_ignore_ascii_case(b"omit") {
+        Some(SetTime::Omit)
+    } else {
+        None
+    };
+    match (special, nsec) {
+        (Some(_), Some(_)) => Err(malformed("nanoseconds go with seconds, not now or omit")),
+        (Some(t), None) => Ok(t),
+        (None, nsec) => {
+            let sec = parse_decimal_i128(v)
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or(malformed("expected unix seconds, 'now' or 'omit'"))?;
+            let nsec = nsec.unwrap_or(0);
+            if nsec > 999_999_999 {
+                return Err(malformed("nanoseconds must be 0 to 999999999"));
+            }
+            Ok(SetTime::At { sec, nsec })
+        }
+    }
 }
 
 /// `X-Spock-target`: raw bytes (not percent-decoded): a symlink target, a
@@ -159,6 +242,12 @@ pub static X_SPOCK_STAT: HeaderName = HeaderName::from_static("x-spock-stat");
 /// `readdir-attrs` field format ([`format_attrs`](crate::listing::format_attrs)).
 pub static X_SPOCK_PARENT: HeaderName = HeaderName::from_static("x-spock-parent");
 
+/// `X-Spock-parent-nsec` (extensions `parent-stat` and `nsec`): sent with
+/// `X-Spock-parent`, the nanoseconds of its three times,
+/// `atime_nsec mtime_nsec ctime_nsec`
+/// ([`format_nsec`](crate::listing::format_nsec)).
+pub static X_SPOCK_PARENT_NSEC: HeaderName = HeaderName::from_static("x-spock-parent-nsec");
+
 /// `X-Spock-caller: UID GID G1,G2,...` (extension `identity`): who the
 /// client's caller is, honoured only on mounts that trust their clients.
 pub static X_SPOCK_CALLER: HeaderName = HeaderName::from_static("x-spock-caller");
@@ -185,7 +274,9 @@ pub enum BadHeader {
 
 /// Writes `st` as GETATTR's response headers (`X-Spock-mode`, `-uid`,
 /// `-gid`, `-size`, `-mtime`, `-atime`, `-ctime`, `-nlink`, `-blocks`,
-/// `-dev`, `-ino`): the one place the set is defined on the server side.
+/// `-dev`, `-ino`, and the `nsec` extension's `-atime-nsec`,
+/// `-mtime-nsec`, `-ctime-nsec`, which clients that do not know it
+/// ignore): the one place the set is defined on the server side.
 pub fn put_stat(hm: &mut HeaderMap, st: &crate::backend::Stat) {
     hm.typed_insert(XSpockMode(st.mode));
     hm.typed_insert(XSpockUid(st.uid as i64));
@@ -198,6 +289,9 @@ pub fn put_stat(hm: &mut HeaderMap, st: &crate::backend::Stat) {
     hm.typed_insert(XSpockBlocks(st.blocks));
     hm.typed_insert(XSpockDev(st.dev as i64));
     hm.typed_insert(XSpockIno(st.ino));
+    hm.typed_insert(XSpockAtimeNsec(st.atime_nsec));
+    hm.typed_insert(XSpockMtimeNsec(st.mtime_nsec));
+    hm.typed_insert(XSpockCtimeNsec(st.ctime_nsec));
 }
 
 /// Reads a required typed header; the error names it.

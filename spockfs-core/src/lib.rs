@@ -28,8 +28,8 @@ pub use mount::{Mount, MountTable, Policy};
 pub use backend::local::LocalFs;
 pub use backend::mem::MemFs;
 pub use backend::{
-    Backend, CollectedDir, DirStream, FileHandle, Owner, Replacement, SetId, Stat, StatFs,
-    XattrFlag,
+    Backend, CollectedDir, Devices, DirStream, FileHandle, Owner, Replacement, SetId, SetTime,
+    Stat, StatFs, XattrFlag,
 };
 pub use errno::{Errno, FsResult};
 pub use identity::{ClientIds, Identity};

@@ -1,9 +1,122 @@
 //! The `readdir-attrs` listing format (extension): one line per entry,
 //! `mode ino nlink uid gid size blocks atime mtime ctime name`, ten decimal
-//! fields and the name up to the `\n`. Written by the engine, read by
-//! clients; defined once here.
+//! fields and the name up to the `\n`; with the `nsec` extension
+//! (`X-Spock-readdir: attrs-nsec`), thirteen:
+//! `mode ino nlink uid gid size blocks atime mtime ctime atime_nsec
+//! mtime_nsec ctime_nsec name`. Written by the engine, read by clients;
+//! defined once here.
 
 use crate::Stat;
+
+/// Which form of the listing format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// The ten fields of `readdir-attrs` (`X-Spock-readdir: attrs`).
+    #[default]
+    Attrs,
+    /// Thirteen fields, the three nanosecond fields after the ten
+    /// (`X-Spock-readdir: attrs-nsec`, extension `nsec`).
+    AttrsNsec,
+}
+
+/// Appends the fields of `format` and the space before the name.
+///
+/// ```
+/// use spockfs_core::listing::{parse_line, write_prefix, Format};
+/// use spockfs_core::Stat;
+/// let st = Stat { mode: 0o100644, mtime: 2, mtime_nsec: 5, ..Stat::default() };
+/// let mut line = Vec::new();
+/// write_prefix(&mut line, &st, Format::AttrsNsec);
+/// assert_eq!(line, b"33188 0 0 0 0 0 0 0 2 0 0 5 0 ");
+/// line.extend_from_slice(b"f");
+/// assert_eq!(parse_line(&line, Format::AttrsNsec), Some((&b"f"[..], st)));
+/// // The ten-field form has no nanoseconds: the 13 fields read as ten and
+/// // a name that starts with digits.
+/// assert_eq!(parse_line(&line, Format::Attrs).map(|(n, _)| n), Some(&b"0 5 0 f"[..]));
+/// ```
+pub fn write_prefix(out: &mut Vec<u8>, st: &Stat, format: Format) {
+    use std::io::Write;
+    write_attrs_prefix(out, st);
+    if format == Format::AttrsNsec {
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            "{} {} {} ",
+            st.atime_nsec, st.mtime_nsec, st.ctime_nsec
+        );
+    }
+}
+
+/// Parses one line of `format` (without its `\n`) into the name and its
+/// attributes (`dev` and `rdev` are not in the format: 0; nor, in the
+/// ten-field form, nanoseconds). `None` if malformed, including
+/// nanoseconds of 10⁹ or more.
+pub fn parse_line(line: &[u8], format: Format) -> Option<(&[u8], Stat)> {
+    match format {
+        Format::Attrs => parse_attrs_line(line),
+        Format::AttrsNsec => {
+            let (name, mut st) = parse_attrs_line(line)?;
+            let (nsec, rest) = fields::<3>(name)?;
+            let ns = |v: i128| u32::try_from(v).ok().filter(|&n| n < 1_000_000_000);
+            st.atime_nsec = ns(nsec[0])?;
+            st.mtime_nsec = ns(nsec[1])?;
+            st.ctime_nsec = ns(nsec[2])?;
+            Some((rest, st))
+        }
+    }
+}
+
+/// The three nanosecond fields alone, `atime_nsec mtime_nsec ctime_nsec`:
+/// the value of `X-Spock-parent-nsec` (extensions `parent-stat` and
+/// `nsec`).
+///
+/// ```
+/// use spockfs_core::listing::{format_nsec, parse_nsec};
+/// use spockfs_core::Stat;
+/// let st = Stat { atime_nsec: 1, mtime_nsec: 999_999_999, ..Stat::default() };
+/// assert_eq!(format_nsec(&st), "1 999999999 0");
+/// let mut back = Stat::default();
+/// assert_eq!(parse_nsec(b"1 999999999 0", &mut back), Some(()));
+/// assert_eq!(back, st);
+/// assert_eq!(parse_nsec(b"1 1000000000 0", &mut back), None);
+/// ```
+pub fn format_nsec(st: &Stat) -> String {
+    format!("{} {} {}", st.atime_nsec, st.mtime_nsec, st.ctime_nsec)
+}
+
+/// Parses [`format_nsec`]'s three fields into `st`; `None` (and `st`
+/// unchanged) if malformed.
+pub fn parse_nsec(fields: &[u8], st: &mut Stat) -> Option<()> {
+    let mut line = Vec::with_capacity(fields.len() + 2);
+    line.extend_from_slice(fields);
+    line.extend_from_slice(b" .");
+    let (v, rest) = self::fields::<3>(&line)?;
+    if rest != b"." {
+        return None;
+    }
+    let ns = |v: i128| u32::try_from(v).ok().filter(|&n| n < 1_000_000_000);
+    let (a, m, c) = (ns(v[0])?, ns(v[1])?, ns(v[2])?);
+    st.atime_nsec = a;
+    st.mtime_nsec = m;
+    st.ctime_nsec = c;
+    Some(())
+}
+
+/// `N` space-terminated decimal fields, and the rest of the line (not
+/// empty).
+fn fields<const N: usize>(line: &[u8]) -> Option<([i128; N], &[u8])> {
+    let mut out = [0i128; N];
+    let mut rest = line;
+    for f in &mut out {
+        let sp = rest.iter().position(|&b| b == b' ')?;
+        *f = crate::headers::parse_decimal_i128(&rest[..sp])?;
+        rest = &rest[sp + 1..];
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    Some((out, rest))
+}
 
 /// Appends the ten attribute fields and the space before the name.
 pub fn write_attrs_prefix(out: &mut Vec<u8>, st: &Stat) {
@@ -56,16 +169,7 @@ pub fn parse_attrs(fields: &[u8]) -> Option<Stat> {
 /// assert_eq!(parse_attrs_line(b"1 2 3"), None);
 /// ```
 pub fn parse_attrs_line(line: &[u8]) -> Option<(&[u8], Stat)> {
-    let mut fields = [0i128; 10];
-    let mut rest = line;
-    for f in &mut fields {
-        let sp = rest.iter().position(|&b| b == b' ')?;
-        *f = crate::headers::parse_decimal_i128(&rest[..sp])?;
-        rest = &rest[sp + 1..];
-    }
-    if rest.is_empty() {
-        return None;
-    }
+    let (fields, rest) = fields::<10>(line)?;
     // Each field in the range of its own type: unsigned fields up to
     // u64::MAX (inode numbers above i64::MAX exist), no negative sizes.
     let [mode, ino, nlink, uid, gid, size, blocks, atime, mtime, ctime] = fields;
@@ -82,8 +186,7 @@ pub fn parse_attrs_line(line: &[u8]) -> Option<(&[u8], Stat)> {
             atime: atime.try_into().ok()?,
             mtime: mtime.try_into().ok()?,
             ctime: ctime.try_into().ok()?,
-            dev: 0,
-            rdev: 0,
+            ..Stat::default()
         },
     ))
 }
@@ -109,8 +212,7 @@ mod tests {
             atime: i64::MIN,
             mtime: -1,
             ctime: i64::MAX,
-            dev: 0,
-            rdev: 0,
+            ..Stat::default()
         };
         let mut line = Vec::new();
         write_attrs_prefix(&mut line, &st);
@@ -124,5 +226,40 @@ mod tests {
             parse_attrs_line(b"1 2 3 4 5 6 7 -8 9 10 n").map(|(_, s)| s.atime),
             Some(-8)
         );
+    }
+
+    #[test]
+    fn nsec_form_round_trips_and_refuses_out_of_range() {
+        let st = Stat {
+            mode: 0o40755,
+            ino: u64::MAX,
+            atime: -1,
+            atime_nsec: 999_999_999,
+            mtime_nsec: 1,
+            ctime_nsec: 0,
+            ..Stat::default()
+        };
+        let mut line = Vec::new();
+        write_prefix(&mut line, &st, Format::AttrsNsec);
+        line.extend_from_slice(b"a b");
+        assert_eq!(
+            parse_line(&line, Format::AttrsNsec),
+            Some((&b"a b"[..], st))
+        );
+        let ten = |extra: &str| format!("1 2 3 4 5 6 7 8 9 10 {extra}");
+        for bad in ["1000000000 0 0 n", "-1 0 0 n", "0 0 n", "0 0 0 ", "x 0 0 n"] {
+            assert_eq!(
+                parse_line(ten(bad).as_bytes(), Format::AttrsNsec),
+                None,
+                "{bad:?}"
+            );
+        }
+        // The ten-field form is unchanged by the nanoseconds of a Stat.
+        let mut old = Vec::new();
+        write_prefix(&mut old, &st, Format::Attrs);
+        let mut plain = Vec::new();
+        write_attrs_prefix(&mut plain, &st);
+        assert_eq!(old, plain);
+        assert_eq!(old.iter().filter(|&&b| b == b' ').count(), 10);
     }
 }

@@ -42,13 +42,13 @@ REMOVEXATTR, UTIMENS, GET, HEAD, PUT, POST, DELETE, OPTIONS, FSYNC";
 
 /// The extensions this server speaks, as advertised in
 /// `X-Spock-extensions` by OPTIONS.
-pub const EXTENSIONS: &str = "errno, readdir-attrs, fsync, stat, parent-stat";
+pub const EXTENSIONS: &str = "errno, readdir-attrs, fsync, stat, parent-stat, nsec";
 
 /// [`EXTENSIONS`] plus `identity` (the client's `X-Spock-caller` is
 /// believed), as OPTIONS advertises them on mounts that trust their
 /// clients' identities.
 pub const EXTENSIONS_WITH_IDENTITY: &str =
-    "errno, readdir-attrs, fsync, stat, parent-stat, identity";
+    "errno, readdir-attrs, fsync, stat, parent-stat, nsec, identity";
 
 impl Method {
     /// All methods.

@@ -5,7 +5,7 @@
 //! virtual host (`:authority` or `Host`, case-insensitive, `host:port` before
 //! `host`), then the default root. None of them: 404.
 
-use crate::backend::{Backend, SetId};
+use crate::backend::{Backend, Devices, SetId};
 use crate::identity::{ClientIds, Identity};
 use crate::sites::{SiteLookup, SitesDir};
 use crate::LocalFs;
@@ -44,7 +44,12 @@ use std::sync::Arc;
 ///   removed; SETXATTR and REMOVEXATTR of any other name (`security.*`,
 ///   such as file capabilities, `trusted.*`, ...) answer 403 `EPERM` and
 ///   change nothing. Reading them is not restricted.
-///   [`allow_any_xattr`](Mount::allow_any_xattr) opts out.
+///   [`allow_any_xattr`](Mount::allow_any_xattr) opts out;
+/// - character and block devices are never made (MKNOD answers 403
+///   `EPERM`), like a filesystem mounted `nodev` that does not even hold
+///   device nodes; [`allow_devices`](Mount::allow_devices) lets clients
+///   make them where they are inert (on a server filesystem mounted
+///   `nodev`).
 ///
 /// OPTIONS names the restrictions in force in its `X-Spock-policy` header.
 #[derive(Clone)]
@@ -78,6 +83,7 @@ pub struct Policy {
     read_only: bool,
     setid: SetId,
     any_xattr: bool,
+    devices: Devices,
     act_as: Option<Identity>,
     client_ids: Option<ClientIds>,
 }
@@ -88,6 +94,7 @@ impl Default for Policy {
             read_only: false,
             setid: SetId::Strip,
             any_xattr: false,
+            devices: Devices::Refuse,
             act_as: None,
             client_ids: None,
         }
@@ -110,6 +117,16 @@ impl Policy {
     /// See [`Mount::allow_any_xattr`]. Default: `false`.
     pub fn allow_any_xattr(mut self, allow: bool) -> Policy {
         self.any_xattr = allow;
+        self
+    }
+
+    /// See [`Mount::allow_devices`]. Default: `false`.
+    pub fn allow_devices(mut self, allow: bool) -> Policy {
+        self.devices = if allow {
+            Devices::Inert
+        } else {
+            Devices::Refuse
+        };
         self
     }
 
@@ -271,15 +288,44 @@ impl Mount {
         self.policy.any_xattr
     }
 
+    /// Lets clients make character and block device nodes (MKNOD) where
+    /// they are inert: in a directory whose filesystem is mounted `nodev`
+    /// on the server (`ST_NODEV` in its `statvfs` flags), checked on every
+    /// request on the directory that would hold the node. Elsewhere MKNOD
+    /// of a device still answers 403 `EPERM`, saying why. For clients that
+    /// need the nodes themselves (a container image or a chroot built
+    /// through SpockFS), never to open devices through them. Default:
+    /// `false` (device nodes are never made, see
+    /// [the policy](Mount#privilege-policy)).
+    ///
+    /// ```
+    /// use spockfs_core::{Devices, MemFs, Mount};
+    /// assert_eq!(Mount::new(MemFs::new()).devices(), Devices::Refuse);
+    /// assert_eq!(Mount::new(MemFs::new()).allow_devices(true).devices(), Devices::Inert);
+    /// ```
+    pub fn allow_devices(mut self, allow: bool) -> Mount {
+        self.policy = self.policy.allow_devices(allow);
+        self
+    }
+
+    /// What MKNOD does with device nodes on this mount.
+    pub fn devices(&self) -> Devices {
+        self.policy.devices
+    }
+
     /// The restrictions in force, as OPTIONS names them in
     /// `X-Spock-policy`: `ro` (read-only), `nosuid` (set-ID bits stripped
-    /// from non-directories and cleared by writes), `xattr-user-acl` (only
-    /// `user.*` and POSIX ACL xattrs may be changed); empty if none.
+    /// from non-directories and cleared by writes), `nodev` (device nodes
+    /// are never made), `xattr-user-acl` (only `user.*` and POSIX ACL
+    /// xattrs may be changed); empty if none.
     ///
     /// ```
     /// use spockfs_core::{Mount, MemFs};
-    /// assert_eq!(Mount::new(MemFs::new()).policy_tokens(), "nosuid, xattr-user-acl");
-    /// let open = Mount::new(MemFs::new()).allow_setid(true).allow_any_xattr(true);
+    /// assert_eq!(Mount::new(MemFs::new()).policy_tokens(), "nosuid, nodev, xattr-user-acl");
+    /// let open = Mount::new(MemFs::new())
+    ///     .allow_setid(true)
+    ///     .allow_any_xattr(true)
+    ///     .allow_devices(true);
     /// assert_eq!(open.read_only(true).policy_tokens(), "ro");
     /// ```
     pub fn policy_tokens(&self) -> String {
@@ -290,6 +336,9 @@ impl Mount {
         }
         if p.setid == SetId::Strip {
             t.push("nosuid");
+        }
+        if p.devices == Devices::Refuse {
+            t.push("nodev");
         }
         if !p.any_xattr {
             t.push("xattr-user-acl");

@@ -132,6 +132,10 @@ pub struct StoreStat {
     pub atime: i64,
     /// mtime seconds.
     pub mtime: i64,
+    /// Nanoseconds of atime.
+    pub atime_nsec: u32,
+    /// Nanoseconds of mtime.
+    pub mtime_nsec: u32,
 }
 
 fn kind_of(mode: u32) -> Kind {
@@ -199,6 +203,8 @@ impl Store for LocalStore {
             uid: m.uid(),
             atime: m.atime(),
             mtime: m.mtime(),
+            atime_nsec: m.atime_nsec() as u32,
+            mtime_nsec: m.mtime_nsec() as u32,
         })
     }
     fn readlink(&self, rel: &str) -> Option<Vec<u8>> {
@@ -303,6 +309,8 @@ impl Store for MemStore {
             uid: s.uid,
             atime: s.atime,
             mtime: s.mtime,
+            atime_nsec: s.atime_nsec,
+            mtime_nsec: s.mtime_nsec,
         })
     }
     fn readlink(&self, rel: &str) -> Option<Vec<u8>> {

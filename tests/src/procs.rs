@@ -289,10 +289,21 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// Mounts it, or explains why not (not root, no `mount`, not allowed).
     pub fn mount(dir: &Path, size_kib: u64) -> Result<Tmpfs, String> {
+        Tmpfs::mount_with(dir, size_kib, &[])
+    }
+
+    /// Mounts it with extra mount options (`"nodev"`, `"dev"`, ...), or
+    /// explains why not.
+    pub fn mount_with(dir: &Path, size_kib: u64, options: &[&str]) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let mut opts = format!("size={size_kib}k,mode=0755");
+        for o in options {
+            opts.push(',');
+            opts.push_str(o);
+        }
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={size_kib}k,mode=0755"))
+            .arg(opts)
             .arg("tmpfs")
             .arg(dir)
             .output()

@@ -48,6 +48,7 @@ checks!(
     statfs,
     xattrs,
     utimens,
+    nsec_extension,
     delete,
     fsync,
     bad_paths,
@@ -146,7 +147,7 @@ async fn options(t: &Target, _d: &str) -> CheckResult {
     }
     ensure_eq!(r.header("x-spock-version"), "0.1");
     let ext: Vec<&str> = r.header("x-spock-extensions").split(", ").collect();
-    for e in ["errno", "readdir-attrs", "fsync", "stat"] {
+    for e in ["errno", "readdir-attrs", "fsync", "stat", "nsec"] {
         ensure!(ext.contains(&e), "extensions lack {e}: {ext:?}");
     }
     ensure_eq!(r.header("content-length"), "0");
@@ -1512,6 +1513,161 @@ async fn utimens(t: &Target, d: &str) -> CheckResult {
         404,
         "ENOENT",
     )?;
+    Ok(())
+}
+
+/// The `nsec` extension: nanoseconds in GETATTR, the `stat` and
+/// `parent-stat` answers and `X-Spock-readdir: attrs-nsec` listings;
+/// UTIMENS with nanoseconds, `now` and `omit`. The 0.1 forms are unchanged.
+async fn nsec_extension(t: &Target, d: &str) -> CheckResult {
+    let s = &t.store;
+    let f = format!("{d}/f");
+    s.write(&f, b"x");
+    let utimens = |hs: &'static [(&'static str, &'static str)]| {
+        let c = t.client.clone();
+        let p = format!("/{f}");
+        async move { c.req("UTIMENS", &p, hs).await }
+    };
+    let r = utimens(&[
+        ("X-Spock-atime", "1"),
+        ("X-Spock-atime-nsec", "5"),
+        ("X-Spock-mtime", "1420481543"),
+        ("X-Spock-mtime-nsec", "999999999"),
+    ])
+    .await;
+    is_status(&r, 200)?;
+    let st = s.stat(&f).ok_or("stat")?;
+    ensure_eq!(
+        (st.atime, st.atime_nsec, st.mtime, st.mtime_nsec),
+        (1, 5, 1420481543, 999999999)
+    );
+    let r = t.client.req("GETATTR", &format!("/{f}"), &[]).await;
+    is_status(&r, 200)?;
+    ensure_eq!(r.num("x-spock-atime"), Some(1));
+    ensure_eq!(r.num("x-spock-atime-nsec"), Some(5));
+    ensure_eq!(r.num("x-spock-mtime"), Some(1420481543));
+    ensure_eq!(r.num("x-spock-mtime-nsec"), Some(999999999));
+    ensure!(
+        r.num("x-spock-ctime-nsec")
+            .is_some_and(|n| (0..1_000_000_000).contains(&n)),
+        "x-spock-ctime-nsec {:?}",
+        r.header("x-spock-ctime-nsec")
+    );
+
+    // The 13-field listing; `attrs` keeps its ten.
+    for (form, fields) in [("attrs-nsec", 13), ("attrs", 10)] {
+        let r = t
+            .client
+            .req("READDIR", &format!("/{d}"), &[("X-Spock-readdir", form)])
+            .await;
+        is_status(&r, 200)?;
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let line = text.lines().next().ok_or("empty listing")?;
+        let v: Vec<&str> = line.splitn(fields + 1, ' ').collect();
+        ensure_eq!(v.len(), fields + 1, "{form}: {line:?}");
+        ensure_eq!(v[fields], "f", "{form}: {line:?}");
+        ensure_eq!(v[8], "1420481543", "{form}: {line:?}");
+        if fields == 13 {
+            ensure_eq!((v[10], v[11]), ("5", "999999999"), "{line:?}");
+        }
+    }
+
+    // omit and now: atime kept to the nanosecond, mtime the server's clock.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let r = utimens(&[("X-Spock-atime", "omit"), ("X-Spock-mtime", "now")]).await;
+    is_status(&r, 200)?;
+    let st = s.stat(&f).ok_or("stat")?;
+    ensure_eq!((st.atime, st.atime_nsec), (1, 5));
+    ensure!(
+        st.mtime >= before && st.mtime <= before + 60,
+        "mtime {} after 'now' at {before}",
+        st.mtime
+    );
+    // Both omitted: nothing changes (and nothing is looked up).
+    is_status(
+        &utimens(&[("X-Spock-atime", "omit"), ("X-Spock-mtime", "omit")]).await,
+        200,
+    )?;
+    ensure_eq!(s.stat(&f).map(|x| (x.atime, x.atime_nsec)), Some((1, 5)));
+    // A plain 0.1 UTIMENS sets whole seconds.
+    is_status(
+        &utimens(&[("X-Spock-atime", "7"), ("X-Spock-mtime", "8")]).await,
+        200,
+    )?;
+    let st = s.stat(&f).ok_or("stat")?;
+    ensure_eq!(
+        (st.atime, st.atime_nsec, st.mtime, st.mtime_nsec),
+        (7, 0, 8, 0)
+    );
+    // With the stat extension the answer carries the nanoseconds.
+    let r = t
+        .client
+        .req(
+            "UTIMENS",
+            &format!("/{f}"),
+            &[
+                ("X-Spock-atime", "9"),
+                ("X-Spock-mtime", "10"),
+                ("X-Spock-mtime-nsec", "11"),
+                ("X-Spock-stat", "1"),
+            ],
+        )
+        .await;
+    is_status(&r, 200)?;
+    ensure_eq!(r.num("x-spock-mtime-nsec"), Some(11));
+    ensure_eq!(r.num("x-spock-atime-nsec"), Some(0));
+    // parent-stat: the directory's nanoseconds next to X-Spock-parent.
+    let r = t
+        .client
+        .req(
+            "POST",
+            &format!("/{d}/g"),
+            &[("X-Spock-mode", "420"), ("X-Spock-stat", "1")],
+        )
+        .await;
+    is_status(&r, 201)?;
+    let dir = s.stat(d).ok_or("stat dir")?;
+    let parent: Vec<&str> = r.header("x-spock-parent").split(' ').collect();
+    let nsec: Vec<&str> = r.header("x-spock-parent-nsec").split(' ').collect();
+    ensure_eq!(
+        parent.get(8).map(|m| m.to_string()),
+        Some(dir.mtime.to_string())
+    );
+    ensure_eq!(nsec.len(), 3, "{nsec:?}");
+    ensure_eq!(nsec[1], dir.mtime_nsec.to_string(), "{nsec:?}");
+
+    // Malformed: nanoseconds with now/omit or out of range, words that
+    // are not now/omit.
+    for hs in [
+        &[
+            ("X-Spock-atime", "now"),
+            ("X-Spock-atime-nsec", "1"),
+            ("X-Spock-mtime", "1"),
+        ][..],
+        &[
+            ("X-Spock-atime", "1"),
+            ("X-Spock-mtime", "1"),
+            ("X-Spock-mtime-nsec", "1000000000"),
+        ],
+        &[
+            ("X-Spock-atime", "1"),
+            ("X-Spock-mtime", "1"),
+            ("X-Spock-atime-nsec", "-1"),
+        ],
+        &[("X-Spock-atime", "later"), ("X-Spock-mtime", "1")],
+        &[("X-Spock-atime", "1"), ("X-Spock-mtime", "")],
+    ] {
+        let r = t.client.req("UTIMENS", &format!("/{f}"), hs).await;
+        ensure_eq!(r.status.as_u16(), 400, "{hs:?}");
+    }
+    ensure_eq!(s.stat(&f).map(|x| (x.atime, x.mtime)), Some((9, 10)));
+    let r = t
+        .client
+        .req("READDIR", &format!("/{d}"), &[("X-Spock-readdir", "nsec")])
+        .await;
+    is_status(&r, 400)?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! server (no extensions), timeouts, restarts, auth and HTTPS.
 
 use bytes::Bytes;
-use spockfs_client::{Client, Errno, XattrFlag};
+use spockfs_client::{Client, Errno, SetTime, XattrFlag};
 use spockfs_tests::{axum_args, axum_local, start_axum};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ async fn every_method_round_trips() {
     let (t, _srv) = axum_local().await;
     let c = Client::new(&format!("http://{}/fs", t.addr)).unwrap_or_else(|e| panic!("{e}"));
     let ext = c.extensions().await;
-    assert!(ext.errno && ext.readdir_attrs && ext.fsync && ext.stat);
+    assert!(ext.errno && ext.readdir_attrs && ext.fsync && ext.stat && ext.nsec);
     let st = c
         .mkdir(b"/d", 0o750)
         .await
@@ -121,12 +121,42 @@ async fn every_method_round_trips() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.getxattr(b"/d/f", b"user.k").await, Err(Errno::ENODATA));
-    c.utimens(b"/d/f", 10, 20)
+    c.utimens(b"/d/f", SetTime::secs(10), SetTime::secs(20))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         c.getattr(b"/d/f").await.map(|s| (s.atime, s.mtime)),
         Ok((10, 20))
+    );
+    // Extension `nsec`: nanoseconds, UTIME_OMIT and UTIME_NOW.
+    let at = |sec, nsec| SetTime::At { sec, nsec };
+    let st = c
+        .utimens(b"/d/f", at(10, 5), at(-20, 999_999_999))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("stat ext"));
+    assert_eq!(
+        (st.atime, st.atime_nsec, st.mtime, st.mtime_nsec),
+        (10, 5, -20, 999_999_999)
+    );
+    let ns = |s: spockfs_client::Stat| (s.atime, s.atime_nsec, s.mtime, s.mtime_nsec);
+    assert_eq!(
+        c.getattr(b"/d/f").await.map(ns),
+        Ok((10, 5, -20, 999_999_999))
+    );
+    let listed = c.readdir(b"/d").await.unwrap_or_else(|e| panic!("{e}"));
+    let f = listed.iter().find(|e| e.name == b"f").and_then(|e| e.stat);
+    assert_eq!(f.map(ns), Some((10, 5, -20, 999_999_999)), "attrs-nsec");
+    c.utimens(b"/d/f", SetTime::Now, SetTime::Omit)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let st = c.getattr(b"/d/f").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(st.atime > 1_000_000_000, "now: {}", st.atime);
+    assert_eq!((st.mtime, st.mtime_nsec), (-20, 999_999_999), "omitted");
+    assert_eq!(
+        c.utimens(b"/d/f", at(1, 1_000_000_000), SetTime::Omit)
+            .await,
+        Err(Errno::EINVAL)
     );
     c.mknod(b"/d/fifo", 0o010644, 0)
         .await
@@ -166,9 +196,18 @@ async fn plain_server_gets_only_the_spec() {
         .nest_service("/fs", fs)
         .layer(axum::middleware::from_fn(
             |req: Request, next: Next| async move {
+                let h = req.headers();
+                let not_secs = |n: &str| {
+                    h.get(n)
+                        .is_some_and(|v| v.to_str().map_or(true, |v| v.parse::<i64>().is_err()))
+                };
                 let is_ext = req.method() == "FSYNC"
-                    || req.headers().contains_key("x-spock-readdir")
-                    || req.headers().contains_key("x-spock-stat");
+                    || h.contains_key("x-spock-readdir")
+                    || h.contains_key("x-spock-stat")
+                    || h.contains_key("x-spock-atime-nsec")
+                    || h.contains_key("x-spock-mtime-nsec")
+                    || not_secs("x-spock-atime")
+                    || not_secs("x-spock-mtime");
                 if is_ext {
                     // A 0.1 server would not know these: fail loudly if used.
                     return http::Response::builder()
@@ -177,8 +216,15 @@ async fn plain_server_gets_only_the_spec() {
                         .unwrap_or_default();
                 }
                 let mut resp = next.run(req).await;
-                resp.headers_mut().remove("x-spock-extensions");
-                resp.headers_mut().remove("x-spock-errno");
+                for h in [
+                    "x-spock-extensions",
+                    "x-spock-errno",
+                    "x-spock-atime-nsec",
+                    "x-spock-mtime-nsec",
+                    "x-spock-ctime-nsec",
+                ] {
+                    resp.headers_mut().remove(h);
+                }
                 resp
             },
         ));
@@ -212,6 +258,30 @@ async fn plain_server_gets_only_the_spec() {
         "ENOTDIR is 500 → EIO in 0.1"
     );
     assert_eq!(c.getattr(b"/nope").await, Err(Errno::ENOENT));
+    // UTIMENS in whole seconds: UTIME_OMIT read back with a GETATTR,
+    // UTIME_NOW this machine's clock, nanoseconds dropped.
+    let at = |sec, nsec| SetTime::At { sec, nsec };
+    c.utimens(b"/f", at(100, 7), at(200, 8))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let st = c.getattr(b"/f").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (st.atime, st.atime_nsec, st.mtime, st.mtime_nsec),
+        (100, 0, 200, 0)
+    );
+    c.utimens(b"/f", SetTime::Omit, at(300, 9))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.utimens(b"/f", SetTime::Omit, SetTime::Omit)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let st = c.getattr(b"/f").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((st.atime, st.mtime), (100, 300));
+    c.utimens(b"/f", SetTime::Now, SetTime::Omit)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let st = c.getattr(b"/f").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(st.atime > 1_000_000_000 && st.mtime == 300, "{st:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

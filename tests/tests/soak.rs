@@ -648,7 +648,14 @@ impl Worker {
                 };
                 let at = self.rng.random_range(0..2_000_000_000i64);
                 let mt = self.rng.random_range(0..2_000_000_000i64);
-                let r = self.fs.utimens(&self.p(&f), at, mt).await;
+                let r = self
+                    .fs
+                    .utimens(
+                        &self.p(&f),
+                        spockfs_client::SetTime::secs(at),
+                        spockfs_client::SetTime::secs(mt),
+                    )
+                    .await;
                 if self.check(&format!("UTIMENS {f}"), r, want).is_some() {
                     let r = self.fs.getattr(&self.p(&f)).await;
                     if let Some(st) = self.check(&format!("GETATTR {f}"), r, Ok(())) {

@@ -318,7 +318,7 @@ impl Backend for Spy {
     spy! {
         getattr(p: &FsPath) -> FsResult<Stat>;
         readdir(p: &FsPath, a: bool, s: &mut spockfs_core::backend::DirSink<'_>) -> FsResult<()>;
-        mknod(p: &FsPath, m: u32, d: u64) -> FsResult<()>;
+        mknod(p: &FsPath, m: u32, d: u64, v: spockfs_core::Devices) -> FsResult<()>;
         open(p: &FsPath, f: i32) -> FsResult<()>;
         chmod(p: &FsPath, m: u32, s: spockfs_core::SetId) -> FsResult<()>;
         chown(p: &FsPath, o: spockfs_core::Owner) -> FsResult<()>;
@@ -336,7 +336,7 @@ impl Backend for Spy {
         getxattr(p: &FsPath, n: &[u8], l: usize) -> FsResult<Vec<u8>>;
         setxattr(p: &FsPath, n: &[u8], v: &[u8], f: spockfs_core::XattrFlag) -> FsResult<()>;
         removexattr(p: &FsPath, n: &[u8]) -> FsResult<()>;
-        utimens(p: &FsPath, a: i64, m: i64) -> FsResult<()>;
+        utimens(p: &FsPath, a: spockfs_core::SetTime, m: spockfs_core::SetTime) -> FsResult<()>;
         create(p: &FsPath, m: u32, s: spockfs_core::SetId) -> FsResult<()>;
         unlink(p: &FsPath) -> FsResult<()>;
         fsync(p: &FsPath, d: bool) -> FsResult<()>;

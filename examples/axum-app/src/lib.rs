@@ -54,6 +54,12 @@ pub struct Args {
     /// ACLs may be changed; other names answer 403 EPERM.
     #[arg(long)]
     pub allow_any_xattr: bool,
+    /// Let clients make character and block device nodes (MKNOD) where the
+    /// server's filesystem holding them is mounted `nodev`, so that they
+    /// are inert; elsewhere still 403 EPERM. By default device nodes are
+    /// never made.
+    #[arg(long)]
+    pub allow_devices: bool,
 
     /// Every request on the default root, the `--vhost` roots and the
     /// `--vhosts-dir` sites acts as USER (a name from the user database or
@@ -213,7 +219,7 @@ fn nonzero(d: Duration) -> Option<Duration> {
 
 impl Args {
     /// The policy these flags set for every root (read-only, set-ID bits,
-    /// xattr namespaces, `--as`, `--trust-client-ids`); per-root identities
+    /// xattr namespaces, device nodes, `--as`, `--trust-client-ids`); per-root identities
     /// (`--vhost-as`, `--as-owner`) are added by [`build_spockfs`].
     pub fn policy(&self) -> Result<Policy, StartError> {
         let user = |flag: &'static str, name: &str| {
@@ -238,6 +244,7 @@ impl Args {
             .read_only(self.read_only)
             .allow_setid(self.allow_setid)
             .allow_any_xattr(self.allow_any_xattr)
+            .allow_devices(self.allow_devices)
             .act_as(act_as)
             .trust_client_ids(client_ids))
     }

@@ -124,6 +124,12 @@ pub struct Vhost {
     /// and POSIX ACLs; other names answer 403 EPERM.
     #[serde(default)]
     pub allow_any_xattr: bool,
+    /// Local vhosts: let clients make character and block device nodes
+    /// (MKNOD) where the filesystem holding them is mounted `nodev` on this
+    /// host, so that they are inert; elsewhere still 403 EPERM. Default:
+    /// device nodes are never made.
+    #[serde(default)]
+    pub allow_devices: bool,
     /// Local vhosts: every request acts as this user (a name from the user
     /// database or a numeric uid; gid and groups from the database). Needs
     /// CAP_SETUID/CAP_SETGID. Default: the gateway's own identity.
@@ -165,7 +171,8 @@ pub struct Vhost {
 
 impl Vhost {
     /// The policy of a local vhost: read-only, set-ID bits, xattr
-    /// namespaces, `as_user`, `trust_client_ids` (`as_owner` is per root).
+    /// namespaces, device nodes, `as_user`, `trust_client_ids` (`as_owner`
+    /// is per root).
     fn policy(&self) -> Result<Policy, ConfigError> {
         let user = |key: &str, name: &str| {
             spockfs_core::Identity::of_user(name)
@@ -192,6 +199,7 @@ impl Vhost {
             .read_only(self.read_only)
             .allow_setid(self.allow_setid)
             .allow_any_xattr(self.allow_any_xattr)
+            .allow_devices(self.allow_devices)
             .act_as(act_as)
             .trust_client_ids(client_ids))
     }
@@ -325,6 +333,7 @@ fn default_vhosts() -> Vec<Vhost> {
         read_only: false,
         allow_setid: false,
         allow_any_xattr: false,
+        allow_devices: false,
         as_user: None,
         as_owner: false,
         as_owner_allow_root: false,
@@ -1131,6 +1140,7 @@ pub fn build_with(
             (false, false) => {
                 if v.allow_setid
                     || v.allow_any_xattr
+                    || v.allow_devices
                     || v.as_user.is_some()
                     || v.as_owner
                     || v.trust_client_ids
@@ -1138,8 +1148,8 @@ pub fn build_with(
                     // The nodes apply their own policy; never ignore a key.
                     return Err(ConfigError::Vhost(
                         v.host.clone(),
-                        "allow_setid, allow_any_xattr, as_user, as_owner and trust_client_ids \
-                         apply to local roots; set them on the upstream nodes"
+                        "allow_setid, allow_any_xattr, allow_devices, as_user, as_owner and \
+                         trust_client_ids apply to local roots; set them on the upstream nodes"
                             .into(),
                     ));
                 }

@@ -17,8 +17,8 @@
 //! no silent fallback to unconfined resolution.
 
 use super::{
-    mode, Backend, DirSink, DirStream, FileHandle, Owner, Replacement, SetId, Stat, StatFs,
-    XattrFlag,
+    mode, Backend, Devices, DirSink, DirStream, FileHandle, Owner, Replacement, SetId, SetTime,
+    Stat, StatFs, XattrFlag, ST_NODEV,
 };
 use crate::{Errno, FsPath, FsResult};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -433,6 +433,9 @@ fn to_stat(st: &rustix::fs::Stat) -> Stat {
         atime: st.st_atime as i64,
         mtime: st.st_mtime as i64,
         ctime: st.st_ctime as i64,
+        atime_nsec: st.st_atime_nsec as u32,
+        mtime_nsec: st.st_mtime_nsec as u32,
+        ctime_nsec: st.st_ctime_nsec as u32,
     }
 }
 
@@ -738,15 +741,30 @@ impl Backend for LocalFs {
         Ok(())
     }
 
-    fn mknod(&self, path: &FsPath, mode: u32, dev: u64) -> FsResult<()> {
+    fn mknod(&self, path: &FsPath, mode: u32, dev: u64, devices: Devices) -> FsResult<()> {
         let (dir, name) = self.at_named(path, Errno::EEXIST)?;
         let kind = match mode & mode::S_IFMT {
             0 | mode::S_IFREG => rustix::fs::FileType::RegularFile,
             mode::S_IFIFO => rustix::fs::FileType::Fifo,
             mode::S_IFSOCK => rustix::fs::FileType::Socket,
-            // Device nodes would let a client read or write any disk the
-            // server can reach: never created through SpockFS.
-            mode::S_IFCHR | mode::S_IFBLK => return Err(Errno::EPERM),
+            // A working device node would let a client read or write any
+            // disk the server can reach: only inert ones, on a filesystem
+            // mounted nodev, decided on the very directory that holds it
+            // (a filesystem mounted under the root may differ from it).
+            k @ (mode::S_IFCHR | mode::S_IFBLK) => match devices {
+                Devices::Refuse => return Err(Errno::EPERM),
+                Devices::Inert => {
+                    let vfs = rustix::fs::fstatvfs(&dir).map_err(io_err)?;
+                    if vfs.f_flag.bits() as u64 & ST_NODEV == 0 {
+                        return Err(Errno::EPERM);
+                    }
+                    if k == mode::S_IFCHR {
+                        rustix::fs::FileType::CharacterDevice
+                    } else {
+                        rustix::fs::FileType::BlockDevice
+                    }
+                }
+            },
             mode::S_IFDIR => return Err(Errno::EPERM),
             _ => return Err(Errno::EINVAL),
         };
@@ -937,11 +955,30 @@ impl Backend for LocalFs {
         rustix::fs::removexattr(proc_path(&fd), name).map_err(io_err)
     }
 
-    fn utimens(&self, path: &FsPath, atime: i64, mtime: i64) -> FsResult<()> {
+    fn utimens(&self, path: &FsPath, atime: SetTime, mtime: SetTime) -> FsResult<()> {
+        // Checked here: the kernel reads two out-of-range values as
+        // UTIME_NOW and UTIME_OMIT.
+        if !atime.is_valid() || !mtime.is_valid() {
+            return Err(Errno::EINVAL);
+        }
+        if (atime, mtime) == (SetTime::Omit, SetTime::Omit) {
+            // utimensat(2) returns at once, without even looking the path up.
+            return Ok(());
+        }
         let (dir, name) = self.at(path)?;
-        let ts = |s: i64| rustix::fs::Timespec {
-            tv_sec: s as _,
-            tv_nsec: 0,
+        let ts = |t: SetTime| match t {
+            SetTime::Now => rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW as _,
+            },
+            SetTime::Omit => rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT as _,
+            },
+            SetTime::At { sec, nsec } => rustix::fs::Timespec {
+                tv_sec: sec as _,
+                tv_nsec: nsec as _,
+            },
         };
         rustix::fs::utimensat(
             &dir,

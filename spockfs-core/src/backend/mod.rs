@@ -40,12 +40,18 @@ pub struct Stat {
     pub size: u64,
     /// `st_blocks` (512-byte units).
     pub blocks: u64,
-    /// `st_atime`, unix seconds.
+    /// `st_atime`, unix seconds (rounded down: `atime_nsec` is added).
     pub atime: i64,
-    /// `st_mtime`, unix seconds.
+    /// `st_mtime`, unix seconds (rounded down: `mtime_nsec` is added).
     pub mtime: i64,
-    /// `st_ctime`, unix seconds.
+    /// `st_ctime`, unix seconds (rounded down: `ctime_nsec` is added).
     pub ctime: i64,
+    /// Nanoseconds of `st_atime` (0 to 999 999 999; extension `nsec`).
+    pub atime_nsec: u32,
+    /// Nanoseconds of `st_mtime` (0 to 999 999 999; extension `nsec`).
+    pub mtime_nsec: u32,
+    /// Nanoseconds of `st_ctime` (0 to 999 999 999; extension `nsec`).
+    pub ctime_nsec: u32,
 }
 
 /// File type bits of `st_mode`.
@@ -117,6 +123,60 @@ pub struct StatFs {
     /// `f_namemax`
     pub namemax: u64,
 }
+
+/// A time UTIMENS sets (one of `utimensat`'s two `timespec`s).
+///
+/// The choice matters for permissions, as in `utimensat(2)`: setting both
+/// times to [`Now`](SetTime::Now) needs ownership *or write access*; any
+/// other combination that changes something needs ownership (or
+/// `CAP_FOWNER`); both [`Omit`](SetTime::Omit) changes nothing and checks
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    /// `UTIME_NOW`: the current time.
+    Now,
+    /// `UTIME_OMIT`: left unchanged.
+    Omit,
+    /// An explicit time.
+    At {
+        /// Unix seconds.
+        sec: i64,
+        /// Nanoseconds, 0 to 999 999 999.
+        nsec: u32,
+    },
+}
+
+impl SetTime {
+    /// An explicit time in whole seconds (what a SpockFS 0.1 UTIMENS sets).
+    pub fn secs(sec: i64) -> SetTime {
+        SetTime::At { sec, nsec: 0 }
+    }
+
+    /// False for an explicit time whose nanoseconds are 10⁹ or more
+    /// (`EINVAL`).
+    pub fn is_valid(self) -> bool {
+        match self {
+            SetTime::At { nsec, .. } => nsec < 1_000_000_000,
+            _ => true,
+        }
+    }
+}
+
+/// What MKNOD does with character and block devices (the mount's
+/// [`allow_devices`](crate::Mount::allow_devices)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Devices {
+    /// Never created: `EPERM` (the default).
+    #[default]
+    Refuse,
+    /// Created only in a directory whose filesystem is mounted `nodev`
+    /// (`ST_NODEV` in its `statvfs` flags), where a device node is inert:
+    /// nothing can open the device through it. `EPERM` elsewhere.
+    Inert,
+}
+
+/// `ST_NODEV` of `statvfs`'s `f_flag`: the filesystem is mounted `nodev`.
+pub const ST_NODEV: u64 = 4;
 
 /// Change owner: `None` leaves the id unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,8 +378,10 @@ pub trait Backend: Send + Sync + 'static {
         Ok(Box::new(CollectedDir::collect(self, path, attrs)?))
     }
     /// `mknod(path, mode, dev)`, with `mode`'s permission bits applied
-    /// exactly (no umask).
-    fn mknod(&self, path: &FsPath, mode: u32, dev: u64) -> FsResult<()>;
+    /// exactly (no umask). Character and block devices are created only as
+    /// `devices` says (decided on the directory that would hold the node);
+    /// `EPERM` otherwise.
+    fn mknod(&self, path: &FsPath, mode: u32, dev: u64, devices: Devices) -> FsResult<()>;
     /// `open(path, flags)` then `close`: a permission check.
     fn open(&self, path: &FsPath, flags: i32) -> FsResult<()>;
     /// `chmod` of the object itself (`EOPNOTSUPP` on a symlink). With
@@ -369,8 +431,9 @@ pub trait Backend: Send + Sync + 'static {
     fn setxattr(&self, path: &FsPath, name: &[u8], value: &[u8], flag: XattrFlag) -> FsResult<()>;
     /// `lremovexattr`.
     fn removexattr(&self, path: &FsPath, name: &[u8]) -> FsResult<()>;
-    /// `utimensat(.., AT_SYMLINK_NOFOLLOW)` with whole seconds.
-    fn utimens(&self, path: &FsPath, atime: i64, mtime: i64) -> FsResult<()>;
+    /// `utimensat(.., AT_SYMLINK_NOFOLLOW)`, with `UTIME_NOW` and
+    /// `UTIME_OMIT` and their permission rules (see [`SetTime`]).
+    fn utimens(&self, path: &FsPath, atime: SetTime, mtime: SetTime) -> FsResult<()>;
     /// `creat(path, mode)`: creates (mode applied exactly) or truncates an
     /// existing regular file (which, with [`SetId::Strip`], clears its
     /// set-ID bits as [`SetId::after_write`] says). The engine has already

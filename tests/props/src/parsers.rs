@@ -6,9 +6,11 @@ use headers::Header;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use spockfs_core::engine::{self, Op};
 use spockfs_core::headers::{self as h, ByteRange};
-use spockfs_core::listing::{parse_attrs_line, write_attrs_prefix};
+use spockfs_core::listing::{
+    parse_attrs_line, parse_line, write_attrs_prefix, write_prefix, Format,
+};
 use spockfs_core::path::{percent_decode_strict, strip_mount_prefix};
-use spockfs_core::{Errno, FsPath, Method, PathError, Stat};
+use spockfs_core::{Errno, FsPath, Method, PathError, SetTime, Stat};
 
 /// The reference validity rule of DESIGN.md, written independently of
 /// `FsPath`: decoded bytes start with `/`, no NUL, at most 4096 bytes, no
@@ -167,6 +169,8 @@ const HEADER_NAMES: &[&str] = &[
     "content-range",
     "x-spock-ctime",
     "x-spock-nlink",
+    "x-spock-atime-nsec",
+    "x-spock-mtime-nsec",
 ];
 
 /// Every typed `X-Spock-*` header against the reference decimal rule, and
@@ -197,7 +201,7 @@ pub fn check_headers(data: &[u8]) {
         XSpockBlocks: u64, XSpockDev: i64, XSpockIno: u64, XSpockFlag: i64,
         XSpockBsize: u64, XSpockFrsize: u64, XSpockBfree: u64, XSpockBavail: u64,
         XSpockFiles: u64, XSpockFfree: u64, XSpockFavail: u64, XSpockFsid: u64,
-        XSpockNamemax: u64);
+        XSpockNamemax: u64, XSpockAtimeNsec: u32, XSpockMtimeNsec: u32, XSpockCtimeNsec: u32);
     let t = h::XSpockTarget::decode(&mut values.iter());
     assert_eq!(t.is_ok(), values.len() == 1);
 
@@ -211,6 +215,11 @@ pub fn check_headers(data: &[u8]) {
             0 => c.choose(NUMBERS).as_bytes(),
             1 => c.choose(&[
                 &b"attrs"[..],
+                b"attrs-nsec",
+                b"now",
+                b"omit",
+                b"999999999",
+                b"1000000000",
                 b"/a",
                 b"/a/b/",
                 b"user.x",
@@ -270,7 +279,38 @@ fn check_op(method: Method, op: &Op, hm: &HeaderMap) {
             assert!(off.checked_add(*len).is_some_and(|e| e <= i64::MAX as u64));
         }
         Op::Get { head, .. } => assert_eq!(*head, method == Method::Head),
-        Op::Readdir { attrs } => assert_eq!(*attrs, hm.contains_key("x-spock-readdir")),
+        Op::Utimens { atime, mtime } => {
+            // Each time as its header spelled it; nanoseconds only with
+            // seconds, and in range.
+            for (t, secs, nsec) in [
+                (atime, "x-spock-atime", "x-spock-atime-nsec"),
+                (mtime, "x-spock-mtime", "x-spock-mtime-nsec"),
+            ] {
+                let v = one(secs).unwrap_or_else(|| panic!("{op:?} without {secs}"));
+                let ns = one(nsec);
+                match t {
+                    SetTime::Now => {
+                        assert!(v.eq_ignore_ascii_case(b"now") && ns.is_none())
+                    }
+                    SetTime::Omit => {
+                        assert!(v.eq_ignore_ascii_case(b"omit") && ns.is_none())
+                    }
+                    SetTime::At { sec, nsec } => {
+                        assert_eq!(reference_decimal(&v), Some(*sec as i128));
+                        assert!(*nsec < 1_000_000_000);
+                        let want = ns.map_or(Some(0), |n| reference_decimal(&n));
+                        assert_eq!(want, Some(*nsec as i128));
+                    }
+                }
+            }
+        }
+        Op::Readdir { attrs, nsec } => {
+            assert_eq!(*attrs, hm.contains_key("x-spock-readdir"));
+            assert_eq!(
+                *nsec,
+                one("x-spock-readdir").is_some_and(|v| v.eq_ignore_ascii_case(b"attrs-nsec"))
+            );
+        }
         _ => {}
     }
     // Whatever it parsed, it was spelled by the header that names it.
@@ -363,6 +403,9 @@ fn stat_from(c: &mut Cursor<'_>) -> Stat {
         atime: n() as i64,
         mtime: n() as i64,
         ctime: n() as i64,
+        atime_nsec: (n() % 1_000_000_000) as u32,
+        mtime_nsec: (n() % 1_000_000_000) as u32,
+        ctime_nsec: (n() % 1_000_000_000) as u32,
         dev: 0,
         rdev: 0,
     }
@@ -377,6 +420,23 @@ pub fn check_listing(data: &[u8]) {
     let st = stat_from(&mut c);
     let name: Vec<u8> = c.bytes().iter().copied().filter(|&b| b != b'\n').collect();
     if !name.is_empty() {
+        // The 13-field form (extension `nsec`) keeps the nanoseconds.
+        let mut line = Vec::new();
+        write_prefix(&mut line, &st, Format::AttrsNsec);
+        line.extend_from_slice(&name);
+        assert_eq!(
+            parse_line(&line, Format::AttrsNsec),
+            Some((&name[..], st)),
+            "{:?}",
+            String::from_utf8_lossy(&line)
+        );
+        // The ten fields carry whole seconds only.
+        let st = Stat {
+            atime_nsec: 0,
+            mtime_nsec: 0,
+            ctime_nsec: 0,
+            ..st
+        };
         let mut line = Vec::new();
         write_attrs_prefix(&mut line, &st);
         line.extend_from_slice(&name);
@@ -399,6 +459,15 @@ pub fn check_listing(data: &[u8]) {
     }
     // Arbitrary lines: accepted ones re-write to an equivalent line.
     let line = c.rest();
+    if let Some((name, st)) = parse_line(line, Format::AttrsNsec) {
+        assert!(!name.is_empty() && line.ends_with(name));
+        assert!(st.atime_nsec < 1_000_000_000 && st.mtime_nsec < 1_000_000_000);
+        assert!(st.ctime_nsec < 1_000_000_000);
+        let mut again = Vec::new();
+        write_prefix(&mut again, &st, Format::AttrsNsec);
+        again.extend_from_slice(name);
+        assert_eq!(parse_line(&again, Format::AttrsNsec), Some((name, st)));
+    }
     if let Some((name, st)) = parse_attrs_line(line) {
         assert!(!name.is_empty());
         assert!(line.ends_with(name));

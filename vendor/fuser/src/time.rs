@@ -38,12 +38,14 @@ pub(crate) fn time_from_system_time(system_time: &SystemTime) -> (i64, u32) {
 ///
 /// This handles negative seconds (times before the Unix epoch).
 pub(crate) fn system_time_from_time(secs: i64, nsecs: u32) -> SystemTime {
+    // A timespec's nanoseconds always count forward from its seconds,
+    // before the epoch too: (-5, 999_999_999) is 4.000000001 s before it.
+    // (Upstream subtracted them, turning that into 5.999999999 s.)
+    let nsecs = Duration::from_nanos(u64::from(nsecs.min(999_999_999)));
     if secs >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + nsecs
     } else {
-        // TODO: overflow
-        // TODO: 1_000_000_000 - nsec
-        SystemTime::UNIX_EPOCH - Duration::new((-secs) as u64, nsecs)
+        SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nsecs
     }
 }
 
