@@ -484,9 +484,17 @@ struct LocalFile {
 /// What the kernel's write path does for an unprivileged writer, on the
 /// file about to be written (`st` is its `fstat`): clears set-user-ID, and
 /// set-group-ID if the group may execute, when `setid` says so.
+///
+/// Only the owner (or a holder of `CAP_FOWNER`) may `fchmod`: for any other
+/// writer (`EPERM`) the kernel's own write and truncate paths clear the
+/// same bits, as that writer has no `CAP_FSETID` either, so the write goes
+/// ahead, exactly as on a local disk.
 fn remove_privs(fd: &OwnedFd, st: &Stat, setid: SetId) -> FsResult<()> {
     match setid.after_write(st.mode) {
-        Some(perms) => rustix::fs::fchmod(fd, Mode::from_raw_mode(perms)).map_err(io_err),
+        Some(perms) => match rustix::fs::fchmod(fd, Mode::from_raw_mode(perms)) {
+            Err(rustix::io::Errno::PERM) => Ok(()),
+            r => r.map_err(io_err),
+        },
         None => Ok(()),
     }
 }
