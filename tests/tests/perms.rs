@@ -582,6 +582,26 @@ fn cases() -> Vec<Case> {
             Op::Truncate("d/f", 0),
         ),
         case("truncate dir", &[d777], Op::Truncate("d", 0)),
+        case(
+            "open rw|trunc 0666",
+            &[d755, f(0o666)],
+            Op::Open("d/f", RW | TRUNC),
+        ),
+        case(
+            "open w via symlink",
+            &[d755, f(0o664), symlink("d/l", "f", R)],
+            Op::Open("d/l", WR),
+        ),
+        case(
+            "creat existing in 0555",
+            &[dir("d", 0o555, O), f(0o666)],
+            Op::Creat("d/f", 0, 0o600),
+        ),
+        case(
+            "creat excl over symlink",
+            &[d777, symlink("d/l", "nowhere", O)],
+            Op::Creat("d/l", EXCL, 0o600),
+        ),
         // utimensat
         case(
             "utimes explicit 0666",
@@ -602,6 +622,11 @@ fn cases() -> Vec<Case> {
             "utimes now 0644",
             &[d755, f(0o644)],
             Op::Utimes("d/f", Times::Now),
+        ),
+        case(
+            "utimes explicit own 0444",
+            &[d755, f(0o444)],
+            Op::Utimes("d/f", Times::Set(1_000_000_000, 1_000_000_001)),
         ),
         // unlink
         case("unlink in 0755", &[d755, f(0o644)], Op::Unlink("d/f")),
@@ -686,6 +711,36 @@ fn cases() -> Vec<Case> {
             ],
             Op::Rename("d/a/f", "d/b/f"),
         ),
+        case(
+            "rename into 0755",
+            &[dir("d", 0o777, R), f(0o666), dir("d/b", 0o755, O)],
+            Op::Rename("d/f", "d/b/f"),
+        ),
+        case(
+            "rename dir over empty dir",
+            &[d777, dir("d/s", 0o755, O), dir("d/t", 0o755, X)],
+            Op::Rename("d/s", "d/t"),
+        ),
+        case(
+            "rename dir over non-empty dir",
+            &[
+                d777,
+                dir("d/s", 0o777, O),
+                dir("d/t", 0o777, O),
+                file("d/t/f", 0o644, O),
+            ],
+            Op::Rename("d/s", "d/t"),
+        ),
+        case(
+            "rename sticky dir own subdir",
+            &[sticky, dir("d/s", 0o777, M)],
+            Op::Rename("d/s", "d/t"),
+        ),
+        case(
+            "unlink sticky owner's symlink",
+            &[sticky, symlink("d/l", "f", O)],
+            Op::Unlink("d/l"),
+        ),
         // link
         case(
             "link 0644 in 0777",
@@ -716,6 +771,16 @@ fn cases() -> Vec<Case> {
             "link a fifo 0666",
             &[d777, fifo("d/p", 0o666, O)],
             Op::Link("d/p", "d/g"),
+        ),
+        case(
+            "link 0600 in 0777",
+            &[d777, f(0o600)],
+            Op::Link("d/f", "d/g"),
+        ),
+        case(
+            "link into 0755",
+            &[dir("d", 0o777, R), f(0o666), dir("d/b", 0o755, O)],
+            Op::Link("d/f", "d/b/g"),
         ),
         // mkdir
         case("mkdir in 0755", &[d755], Op::Mkdir("d/n", 0o755)),
@@ -758,6 +823,7 @@ fn cases() -> Vec<Case> {
             &[sgid],
             Op::Mkfifo("d/p", 0o2754),
         ),
+        case("mkdir in sticky", &[sticky], Op::Mkdir("d/n", 0o700)),
         // symlink
         case("symlink in 0777", &[d777], Op::Symlink("t", "d/l")),
         case("symlink in 0755", &[d755], Op::Symlink("t", "d/l")),
