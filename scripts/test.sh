@@ -14,7 +14,7 @@ command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)   # pingora builds a C library
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_pkgs+=(nginx-light)   # tests/tests/nginx.rs
-command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)   # tests/tests/mount.rs: FUSE mounts
+command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)   # tests/tests/{mount,perms}.rs: FUSE mounts
 command -v sqlite3 >/dev/null 2>&1 || need_pkgs+=(sqlite3)     # tests/tests/mount.rs: sqlite in the mount
 command -v git >/dev/null 2>&1 || need_pkgs+=(git)             # tests/tests/mount.rs: git in the mount
 if ((${#need_pkgs[@]})); then

@@ -527,3 +527,48 @@ async fn users_as_unix_accounts() {
     let r = c.with_auth(&auth("0")).req("GETATTR", "/", &[]).await;
     assert_eq!(r.status, 403, "{:?}", String::from_utf8_lossy(&r.body));
 }
+
+/// Under the default nosuid policy, a trusted caller who may write a
+/// set-ID file but does not own it writes and truncates it like on a local
+/// disk: the write succeeds and the bits are cleared (by the kernel's write
+/// path, as the server cannot chmod a file it does not own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_owner_writes_clear_set_id_bits() {
+    if !root_only() {
+        return;
+    }
+    for srv in ["axum", "gateway"] {
+        let (_dir, root) = world_dir();
+        chmod(&root, 0o777);
+        let (base, _guard): (String, Box<dyn std::any::Any>) = if srv == "axum" {
+            let mut a = axum_args(&root);
+            a.trust_client_ids = true;
+            let (addr, s) = start_axum(a).await;
+            (format!("http://{addr}/fs"), Box::new(s))
+        } else {
+            let (g, base) = gateway(
+                "trust_client_ids = true",
+                &format!("root = \"{}\"", root.display()),
+            );
+            (base, Box::new(g))
+        };
+        let c = Client::new(&base);
+        for (name, mode, want) in [("suid", 0o4777, 0o777), ("sgid", 0o2777, 0o777)] {
+            for (how, header, body) in [
+                ("PUT", ("Content-Range", &b"bytes=0-0"[..]), "x"),
+                ("TRUNCATE", ("X-Spock-size", &b"0"[..]), ""),
+            ] {
+                let p = root.join(format!("{name}-{how}"));
+                std::fs::write(&p, b"abc").unwrap_or_else(|e| panic!("{e}"));
+                chown(&p, 1000, 1000);
+                chmod(&p, mode);
+                let h = [header, ("X-Spock-caller", b"1002 1002 1002")];
+                let r = c.send(how, &format!("/{name}-{how}"), &h, body).await;
+                let what = format!("{srv}: {how} of a {mode:o} file by another user");
+                status(&r, 200, "", &what);
+                let m = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(m.mode() & 0o7777, want, "{what}");
+            }
+        }
+    }
+}

@@ -451,8 +451,11 @@ fn statat(dir: &impl AsFd, name: &[u8]) -> FsResult<Stat> {
 
 /// Sets the exact permission bits on an object named `name` in `dir` that we
 /// just created (the process umask masked them), refusing to touch it if it
-/// has meanwhile been replaced by a symlink.
-fn fix_mode(dir: &impl AsFd, name: &[u8], mode: u32) -> FsResult<()> {
+/// has meanwhile been replaced by a symlink. Of the bits the kernel gave
+/// it, those in `inherited` stay even if `mode` lacks them (a directory's
+/// set-group-ID bit, inherited from a set-group-ID parent as `mkdir(2)`
+/// does whatever the mode).
+fn fix_mode(dir: &impl AsFd, name: &[u8], mode: u32, inherited: u32) -> FsResult<()> {
     let fd = rustix::fs::openat(
         dir,
         name,
@@ -464,7 +467,8 @@ fn fix_mode(dir: &impl AsFd, name: &[u8], mode: u32) -> FsResult<()> {
     if st.is_symlink() {
         return Err(Errno::EEXIST);
     }
-    if st.mode & mode::PERMS == mode & mode::PERMS {
+    let mode = (mode & mode::PERMS) | (st.mode & inherited);
+    if st.mode & mode::PERMS == mode {
         return Ok(());
     }
     chmod_fd(&fd, mode)
@@ -483,9 +487,17 @@ struct LocalFile {
 /// What the kernel's write path does for an unprivileged writer, on the
 /// file about to be written (`st` is its `fstat`): clears set-user-ID, and
 /// set-group-ID if the group may execute, when `setid` says so.
+///
+/// Only the owner (or a holder of `CAP_FOWNER`) may `fchmod`: for any other
+/// writer (`EPERM`) the kernel's own write and truncate paths clear the
+/// same bits, as that writer has no `CAP_FSETID` either, so the write goes
+/// ahead, exactly as on a local disk.
 fn remove_privs(fd: &OwnedFd, st: &Stat, setid: SetId) -> FsResult<()> {
     match setid.after_write(st.mode) {
-        Some(perms) => rustix::fs::fchmod(fd, Mode::from_raw_mode(perms)).map_err(io_err),
+        Some(perms) => match rustix::fs::fchmod(fd, Mode::from_raw_mode(perms)) {
+            Err(rustix::io::Errno::PERM) => Ok(()),
+            r => r.map_err(io_err),
+        },
         None => Ok(()),
     }
 }
@@ -776,7 +788,7 @@ impl Backend for LocalFs {
             dev as _,
         )
         .map_err(io_err)?;
-        fix_mode(&dir, name, mode)
+        fix_mode(&dir, name, mode, 0)
     }
 
     fn open(&self, path: &FsPath, flags: i32) -> FsResult<()> {
@@ -854,7 +866,7 @@ impl Backend for LocalFs {
     fn mkdir(&self, path: &FsPath, mode: u32) -> FsResult<()> {
         let (dir, name) = self.at_named(path, Errno::EEXIST)?;
         rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & mode::PERMS)).map_err(io_err)?;
-        fix_mode(&dir, name, mode)
+        fix_mode(&dir, name, mode, mode::S_ISGID)
     }
 
     fn link(&self, path: &FsPath, existing: &FsPath) -> FsResult<()> {

@@ -98,14 +98,16 @@ const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 /// follows a symlink, checks permissions like the kernel, keeps hard link
 /// counts (directories count `2 +` their subdirectories), and keeps
 /// unlinked files alive while a [`FileHandle`] is open on them. Permission
-/// checks are made for the effective uid and gid of the process *when the
-/// `MemFs` was built* (read once, in [`MemFs::with_capacity`]). Uid 0
-/// bypasses read, write and search checks, like a process with
-/// `CAP_DAC_OVERRIDE`. Other uids get the owner, group (effective gid only,
-/// supplementary groups are ignored) or other bits. New objects belong to
-/// that uid and gid, or to the directory's group under a set-group-ID
-/// directory. Hard links follow the rules of `fs.protected_hardlinks = 1`,
-/// and the sticky bit restricts deletion as on Linux.
+/// checks are made for the identity the request acts as
+/// ([`Identity::current`], set by the engine), or outside of a request for
+/// the effective uid and gid of the process *when the `MemFs` was built*
+/// (read once, in [`MemFs::with_capacity`]). Uid 0 bypasses read, write and
+/// search checks, like a process with `CAP_DAC_OVERRIDE`. Other uids get
+/// the owner, group (primary or supplementary) or other bits. New objects
+/// belong to that uid and gid, or to the directory's group under a
+/// set-group-ID directory (a new directory also inherits the bit). Hard
+/// links follow the rules of `fs.protected_hardlinks = 1`, and the sticky
+/// bit restricts deletion as on Linux.
 ///
 /// Capacity counts the bytes of file contents plus the names and values of
 /// extended attributes. A write, extension, `fallocate`, xattr update or
@@ -120,10 +122,14 @@ const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 /// - Files are limited to 2^40 bytes (`EFBIG`), ext4 to 16 TiB.
 /// - Xattr values may be up to 65536 bytes (`XATTR_SIZE_MAX`). ext4 without
 ///   `ea_inode` refuses values that do not fit in one block (`ENOSPC`).
-/// - No POSIX ACLs. Reading or removing `system.posix_acl_access` or
-///   `system.posix_acl_default` behaves as with no ACL set (`ENODATA`,
-///   success). Setting one, or any other use of `system.*`, gives
-///   `EOPNOTSUPP`. `security.capability` values are not validated.
+/// - POSIX ACLs only as far as they are a mode: setting an access ACL of
+///   only the owner, group and other entries sets the permission bits it
+///   stands for, as the kernel does (nothing is stored: reading it gives
+///   `ENODATA`, removing it succeeds). An access ACL with a mask or named
+///   users or groups, or a non-empty default ACL on a directory, gives
+///   `EOPNOTSUPP` (after the kernel's checks of the value and of
+///   ownership), as does any other use of `system.*`.
+///   `security.capability` values are not validated.
 /// - `fallocate` supports modes 0, `KEEP_SIZE` (1), `PUNCH_HOLE|KEEP_SIZE`
 ///   (3) and `ZERO_RANGE` (0x10, 0x11). Collapse and insert range give
 ///   `EOPNOTSUPP`. Space beyond the end of file that `KEEP_SIZE` would
@@ -585,6 +591,97 @@ fn xattr_access(cred: &Cred, node: &Inode, name: &[u8], write: bool) -> FsResult
     }
 }
 
+/// `POSIX_ACL_XATTR_VERSION`.
+const ACL_VERSION: u32 = 2;
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_GROUP: u16 = 0x08;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+
+/// A POSIX ACL's entries (tag, permissions), as `posix_acl_from_xattr`
+/// reads them from an xattr value (none for an empty value: the ACL is
+/// removed): `EOPNOTSUPP` for another version,
+/// `EINVAL` for a malformed value, an unknown tag or an unmappable id.
+fn acl_entries(value: &[u8]) -> FsResult<Vec<(u16, u32)>> {
+    // setxattr(2) passes no value at all for an empty one: no ACL.
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (head, body) = value.split_at_checked(4).ok_or(Errno::EINVAL)?;
+    if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) != ACL_VERSION {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    if body.len() % 8 != 0 {
+        return Err(Errno::EINVAL);
+    }
+    body.chunks_exact(8)
+        .map(|e| {
+            let tag = u16::from_le_bytes([e[0], e[1]]);
+            let perm = u32::from(u16::from_le_bytes([e[2], e[3]]));
+            let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+            match tag {
+                ACL_USER | ACL_GROUP if id == u32::MAX => Err(Errno::EINVAL),
+                ACL_USER_OBJ | ACL_USER | ACL_GROUP_OBJ | ACL_GROUP | ACL_MASK | ACL_OTHER => {
+                    Ok((tag, perm))
+                }
+                _ => Err(Errno::EINVAL),
+            }
+        })
+        .collect()
+}
+
+/// The permission bits a valid ACL stands for (`posix_acl_valid`, then
+/// `posix_acl_equiv_mode`): `EINVAL` if it is not valid, `EOPNOTSUPP` if
+/// it has a mask or names users or groups (more than a mode can say).
+fn acl_mode(entries: &[(u16, u32)]) -> FsResult<u32> {
+    #[derive(PartialEq)]
+    enum State {
+        UserObj,
+        User,
+        Group,
+        Other,
+        Done,
+    }
+    let mut state = State::UserObj;
+    let (mut named, mut mask, mut bits) = (false, false, 0);
+    for &(tag, perm) in entries {
+        if perm & !7 != 0 {
+            return Err(Errno::EINVAL);
+        }
+        match tag {
+            ACL_USER_OBJ if state == State::UserObj => {
+                state = State::User;
+                bits |= perm << 6;
+            }
+            ACL_USER if state == State::User => named = true,
+            ACL_GROUP_OBJ if state == State::User => {
+                state = State::Group;
+                bits |= perm << 3;
+            }
+            ACL_GROUP if state == State::Group => named = true,
+            ACL_MASK if state == State::Group => {
+                state = State::Other;
+                mask = true;
+            }
+            ACL_OTHER if state == State::Other || (state == State::Group && !named) => {
+                state = State::Done;
+                bits |= perm;
+            }
+            _ => return Err(Errno::EINVAL),
+        }
+    }
+    if state != State::Done {
+        return Err(Errno::EINVAL);
+    }
+    // A mask or named entries: a real ACL, more than a mode can say.
+    if named || mask {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    Ok(bits)
+}
+
 struct State {
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
@@ -761,6 +858,10 @@ impl State {
         if perms & S_ISGID != 0 && !cred.in_group(gid) && !(kind == mode::S_IFDIR && sgid_dir) {
             perms &= !S_ISGID;
         }
+        // A directory inherits the bit, whatever the mode asked (mkdir(2)).
+        if kind == mode::S_IFDIR && sgid_dir {
+            perms |= S_ISGID;
+        }
         let now = now();
         let ino = self.next_ino;
         self.next_ino += 1;
@@ -780,6 +881,39 @@ impl State {
             },
         );
         Ok(ino)
+    }
+
+    /// `vfs_set_acl` as ext4 does it, for the ACLs a mode can stand for:
+    /// an access ACL sets the permission bits (set-group-ID cleared for a
+    /// caller outside the file's group) and nothing is stored.
+    fn set_acl(&mut self, cred: &Cred, ino: u64, default: bool, value: &[u8]) -> FsResult<()> {
+        let entries = acl_entries(value)?;
+        let node = self.get_mut(ino)?;
+        if default && !node.is_dir() {
+            return if entries.is_empty() {
+                Ok(())
+            } else {
+                Err(Errno::EACCES)
+            };
+        }
+        if !cred.owns(node) {
+            return Err(Errno::EPERM);
+        }
+        if entries.is_empty() {
+            // No ACL: there is none to remove.
+            return Ok(());
+        }
+        let bits = acl_mode(&entries)?;
+        if default {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let mut mode = (node.mode & !0o777) | bits;
+        if !cred.in_group(node.gid) {
+            mode &= !S_ISGID;
+        }
+        node.mode = mode;
+        node.ctime = now();
+        Ok(())
     }
 
     /// Adds the entry `name` → `ino` to `dir`.
@@ -990,7 +1124,7 @@ impl Backend for MemFs {
             }
         }
         if let Some(g) = gid {
-            let allowed = cred.is_root() || (is_owner && (g == node.gid || g == cred.gid));
+            let allowed = cred.is_root() || (is_owner && (g == node.gid || cred.member(g)));
             if !allowed {
                 return Err(Errno::EPERM);
             }
@@ -1320,6 +1454,9 @@ impl Backend for MemFs {
         check_xattr_name(name)?;
         if value.len() > MAX_XATTR_VALUE {
             return Err(Errno::E2BIG);
+        }
+        if let Some(default) = posix_acl(name) {
+            return st.set_acl(cred, ino, default, value);
         }
         xattr_access(cred, node, name, true)?;
         let old = node.xattrs.get(name).map(|v| xattr_bytes(name, v));
@@ -2619,9 +2756,16 @@ mod tests {
         assert_eq!(fs.setxattr(&f, &long, b"", any), Err(Errno::ERANGE));
         fs.setxattr(&f, &long[..255], b"", any).unwrap();
         assert_eq!(fs.setxattr(&f, b"user.a\0b", b"", any), Err(Errno::EINVAL));
+        // An empty ACL value removes the (absent) ACL.
+        fs.setxattr(&f, b"system.posix_acl_access", b"", any)
+            .unwrap();
         assert_eq!(
-            fs.setxattr(&f, b"system.posix_acl_access", b"", any),
+            fs.setxattr(&f, b"system.posix_acl_access", b"\x01\0\0\0", any),
             Err(Errno::EOPNOTSUPP)
+        );
+        assert_eq!(
+            fs.setxattr(&f, b"system.posix_acl_access", b"\x02\0\0\0\x01", any),
+            Err(Errno::EINVAL)
         );
         assert_eq!(
             fs.getxattr(&f, b"system.posix_acl_access", 10),
@@ -2807,6 +2951,58 @@ mod tests {
         fs.mkdir(&p("/d/sub"), 0o755).unwrap();
         assert_eq!((stat(&fs, "/d/h").gid, stat(&fs, "/d/h").uid), (9, 0));
         assert_eq!(stat(&fs, "/d/sub").gid, 9);
+    }
+
+    /// The request's identity counts with its supplementary groups: its
+    /// owner may give a file to any group it is in, and a directory made
+    /// under a set-group-ID one inherits the bit.
+    #[test]
+    fn supplementary_groups_and_inherited_setgid() {
+        let fs = rootfs();
+        fs.mkdir(&p("/d"), 0o2777).unwrap();
+        fs.chown(&p("/d"), owner(Some(0), Some(50))).unwrap();
+        let id = Identity::new(1001, 1001, [1000, 1001]);
+        crate::identity::acting_as(Some(&id), || {
+            fs.create(&p("/d/f"), 0o644, SetId::Keep).unwrap();
+            assert_eq!(stat(&fs, "/d/f").gid, 50);
+            fs.chown(&p("/d/f"), owner(None, Some(1000))).unwrap();
+            assert_eq!(stat(&fs, "/d/f").gid, 1000);
+            assert_eq!(
+                fs.chown(&p("/d/f"), owner(None, Some(1002))),
+                Err(Errno::EPERM)
+            );
+            fs.mkdir(&p("/d/sub"), 0o755).unwrap();
+            assert_eq!(perms(&fs, "/d/sub"), 0o2755);
+            assert_eq!(stat(&fs, "/d/sub").gid, 50);
+            // An access ACL that is a mode: the owner's call sets the mode
+            // (not in group 50: no set-group-ID), nothing is stored.
+            let acl_0640 = [
+                2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 4, 0, 4, 0, 255, 255, 255, 255, 32, 0,
+                0, 0, 255, 255, 255, 255,
+            ];
+            fs.chmod(&p("/d/sub"), 0o2755, SetId::Keep).unwrap();
+            fs.setxattr(
+                &p("/d/sub"),
+                b"system.posix_acl_access",
+                &acl_0640,
+                XattrFlag::Any,
+            )
+            .unwrap();
+            assert_eq!(perms(&fs, "/d/sub"), 0o640);
+            assert_eq!(
+                fs.getxattr(&p("/d/sub"), b"system.posix_acl_access", 100),
+                Err(Errno::ENODATA)
+            );
+            assert_eq!(
+                fs.setxattr(
+                    &p("/d"),
+                    b"system.posix_acl_access",
+                    &acl_0640,
+                    XattrFlag::Any
+                ),
+                Err(Errno::EPERM)
+            );
+        });
     }
 
     #[test]
@@ -3356,6 +3552,29 @@ mod tests {
 
     use differential::Op::{self, *};
 
+    /// `user::rw-`, `group::r--`, `other::---` (mode 0640).
+    const ACL_0640: &[u8] = &[
+        2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 4, 0, 4, 0, 255, 255, 255, 255, 32, 0, 0, 0,
+        255, 255, 255, 255,
+    ];
+    /// `user::rwx`, `group::r-x`, `other::---` (mode 0750).
+    const ACL_0750: &[u8] = &[
+        2, 0, 0, 0, 1, 0, 7, 0, 255, 255, 255, 255, 4, 0, 5, 0, 255, 255, 255, 255, 32, 0, 0, 0,
+        255, 255, 255, 255,
+    ];
+    /// The group entry before the owner's: not valid.
+    const ACL_UNORDERED: &[u8] = &[
+        2, 0, 0, 0, 4, 0, 4, 0, 255, 255, 255, 255, 1, 0, 6, 0, 255, 255, 255, 255, 32, 0, 0, 0,
+        255, 255, 255, 255,
+    ];
+    /// Not a whole number of entries.
+    const ACL_SHORT: &[u8] = &[2, 0, 0, 0, 1, 0, 6, 0, 255, 255];
+    /// An unknown version.
+    const ACL_V1: &[u8] = &[
+        1, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 4, 0, 4, 0, 255, 255, 255, 255, 32, 0, 0, 0,
+        255, 255, 255, 255,
+    ];
+
     const AS_ROOT: &[Op] = &[
         Chmod("/", 0o755),
         Getattr("/"),
@@ -3364,6 +3583,9 @@ mod tests {
         Mkdir("/a/b", 0o700),
         Mkdir("/a/b/c", 0o750),
         Mkdir("/a/sgid", 0o2775),
+        // Inherits the set-group-ID bit whatever the mode.
+        Mkdir("/a/sgid/sub", 0o755),
+        Getattr("/a/sgid/sub"),
         Mkdir("/a", 0o755),
         Mkdir("/", 0o755),
         Mkdir("/nope/x", 0o755),
@@ -3632,6 +3854,38 @@ mod tests {
         RmX("/f", b"system.foo"),
         GetX("/f", b"security.", 100),
         SetX("/f", b"trusted.", b"", XattrFlag::Any),
+        // POSIX ACLs that a mode stands for set the mode, and are not kept.
+        SetX("/f", b"system.posix_acl_access", ACL_0640, XattrFlag::Any),
+        Getattr("/f"),
+        GetX("/f", b"system.posix_acl_access", 100),
+        SetX("/f", b"system.posix_acl_access", ACL_0750, XattrFlag::Any),
+        Getattr("/f"),
+        SetX("/f", b"system.posix_acl_access", b"", XattrFlag::Any),
+        SetX(
+            "/f",
+            b"system.posix_acl_access",
+            ACL_UNORDERED,
+            XattrFlag::Any,
+        ),
+        SetX("/f", b"system.posix_acl_access", ACL_V1, XattrFlag::Any),
+        SetX("/f", b"system.posix_acl_access", ACL_SHORT, XattrFlag::Any),
+        SetX("/f", b"system.posix_acl_default", b"", XattrFlag::Any),
+        SetX("/f", b"system.posix_acl_default", ACL_0640, XattrFlag::Any),
+        SetX(
+            "/a/fifo2",
+            b"system.posix_acl_access",
+            ACL_0640,
+            XattrFlag::Any,
+        ),
+        Getattr("/a/fifo2"),
+        SetX(
+            "/a/sgid",
+            b"system.posix_acl_access",
+            ACL_0750,
+            XattrFlag::Any,
+        ),
+        Getattr("/a/sgid"),
+        Chmod("/a/sgid", 0o2775),
         // Replacing a file owned by someone else keeps its owner (root).
         Create("/owned", 0o640),
         Chown("/owned", Some(123), Some(456)),

@@ -402,7 +402,9 @@ pub trait Backend: Send + Sync + 'static {
     fn readlink(&self, path: &FsPath) -> FsResult<Vec<u8>>;
     /// `rmdir`.
     fn rmdir(&self, path: &FsPath) -> FsResult<()>;
-    /// `mkdir`, with `mode` applied exactly (no umask).
+    /// `mkdir`, with `mode` applied exactly (no umask). Under a
+    /// set-group-ID directory the new one also gets the set-group-ID bit,
+    /// whatever `mode` says, as with `mkdir(2)`.
     fn mkdir(&self, path: &FsPath, mode: u32) -> FsResult<()>;
     /// `link(existing, path)` (never following `existing`).
     fn link(&self, path: &FsPath, existing: &FsPath) -> FsResult<()>;
