@@ -421,7 +421,7 @@ struct Shared {
     /// Files created without `S_IWUSR`: the server creates them writable
     /// (so the creating descriptor can write) and the requested mode is
     /// applied on release, by handle.
-    pending_mode: Mutex<HashMap<u64, (u64, u32)>>,
+    pending_mode: Mutex<HashMap<u64, PendingMode>>,
     /// Open directory listings, by handle.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     /// The inode of each open file handle.
@@ -440,6 +440,11 @@ struct Shared {
     /// Callers' supplementary groups, by pid, and when they were read.
     groups: Mutex<HashMap<u32, CallerGroups>>,
 }
+
+/// A mode to apply on release (inode, mode), as the file's creator: the
+/// release may come from another caller (a squashing server would refuse
+/// it theirs).
+type PendingMode = (u64, u32, Option<Caller>);
 
 /// A caller's supplementary groups and when they were read.
 type CallerGroups = (Arc<[u32]>, Instant);
@@ -1335,6 +1340,11 @@ impl Filesystem for SpockFuse {
             InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_MAX_PAGES,
+            // Writes, truncation and chown clear set-ID bits on the server,
+            // as its kernel decides for the caller's identity: the kernel
+            // here must not turn them into a chmod, which a writer who is
+            // not the owner may not do.
+            InitFlags::FUSE_HANDLE_KILLPRIV,
         ] {
             let _ = config.add_capabilities(f);
         }
@@ -1838,10 +1848,11 @@ impl Filesystem for SpockFuse {
                     s.keep_parent(&path, parent, before);
                     let fh = s.open_handle(a.ino.0);
                     if perm & 0o200 == 0 {
+                        let creator = CALLER.try_with(|c| c.clone()).ok().flatten();
                         s.pending_mode
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .insert(fh, (a.ino.0, perm));
+                            .insert(fh, (a.ino.0, perm, creator));
                         a.perm = perm as u16;
                     }
                     reply.created(
@@ -1916,7 +1927,7 @@ impl Filesystem for SpockFuse {
                 }
                 drop(reaping);
                 s.reaped.notify_waiters();
-            } else if let Some((ino, perm)) = pending {
+            } else if let Some((ino, perm, creator)) = pending {
                 let path = s
                     .inodes
                     .lock()
@@ -1924,8 +1935,12 @@ impl Filesystem for SpockFuse {
                     .path(ino)
                     .map(<[u8]>::to_vec);
                 if let Some(path) = path {
-                    r = s
-                        .change(&[&path], false, s.client().chmod(&path, perm))
+                    // As the creator, whoever closes it last.
+                    r = CALLER
+                        .scope(creator, async {
+                            s.change(&[&path], false, s.client().chmod(&path, perm))
+                                .await
+                        })
                         .await
                         .map(drop);
                 }

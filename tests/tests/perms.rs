@@ -995,7 +995,9 @@ impl Store {
                         Kind::File => fs
                             .create(&p, 0o600, SetId::Keep)
                             .and_then(|()| fs.open_write(&p, SetId::Keep)?.write_at(b"abc", 0)),
-                        Kind::Fifo => fs.mknod(&p, libc::S_IFIFO | 0o600, 0),
+                        Kind::Fifo => {
+                            fs.mknod(&p, libc::S_IFIFO | 0o600, 0, spockfs_core::Devices::Refuse)
+                        }
                         Kind::Link(t) => fs.symlink(&p, t.as_bytes()),
                     };
                     r.and_then(|()| {
