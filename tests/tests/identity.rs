@@ -572,3 +572,31 @@ async fn non_owner_writes_clear_set_id_bits() {
         }
     }
 }
+
+/// Acting as other users needs CAP_SETUID/CAP_SETGID: a server without them
+/// refuses to start, and says why (the binary, run as nobody).
+#[test]
+fn without_setuid_capability_the_server_refuses_to_start() {
+    if !root_only() {
+        return;
+    }
+    let (_dir, root) = world_dir();
+    chmod(&root, 0o777);
+    let bin = spockfs_tests::procs::server_binary("axum-app");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["--listen", "127.0.0.1:0", "--as", "daemon", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap_or_else(|e| panic!("setpriv: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started without the capability: {err}"
+    );
+    assert!(
+        err.contains("CAP_SETUID") && err.contains("CAP_SETGID"),
+        "no reason given: {err}"
+    );
+}
