@@ -1,31 +1,19 @@
-//! The conformance suite against the axum app, on LocalFs and on MemFs.
+//! The conformance suite against the axum app, on LocalFs and on MemFs: one
+//! trial per check and backend (`cargo test --test conformance -- --list`).
 
-use spockfs_tests::{axum_local, axum_mem, suite};
+use spockfs_tests::harness::{conformance, Served};
+use spockfs_tests::{axum_local, axum_mem};
+use std::process::ExitCode;
 
-fn filter() -> Option<String> {
-    std::env::var("SPOCKFS_CHECK").ok()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn axum_app_localfs() {
-    let (target, _running) = axum_local().await;
-    let failures = suite::run(&target, filter().as_deref()).await;
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn axum_router_memfs() {
-    let (target, _running) = axum_mem().await;
-    let failures = suite::run(&target, filter().as_deref()).await;
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+fn main() -> ExitCode {
+    conformance(vec![
+        Served::new("axum_app_localfs", || async {
+            let (target, running) = axum_local().await;
+            (target, Box::new(running) as _)
+        }),
+        Served::new("axum_router_memfs", || async {
+            let (target, running) = axum_mem().await;
+            (target, Box::new(running) as _)
+        }),
+    ])
 }

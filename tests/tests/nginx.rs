@@ -17,12 +17,14 @@
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
+use spockfs_tests::harness::{Harness, Served, Started};
 use spockfs_tests::{
     axum_args, start_axum, suite, tls_client_config, Client, LocalStore, Store, Target,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::process::ExitCode;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -704,54 +706,22 @@ async fn auth_is_enforced(kind: Upstream) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_is_enforced_axum() {
-    auth_is_enforced(Upstream::Axum).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_is_enforced_gateway() {
-    auth_is_enforced(Upstream::Gateway).await;
-}
-
 // ---------------------------------------------------------------------------
 // 2. the conformance suite, unchanged
 
-async fn conformance(kind: Upstream) {
-    let bin = nginx_or_skip!();
+/// `kind` behind nginx with `deploy/nginx.conf`, reached over HTTPS or
+/// plain HTTP: a server for the suite's checks (`harness`).
+async fn behind_nginx(kind: Upstream, https: bool) -> Started {
+    let bin = nginx_binary().unwrap_or_else(|| panic!("nginx is not installed"));
     let pki = pki();
-    let filter = std::env::var("SPOCKFS_CHECK").ok();
-    for https in [true, false] {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let root = dir.path().join("root");
-        std::fs::create_dir(&root).unwrap_or_else(|e| panic!("{e}"));
-        let (up, _up) = upstream_in_process(kind, &root, None).await;
-        let ng = Nginx::start(&bin, up, &pki);
-        let target = ng.target(&pki, https, Arc::new(LocalStore { root }));
-        let t0 = Instant::now();
-        let failures = suite::run(&target, filter.as_deref()).await;
-        let scheme = if https { "HTTPS" } else { "plain HTTP" };
-        eprintln!(
-            "{kind:?} behind nginx over {scheme}: suite in {:.1} s",
-            t0.elapsed().as_secs_f64()
-        );
-        assert!(
-            failures.is_empty(),
-            "{} failures, {kind:?} behind nginx over {scheme}:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_axum() {
-    conformance(Upstream::Axum).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_gateway() {
-    conformance(Upstream::Gateway).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap_or_else(|e| panic!("{e}"));
+    let (up, up_guard) = upstream_in_process(kind, &root, None).await;
+    let ng = Nginx::start(&bin, up, &pki);
+    let target = ng.target(&pki, https, Arc::new(LocalStore { root }));
+    // Dropped in this order: nginx, the upstream, the directory.
+    (target, Box::new((ng, up_guard, dir)))
 }
 
 // ---------------------------------------------------------------------------
@@ -985,19 +955,8 @@ async fn passes_through(kind: Upstream) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passes_through_axum() {
-    passes_through(Upstream::Axum).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passes_through_gateway() {
-    passes_through(Upstream::Gateway).await;
-}
-
 /// `X-Remote-User` carries nginx's authenticated user to the axum app
 /// (`--user-roots` + `--trust-proxy-user`); a client's own is replaced.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_user_reaches_axum_app() {
     let bin = nginx_or_skip!();
     let pki = pki();
@@ -1234,12 +1193,36 @@ async fn streaming(kind: Upstream) {
     assert!(hwm < 64 * 1024, "{kind:?} peak RSS {hwm} KiB (over 64 MiB)");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_1gib_axum() {
-    streaming(Upstream::Axum).await;
-}
+// ---------------------------------------------------------------------------
+// the test target's trials (harness = false): one per test and per
+// conformance check, `cargo test --test nginx -- --list`
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_1gib_gateway() {
-    streaming(Upstream::Gateway).await;
+fn main() -> ExitCode {
+    let missing = nginx_binary().is_none();
+    assert!(
+        !missing || std::env::var("CI").as_deref() != Ok("true"),
+        "nginx is not installed (CI=true): run scripts/test.sh as root, or apt-get install nginx-light"
+    );
+    if missing {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+    }
+    let ignored = missing.then_some("nginx is not installed");
+    let mut h = Harness::new();
+    for (name, kind) in [("axum", Upstream::Axum), ("gateway", Upstream::Gateway)] {
+        h.test(&format!("auth_is_enforced_{name}"), move || {
+            auth_is_enforced(kind)
+        });
+        for (scheme, https) in [("https", true), ("http", false)] {
+            let served = Served::new(&format!("{name}_behind_nginx_{scheme}"), move || {
+                behind_nginx(kind, https)
+            });
+            h.conformance(served, ignored);
+        }
+        h.test(&format!("passes_through_{name}"), move || {
+            passes_through(kind)
+        });
+        h.test(&format!("streaming_1gib_{name}"), move || streaming(kind));
+    }
+    h.test("remote_user_reaches_axum_app", remote_user_reaches_axum_app);
+    h.run()
 }
