@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub mod harness;
 pub mod procs;
 pub mod suite;
+pub mod tree;
 
 /// A free TCP port on 127.0.0.1 for a server that binds by number (nginx,
 /// Pingora). Ports come from below the kernel's ephemeral range, so no

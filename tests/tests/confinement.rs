@@ -9,82 +9,14 @@
 //! requests that must be refused); the two trees — root *and* outside —
 //! must then be identical.
 
+use spockfs_tests::tree::snapshot;
 use spockfs_tests::{axum_args, start_axum, Client};
 use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Everything observable about a tree except times and inode numbers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    mode: u32,
-    nlink: u64,
-    size: u64,
-    content: Option<Vec<u8>>,
-    link: Option<Vec<u8>>,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-fn xattrs_of(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut buf = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else {
-        return out;
-    };
-    for name in buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if !name.starts_with(b"user.") {
-            continue;
-        }
-        let mut v = vec![0u8; 65536];
-        if let Ok(m) = rustix::fs::lgetxattr(p, name, &mut v[..]) {
-            v.truncate(m);
-            out.insert(name.to_vec(), v);
-        }
-    }
-    out
-}
-
-fn snapshot(base: &Path) -> BTreeMap<Vec<u8>, Node> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![base.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let rel = p
-            .strip_prefix(base)
-            .unwrap_or(&p)
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        let ft = m.file_type();
-        let node = Node {
-            mode: m.mode(),
-            nlink: if ft.is_dir() { 0 } else { m.nlink() },
-            size: if ft.is_dir() { 0 } else { m.size() },
-            content: ft.is_file().then(|| std::fs::read(&p).unwrap_or_default()),
-            link: ft.is_symlink().then(|| {
-                std::fs::read_link(&p)
-                    .map(|t| t.as_os_str().as_bytes().to_vec())
-                    .unwrap_or_default()
-            }),
-            xattrs: if ft.is_symlink() {
-                BTreeMap::new()
-            } else {
-                xattrs_of(&p)
-            },
-        };
-        out.insert(rel, node);
-        if ft.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())) {
-                stack.push(e.unwrap_or_else(|e| panic!("{e}")).path());
-            }
-        }
-    }
-    out
-}
 
 /// ctime of everything outside: catches chmod/chown/xattr/utimens that a
 /// content snapshot would miss.
@@ -267,7 +199,7 @@ async fn parent_escapes_change_nothing() {
         "/dir/../../outside/secret",
         "/dir/%2e%2e%2f%2e%2e%2foutside",
     ];
-    let before = snapshot(&f.base);
+    let before = snapshot(&f.base, &f.base);
     let ct = ctimes(&f.base.join("outside"));
     let mut checked = 0;
     for p in evil {
@@ -288,7 +220,7 @@ async fn parent_escapes_change_nothing() {
                 q.method,
                 q.path
             );
-            let after = snapshot(&f.base);
+            let after = snapshot(&f.base, &f.base);
             assert_eq!(
                 after, before,
                 "{} {} {:?} changed the tree",
@@ -310,7 +242,7 @@ async fn parent_escapes_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_path_escapes() {
     let f = fixture().await;
-    let before = snapshot(&f.base);
+    let before = snapshot(&f.base, &f.base);
     let cases = [
         ("RENAME", "/dir/stolen", "/abs/secret"),
         ("RENAME", "/dir/stolen", "/rel/secret"),
@@ -333,7 +265,7 @@ async fn two_path_escapes() {
             resp.status
         );
         assert_eq!(
-            snapshot(&f.base),
+            snapshot(&f.base, &f.base),
             before,
             "{m} {path} <- {target} changed the tree"
         );
@@ -346,7 +278,7 @@ async fn two_path_escapes() {
 async fn final_symlinks_are_not_followed() {
     let f = fixture().await;
     let outside = f.base.join("outside");
-    let out_before = snapshot(&outside);
+    let out_before = snapshot(&outside, &outside);
     let ct = ctimes(&outside);
     for link in [
         "/fabs",
@@ -392,7 +324,7 @@ async fn final_symlinks_are_not_followed() {
                 );
             }
             assert_eq!(
-                snapshot(&outside),
+                snapshot(&outside, &outside),
                 out_before,
                 "{} {link} changed the outside",
                 q.method
@@ -601,8 +533,8 @@ async fn differential_against_direct_syscalls() {
                 q.path
             ),
         }
-        let a = normalize(snapshot(&f.base), &f.base);
-        let b = normalize(snapshot(twin.path()), twin.path());
+        let a = snapshot(&f.base, &f.base);
+        let b = snapshot(twin.path(), twin.path());
         assert_eq!(
             a, b,
             "{} {} {:?}: server effect differs from the direct syscall",
@@ -611,23 +543,6 @@ async fn differential_against_direct_syscalls() {
         compared += 1;
     }
     eprintln!("differential: {compared} cases identical");
-}
-
-/// Absolute symlink targets name each tree's own base; rewrite them so two
-/// twin trees compare equal.
-fn normalize(mut s: BTreeMap<Vec<u8>, Node>, base: &Path) -> BTreeMap<Vec<u8>, Node> {
-    let b = base.as_os_str().as_bytes();
-    for n in s.values_mut() {
-        if let Some(l) = &mut n.link {
-            if l.starts_with(b) {
-                let mut x = b"$BASE".to_vec();
-                x.extend_from_slice(&l[b.len()..]);
-                *l = x;
-                n.size = 0;
-            }
-        }
-    }
-    s
 }
 
 fn mkdir_exact(p: &Path, mode: u32) {
@@ -739,7 +654,7 @@ async fn rename_exchange_race_never_escapes() {
     std::os::unix::fs::symlink(f.base.join("outside"), race.join("alt"))
         .unwrap_or_else(|e| panic!("{e}"));
     let outside = f.base.join("outside");
-    let out_before = snapshot(&outside);
+    let out_before = snapshot(&outside, &outside);
     let ct = ctimes(&outside);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -841,7 +756,7 @@ async fn rename_exchange_race_never_escapes() {
     assert!(inside_ok > 0, "the race never exercised the inside path");
     assert!(swaps > 1000, "swapper too slow to test anything");
     assert_eq!(
-        snapshot(&outside),
+        snapshot(&outside, &outside),
         out_before,
         "outside changed during the race"
     );

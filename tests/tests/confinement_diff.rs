@@ -25,6 +25,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 use spockfs_core::Errno;
+use spockfs_tests::tree::{rewrite_base, snapshot, Node};
 use spockfs_tests::{axum_args, start_axum, Client};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -278,89 +279,6 @@ fn plant(base: &Path, tree: &Tree) {
                     .unwrap_or_else(|e| panic!("{e}"))
             }
         }
-    }
-}
-
-/// Everything observable about an object but its times and inode number.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    nlink: u64,
-    size: u64,
-    content: Option<Vec<u8>>,
-    link: Option<Vec<u8>>,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-fn xattrs_of(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut buf = vec![0u8; 4096];
-    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else {
-        return out;
-    };
-    for name in buf[..n]
-        .split(|&b| b == 0)
-        .filter(|n| n.starts_with(b"user."))
-    {
-        let mut v = vec![0u8; 4096];
-        if let Ok(m) = rustix::fs::lgetxattr(p, name, &mut v[..]) {
-            v.truncate(m);
-            out.insert(name.to_vec(), v);
-        }
-    }
-    out
-}
-
-/// The tree under `dir`, absolute symlink targets rewritten from `base`
-/// to `$BASE` so that the two copies compare.
-fn snapshot(dir: &Path, base: &Path) -> BTreeMap<Vec<u8>, Node> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let ft = m.file_type();
-        let rel = p
-            .strip_prefix(dir)
-            .unwrap_or(&p)
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        out.insert(
-            rel,
-            Node {
-                mode: m.mode(),
-                uid: m.uid(),
-                gid: m.gid(),
-                nlink: if ft.is_dir() { 0 } else { m.nlink() },
-                size: if ft.is_file() { m.size() } else { 0 },
-                content: ft.is_file().then(|| std::fs::read(&p).unwrap_or_default()),
-                link: ft.is_symlink().then(|| {
-                    let t = std::fs::read_link(&p).unwrap_or_default();
-                    normalize(t.as_os_str().as_bytes(), base)
-                }),
-                xattrs: if ft.is_symlink() {
-                    BTreeMap::new()
-                } else {
-                    xattrs_of(&p)
-                },
-            },
-        );
-        if ft.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())) {
-                stack.push(e.unwrap_or_else(|e| panic!("{e}")).path());
-            }
-        }
-    }
-    out
-}
-
-fn normalize(t: &[u8], base: &Path) -> Vec<u8> {
-    let b = base.as_os_str().as_bytes();
-    match t.strip_prefix(b) {
-        Some(rest) => [&b"$BASE"[..], rest].concat(),
-        None => t.to_vec(),
     }
 }
 
@@ -651,7 +569,7 @@ fn reference(base: &Path, op: &Op) -> Want {
                 .and_then(|_| object(root, p))
                 .and_then(|f| {
                     rustix::fs::readlink(&f, Vec::new())
-                        .map(|t| normalize(t.as_bytes(), base))
+                        .map(|t| rewrite_base(t.as_bytes(), base))
                         .map_err(err)
                 });
             match r {
@@ -933,7 +851,7 @@ async fn serve(c: &Client, base: &Path, op: &Op) -> Want {
             Some(names.join(&b'\n'))
         }
         Op::Get(..) | Op::Getxattr(_) => Some(r.body.to_vec()),
-        Op::Readlink(_) => Some(normalize(&r.body, base)),
+        Op::Readlink(_) => Some(rewrite_base(&r.body, base)),
         _ => None,
     };
     Want::Ok(r.status.as_u16(), body)
