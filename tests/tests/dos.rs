@@ -6,157 +6,20 @@
 
 use bytes::Bytes;
 use spockfs_tests::procs::{Opts, ServerKind, ServerProcess};
-use spockfs_tests::{axum_args, free_port, start_axum, Client};
+use spockfs_tests::servers::{up, Conf, Srv, BOTH};
+use spockfs_tests::Client;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Srv {
-    Axum,
-    Gateway,
-}
-
-const BOTH: [Srv; 2] = [Srv::Axum, Srv::Gateway];
-
-/// The settings under test; `None` keeps the server's default.
-#[derive(Clone, Default)]
-struct Conf {
-    max_requests: Option<usize>,
-    wait_ms: Option<u64>,
-    header_ms: Option<u64>,
-    idle_ms: Option<u64>,
-    body_ms: Option<u64>,
-    write_ms: Option<u64>,
-    per_ip: Option<usize>,
-    /// HTTP/2 keep-alive ping period and answer timeout.
-    ping_ms: Option<u64>,
-    /// HTTPS (HTTP/2 by ALPN) instead of HTTP with cleartext HTTP/2.
-    tls: bool,
-}
-
-struct Up {
-    addr: SocketAddr,
-    client: Client,
-    root: PathBuf,
-    /// Trusts the server's certificate (`tls`).
-    roots: rustls::RootCertStore,
-    _server: Box<dyn std::any::Any>,
-    _dir: tempfile::TempDir,
-}
-
-async fn up(srv: Srv, c: &Conf) -> Up {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let root = dir.path().join("root");
-    std::fs::create_dir(&root).unwrap_or_else(|e| panic!("{e}"));
-    let mut roots = rustls::RootCertStore::empty();
-    let tls = c.tls.then(|| {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert, ck.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
-        roots
-            .add(ck.cert.der().clone())
-            .unwrap_or_else(|e| panic!("{e}"));
-        (cert, key)
-    });
-    let (addr, server): (SocketAddr, Box<dyn std::any::Any>) = match srv {
-        Srv::Axum => {
-            let mut a = axum_args(&root);
-            let ms = Duration::from_millis;
-            if let Some(v) = c.max_requests {
-                a.max_requests = v;
-            }
-            if let Some(v) = c.wait_ms {
-                a.max_requests_wait = ms(v);
-            }
-            if let Some(v) = c.header_ms {
-                a.header_timeout = ms(v);
-            }
-            if let Some(v) = c.idle_ms {
-                a.idle_timeout = ms(v);
-            }
-            if let Some(v) = c.body_ms {
-                a.body_timeout = ms(v);
-            }
-            if let Some(v) = c.write_ms {
-                a.write_timeout = ms(v);
-            }
-            if let Some(v) = c.per_ip {
-                a.max_connections_per_ip = v;
-            }
-            if let Some(v) = c.ping_ms {
-                a.h2_keepalive_interval = ms(v);
-                a.h2_keepalive_timeout = ms(v);
-            }
-            if let Some((cert, key)) = &tls {
-                a.tls_cert = Some(cert.clone());
-                a.tls_key = Some(key.clone());
-            }
-            let (addr, running) = start_axum(a).await;
-            (addr, Box::new(running))
-        }
-        Srv::Gateway => {
-            let port = free_port();
-            let mut limits = String::new();
-            let mut key = |k: &str, v: Option<u64>| {
-                if let Some(v) = v {
-                    limits.push_str(&format!("{k} = {v}\n"));
-                }
-            };
-            key("max_requests", c.max_requests.map(|v| v as u64));
-            key("max_requests_wait_ms", c.wait_ms);
-            key("header_timeout_ms", c.header_ms);
-            key("idle_timeout_ms", c.idle_ms);
-            key("body_timeout_ms", c.body_ms);
-            key("write_timeout_ms", c.write_ms);
-            key("max_connections_per_ip", c.per_ip.map(|v| v as u64));
-            key("h2_keepalive_interval_ms", c.ping_ms);
-            key("h2_keepalive_timeout_ms", c.ping_ms);
-            let listener = match &tls {
-                Some((cert, key)) => format!(
-                    "{{ addr = \"127.0.0.1:{port}\", tls_cert = \"{}\", tls_key = \"{}\" }}",
-                    cert.display(),
-                    key.display()
-                ),
-                None => format!("{{ addr = \"127.0.0.1:{port}\", h2c = true }}"),
-            };
-            let toml = format!(
-                "listen = [{listener}]\n\
-                 default_upstream = \"127.0.0.1:1\"\n\
-                 [[vhost]]\nhost = \"*\"\nprefix = \"/fs\"\nroot = \"{}\"\n\
-                 [server]\nthreads = 2\n[limits]\n{limits}",
-                root.display()
-            );
-            let cfg =
-                pingora_gateway::Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-            let running =
-                pingora_gateway::run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
-            let addr = format!("127.0.0.1:{port}")
-                .parse()
-                .unwrap_or_else(|e| panic!("{e}"));
-            (addr, Box::new(running))
-        }
-    };
-    let client = if c.tls {
-        Client::with_tls(
-            &format!("https://localhost:{}/fs", addr.port()),
-            spockfs_tests::tls_client_config(roots.clone()),
-        )
-    } else {
-        Client::new(&format!("http://{addr}/fs"))
-    };
-    Up {
-        addr,
-        client,
-        root,
-        roots,
-        _server: server,
-        _dir: dir,
+/// The servers' settings here: their defaults, and the gateway's plain
+/// listener taking HTTP/2 (`h2c`) as the axum app's does.
+fn dflt() -> Conf {
+    Conf {
+        h2c: true,
+        ..Conf::default()
     }
 }
 
@@ -301,7 +164,7 @@ async fn unread_http1_responses_give_back_their_slots() {
             idle_ms: Some(2000),
             body_ms: Some(2000),
             write_ms: Some(1000),
-            ..Conf::default()
+            ..dflt()
         };
         let s = up(srv, &conf).await;
         sparse_file(&s.root.join("big"), 64 << 20);
@@ -345,7 +208,7 @@ async fn zero_window_http2_streams_are_aborted() {
             max_requests: Some(8),
             wait_ms: Some(200),
             write_ms: Some(1000),
-            ..Conf::default()
+            ..dflt()
         };
         let s = up(srv, &conf).await;
         std::fs::write(s.root.join("f"), vec![7u8; 1 << 20]).unwrap_or_else(|e| panic!("{e}"));
@@ -490,7 +353,7 @@ async fn http2_connections_time_out() {
             &Conf {
                 idle_ms: Some(1000),
                 header_ms: Some(5000),
-                ..Conf::default()
+                ..dflt()
             },
         )
         .await;
@@ -538,7 +401,7 @@ async fn http2_connections_time_out() {
             &Conf {
                 idle_ms: Some(5000),
                 header_ms: Some(1000),
-                ..Conf::default()
+                ..dflt()
             },
         )
         .await;
@@ -592,7 +455,7 @@ async fn tls_handshake_and_http2_over_tls_time_out() {
                 idle_ms: Some(1000),
                 header_ms: Some(1000),
                 tls: true,
-                ..Conf::default()
+                ..dflt()
             },
         )
         .await;
@@ -662,7 +525,7 @@ async fn http2_pings_disconnect_dead_peers() {
                 ping_ms: Some(300),
                 idle_ms: Some(30_000),
                 body_ms: Some(30_000),
-                ..Conf::default()
+                ..dflt()
             },
         )
         .await;
@@ -778,7 +641,7 @@ async fn per_address_cap_refuses_or_makes_room() {
             &Conf {
                 per_ip: Some(4),
                 body_ms: Some(30_000),
-                ..Conf::default()
+                ..dflt()
             },
         )
         .await;

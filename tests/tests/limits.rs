@@ -3,114 +3,11 @@
 //! exceeded answers the documented way, and the server keeps serving
 //! others afterwards.
 
-use spockfs_tests::{axum_args, free_port, start_axum, Client};
+use spockfs_tests::servers::{up, Conf, Srv, BOTH};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Srv {
-    Axum,
-    Gateway,
-}
-
-const BOTH: [Srv; 2] = [Srv::Axum, Srv::Gateway];
-
-/// The limits under test; `None` keeps the server's default.
-#[derive(Clone, Default)]
-struct Conf {
-    max_requests: Option<usize>,
-    wait_ms: Option<u64>,
-    max_put: Option<u64>,
-    readdir_max: Option<u64>,
-    max_header: Option<usize>,
-    header_ms: Option<u64>,
-    idle_ms: Option<u64>,
-    body_ms: Option<u64>,
-}
-
-struct Up {
-    addr: SocketAddr,
-    client: Client,
-    root: PathBuf,
-    _server: Box<dyn std::any::Any>,
-    _dir: tempfile::TempDir,
-}
-
-async fn up(srv: Srv, c: &Conf) -> Up {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let root = dir.path().join("root");
-    std::fs::create_dir(&root).unwrap_or_else(|e| panic!("{e}"));
-    let (addr, server): (SocketAddr, Box<dyn std::any::Any>) = match srv {
-        Srv::Axum => {
-            let mut a = axum_args(&root);
-            let secs = |ms: u64| Duration::from_millis(ms);
-            if let Some(v) = c.max_requests {
-                a.max_requests = v;
-            }
-            if let Some(v) = c.wait_ms {
-                a.max_requests_wait = secs(v);
-            }
-            a.max_put_size = c.max_put;
-            a.readdir_max_entries = c.readdir_max;
-            if let Some(v) = c.max_header {
-                a.max_header_bytes = v as u32;
-            }
-            if let Some(v) = c.header_ms {
-                a.header_timeout = secs(v);
-            }
-            if let Some(v) = c.idle_ms {
-                a.idle_timeout = secs(v);
-            }
-            if let Some(v) = c.body_ms {
-                a.body_timeout = secs(v);
-            }
-            let (addr, running) = start_axum(a).await;
-            (addr, Box::new(running))
-        }
-        Srv::Gateway => {
-            let port = free_port();
-            let mut limits = String::new();
-            let mut key = |k: &str, v: Option<u64>| {
-                if let Some(v) = v {
-                    limits.push_str(&format!("{k} = {v}\n"));
-                }
-            };
-            key("max_requests", c.max_requests.map(|v| v as u64));
-            key("max_requests_wait_ms", c.wait_ms);
-            key("max_put_size", c.max_put);
-            key("readdir_max_entries", c.readdir_max);
-            key("max_header_bytes", c.max_header.map(|v| v as u64));
-            key("header_timeout_ms", c.header_ms);
-            key("idle_timeout_ms", c.idle_ms);
-            key("body_timeout_ms", c.body_ms);
-            let toml = format!(
-                "listen = [{{ addr = \"127.0.0.1:{port}\" }}]\n\
-                 default_upstream = \"127.0.0.1:1\"\n\
-                 [[vhost]]\nhost = \"*\"\nprefix = \"/fs\"\nroot = \"{}\"\n\
-                 [server]\nthreads = 2\n[limits]\n{limits}",
-                root.display()
-            );
-            let cfg =
-                pingora_gateway::Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-            let running =
-                pingora_gateway::run_in_background(&cfg).unwrap_or_else(|e| panic!("{e}"));
-            let addr = format!("127.0.0.1:{port}")
-                .parse()
-                .unwrap_or_else(|e| panic!("{e}"));
-            (addr, Box::new(running))
-        }
-    };
-    Up {
-        addr,
-        client: Client::new(&format!("http://{addr}/fs")),
-        root,
-        _server: server,
-        _dir: dir,
-    }
-}
 
 /// A response read off a raw connection.
 #[derive(Debug)]
