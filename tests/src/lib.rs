@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 pub mod harness;
 pub mod procs;
+pub mod raw;
 pub mod servers;
 pub mod suite;
 pub mod tree;

@@ -5,7 +5,7 @@
 use crate::{ensure, ensure_eq, CheckResult, Kind, Resp, Target};
 use std::future::Future;
 use std::pin::Pin;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 type CheckFn =
     for<'a> fn(&'a Target, &'a str) -> Pin<Box<dyn Future<Output = CheckResult> + Send + 'a>>;
@@ -1952,8 +1952,9 @@ pub async fn raw_exchange(
             req.splice(eol..eol, line.into_bytes());
         }
         sock.write_all(&req).await.map_err(|e| e.to_string())?;
-        let resp = read_response(&mut sock, &mut buf).await?;
-        out.push(resp);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let r = crate::raw::read_response(&mut sock, &mut buf, deadline).await?;
+        out.push((r.status, r.body, r.head));
     }
     Ok(out)
 }
@@ -1961,55 +1962,6 @@ pub async fn raw_exchange(
 /// A raw connection: TCP or TLS.
 pub trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawIo for T {}
-
-async fn read_response(
-    sock: &mut Box<dyn RawIo>,
-    buf: &mut Vec<u8>,
-) -> Result<(u16, Vec<u8>, String), String> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let status: u16 = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or("bad status line")?;
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                read_more(sock, buf, deadline).await?;
-            }
-            let body = buf[end + 4..end + 4 + len].to_vec();
-            buf.drain(..end + 4 + len);
-            return Ok((status, body, head));
-        }
-        read_more(sock, buf, deadline).await?;
-    }
-}
-
-async fn read_more(
-    sock: &mut Box<dyn RawIo>,
-    buf: &mut Vec<u8>,
-    deadline: tokio::time::Instant,
-) -> Result<(), String> {
-    let mut tmp = [0u8; 65536];
-    let n = tokio::time::timeout_at(deadline, sock.read(&mut tmp))
-        .await
-        .map_err(|_| "timed out reading response".to_string())?
-        .map_err(|e| e.to_string())?;
-    if n == 0 {
-        return Err("connection closed".into());
-    }
-    buf.extend_from_slice(&tmp[..n]);
-    Ok(())
-}
 
 async fn keep_alive_after_errors(t: &Target, d: &str) -> CheckResult {
     t.store.write(&format!("{d}/f"), b"abc");

@@ -22,6 +22,7 @@
 
 use rand::{Rng, SeedableRng};
 use spockfs_tests::procs::{ci, Opts, ProcSample, ServerKind, ServerProcess, Tmpfs};
+use spockfs_tests::raw::Raw;
 use spockfs_tests::{axum_args, start_axum, Client, Resp};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -122,65 +123,10 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 // ---------------------------------------------------------------------------
 // raw HTTP/1.1 (to control exactly when a client goes away)
 
-/// A response read off a socket.
-struct Raw {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map_or("", |(_, v)| v.as_str())
-    }
-}
-
-async fn read_response(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Raw> {
-    let mut buf = Vec::new();
-    let mut tmp = vec![0u8; 64 * 1024];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = r.read(&mut tmp).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[end..].to_vec();
-    while body.len() < len {
-        let n = r.read(&mut tmp).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        body.extend_from_slice(&tmp[..n]);
-    }
-    body.truncate(len);
-    Ok(Raw {
-        status,
-        headers,
-        body,
-    })
+/// Reads one response, waiting up to a minute.
+async fn read_response(r: &mut (impl AsyncRead + Unpin)) -> Result<Raw, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    spockfs_tests::raw::read_response(r, &mut Vec::new(), deadline).await
 }
 
 /// PUTs `total` bytes of `fill` (at `offset` with a Content-Range if
@@ -245,14 +191,26 @@ async fn full_disk(kind: ServerKind) {
 
     // A whole-file replacement that does not fit: ENOSPC, old content kept.
     let r = put_stream(srv.addr, "/keep", 12 * MIB, None, b'x').await;
-    assert_error(r.status, r.header("x-spock-errno"), &r.body, 500, "ENOSPC");
+    assert_error(
+        r.status,
+        r.header("x-spock-errno").unwrap_or(""),
+        &r.body,
+        500,
+        "ENOSPC",
+    );
     assert!(
         std::fs::read(root.join("keep")).ok() == Some(keep.clone()),
         "the failed whole-file PUT changed the file"
     );
     // A new file that does not fit: ENOSPC, no file.
     let r = put_stream(srv.addr, "/new", 12 * MIB, None, b'y').await;
-    assert_error(r.status, r.header("x-spock-errno"), &r.body, 500, "ENOSPC");
+    assert_error(
+        r.status,
+        r.header("x-spock-errno").unwrap_or(""),
+        &r.body,
+        500,
+        "ENOSPC",
+    );
     assert!(!root.join("new").exists(), "a failed PUT created the file");
     assert_eq!(temp_files(&root), Vec::<String>::new());
 
@@ -260,7 +218,13 @@ async fn full_disk(kind: ServerKind) {
     let r = c.req("POST", "/r", &[("x-spock-mode", "420")]).await;
     assert_eq!(r.status, 201);
     let r = put_stream(srv.addr, "/r", 10 * MIB, Some(0), b'z').await;
-    assert_error(r.status, r.header("x-spock-errno"), &r.body, 500, "ENOSPC");
+    assert_error(
+        r.status,
+        r.header("x-spock-errno").unwrap_or(""),
+        &r.body,
+        500,
+        "ENOSPC",
+    );
 
     // The disk is full now; reading and metadata still work.
     let r = c.req("OPTIONS", "/", &[]).await;

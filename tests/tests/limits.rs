@@ -3,95 +3,16 @@
 //! exceeded answers the documented way, and the server keeps serving
 //! others afterwards.
 
+use spockfs_tests::raw::{read_response, Raw};
 use spockfs_tests::servers::{up, Conf, Srv, BOTH};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A response read off a raw connection.
-#[derive(Debug)]
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    }
-}
-
 /// Reads one response (Content-Length or chunked body) within `limit`.
 async fn read_raw(sock: &mut TcpStream, limit: Duration) -> Result<Raw, String> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut buf = Vec::new();
-    async fn more(
-        sock: &mut TcpStream,
-        buf: &mut Vec<u8>,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), String> {
-        let mut tmp = vec![0u8; 65536];
-        let n = tokio::time::timeout_at(deadline, sock.read(&mut tmp))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed".to_string());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        Ok(())
-    }
-    let end = loop {
-        if let Some(e) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break e;
-        }
-        more(sock, &mut buf, deadline).await?;
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("bad status line")?;
-    let mut r = Raw {
-        status,
-        head,
-        body: Vec::new(),
-    };
-    let mut rest = buf[end + 4..].to_vec();
-    if let Some(len) = r.header("content-length") {
-        let len: usize = len.parse().map_err(|_| "bad content-length")?;
-        while rest.len() < len {
-            more(sock, &mut rest, deadline).await?;
-        }
-        r.body = rest[..len].to_vec();
-    } else if r
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        loop {
-            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                more(sock, &mut rest, deadline).await?;
-                continue;
-            };
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16)
-                .map_err(|_| "bad chunk size")?;
-            while rest.len() < eol + 2 + size + 2 {
-                more(sock, &mut rest, deadline).await?;
-            }
-            r.body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
-            rest.drain(..eol + 2 + size + 2);
-            if size == 0 {
-                break;
-            }
-        }
-    }
-    Ok(r)
+    read_response(sock, &mut Vec::new(), tokio::time::Instant::now() + limit).await
 }
 
 /// Waits until the server closes `sock` (EOF or reset); its response, if
