@@ -22,13 +22,13 @@
 //! on a tmpfs-backed server (2 cores, 12 runs each, alternated, medians):
 //! 1000 `printf > f` creates 711 -> 635 ms, 1000 deletes 243 -> 184 ms.
 
+pub use spockfs_proto::spin::SpinWindow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-pub use spockfs_proto::spin::SpinWindow;
 use std::time::{Duration, Instant};
 
 type Job = Box<dyn FnOnce() + Send>;

@@ -154,10 +154,7 @@ pub enum TimeField {
 /// h.insert("x-spock-atime-nsec", "1".parse().unwrap());
 /// assert!(set_time(&h, TimeField::Atime).is_err());
 /// ```
-pub fn set_time(
-    headers: &HeaderMap,
-    field: TimeField,
-) -> Result<crate::stat::SetTime, BadHeader> {
+pub fn set_time(headers: &HeaderMap, field: TimeField) -> Result<crate::stat::SetTime, BadHeader> {
     use crate::stat::SetTime;
     let (secs_name, display, nsec) = match field {
         TimeField::Atime => (
@@ -751,11 +748,18 @@ mod tests {
         let st = full_stat();
         let mut h = HeaderMap::new();
         put_stat(&mut h, &st);
-        for n in ["x-spock-atime-nsec", "x-spock-mtime-nsec", "x-spock-ctime-nsec"] {
+        for n in [
+            "x-spock-atime-nsec",
+            "x-spock-mtime-nsec",
+            "x-spock-ctime-nsec",
+        ] {
             h.remove(n);
         }
         let back = get_stat(&h);
-        assert_eq!((back.atime_nsec, back.mtime_nsec, back.ctime_nsec), (0, 0, 0));
+        assert_eq!(
+            (back.atime_nsec, back.mtime_nsec, back.ctime_nsec),
+            (0, 0, 0)
+        );
         assert_eq!(
             back,
             crate::stat::Stat {
@@ -790,7 +794,10 @@ mod tests {
         let mut h = HeaderMap::new();
         put_statfs(&mut h, &s);
         assert_eq!(get_statfs(&h), s);
-        assert_eq!(get_statfs(&HeaderMap::new()), crate::stat::StatFs::default());
+        assert_eq!(
+            get_statfs(&HeaderMap::new()),
+            crate::stat::StatFs::default()
+        );
     }
 
     #[test]

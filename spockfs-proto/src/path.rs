@@ -339,6 +339,7 @@ mod tests {
         assert!(ok("/").is_ancestor_of(&ok("/ab")));
     }
 
+    /// Moved from spockfs-client, with `encode_path`.
     #[test]
     fn paths_encode_like_the_original_client() {
         assert_eq!(encode_path(b"/a b/c%d"), "/a%20b/c%25d");
@@ -360,8 +361,8 @@ mod tests {
             b"/%2e%2e",
             b"/a/b/",
         ] {
-            let p = FsPath::from_url_path(&encode_path(raw))
-                .unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+            let p =
+                FsPath::from_url_path(&encode_path(raw)).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
             assert_eq!(p, FsPath::from_bytes(raw).unwrap_or_else(|e| panic!("{e}")));
         }
     }

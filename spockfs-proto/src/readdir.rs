@@ -386,8 +386,7 @@ mod tests {
         assert_eq!(old.iter().filter(|&&b| b == b' ').count(), 10);
     }
 
-    /// Moved from spockfs-client: a ten-field line reads back; short or
-    /// non-numeric ones do not.
+    /// A ten-field line reads back; short or non-numeric ones do not.
     #[test]
     fn attrs_lines() {
         let (name, st) =
@@ -454,9 +453,6 @@ mod tests {
             assert_eq!(body.starts_with(b".\n..\n"), format.is_none());
         }
         // A listing with attributes and a line without them is malformed.
-        assert_eq!(
-            parse_body(b"plain\n", Some(Format::Attrs)),
-            Err(Errno::EIO)
-        );
+        assert_eq!(parse_body(b"plain\n", Some(Format::Attrs)), Err(Errno::EIO));
     }
 }
