@@ -13,7 +13,8 @@
 //! - [`path`]: how paths are written into URLs and validated;
 //! - [`stat`]: the attributes the protocol carries;
 //! - [`headers`]: typed `X-Spock-*` headers, with one encode/decode pair
-//!   for stat, statfs and parent-stat, and the range headers;
+//!   for stat, statfs and parent-stat;
+//! - [`range`]: `Range` and `Content-Range` as SpockFS reads them;
 //! - [`readdir`]: the READDIR body in all its forms;
 //! - [`spin`]: the idle-polling window shared by the server's pool and the
 //!   mount's event loop.
@@ -27,6 +28,7 @@ pub mod ext;
 pub mod headers;
 pub mod method;
 pub mod path;
+pub mod range;
 pub mod readdir;
 pub mod spin;
 pub mod stat;
