@@ -32,7 +32,6 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
-#![warn(missing_docs)]
 
 use bytes::Bytes;
 use http::header::HeaderValue;
