@@ -904,7 +904,7 @@ impl Drop for InFlight {
 /// recent gap between running out of work and the next request (3x its
 /// moving average, at most 200 us); when that gap averages over 300 us (a
 /// caller that thinks between calls) the loop sleeps at once.
-const SPIN: spockfs_core::pool::SpinWindow = spockfs_core::pool::SpinWindow {
+const SPIN: spockfs_proto::spin::SpinWindow = spockfs_proto::spin::SpinWindow {
     min: Duration::ZERO,
     max: Duration::from_micros(200),
     sparse: Duration::from_micros(300),

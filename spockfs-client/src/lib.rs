@@ -34,56 +34,33 @@
 #![warn(missing_docs)]
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-pub use spockfs_core::backend::XattrFlag;
-use spockfs_core::headers::{
-    XSpockAtime, XSpockAtimeNsec, XSpockBavail, XSpockBfree, XSpockBlocks, XSpockBsize,
-    XSpockCtime, XSpockCtimeNsec, XSpockDev, XSpockFavail, XSpockFfree, XSpockFiles, XSpockFlag,
-    XSpockFrsize, XSpockFsid, XSpockGid, XSpockIno, XSpockMode, XSpockMtime, XSpockMtimeNsec,
-    XSpockNamemax, XSpockNlink, XSpockSize, XSpockUid,
-};
-use spockfs_core::listing::Format;
-pub use spockfs_core::{Errno, SetTime, Stat, StatFs};
-use std::path::PathBuf;
+use http::header::HeaderValue;
+use http::StatusCode;
+use spockfs_proto::headers::{get_parent, get_stat, get_statfs};
+use spockfs_proto::readdir::{parse_body, Format};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
+use transport::{hv, Inner};
+
+mod builder;
+mod response;
+mod transport;
 
 #[cfg(feature = "mount")]
 pub mod fuse;
 
+pub use builder::{BuildError, ClientBuilder};
+pub use response::{
+    errno_of, parse_attrs_line, parse_extensions, parse_line, parse_listing, parse_readdir,
+    parse_stat, parse_statfs, parse_xattr_list,
+};
+pub use spockfs_proto::ext::Extensions;
+pub use spockfs_proto::path::encode_path;
+pub use spockfs_proto::readdir::DirEntry;
+pub use spockfs_proto::{Errno, SetTime, Stat, StatFs, XattrFlag};
+
 /// Result of a filesystem call.
 pub type FsResult<T> = Result<T, Errno>;
-
-/// The extensions a server advertised in `OPTIONS`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Extensions {
-    /// `X-Spock-errno` on errors.
-    pub errno: bool,
-    /// `READDIR` with `X-Spock-readdir: attrs`.
-    pub readdir_attrs: bool,
-    /// The `FSYNC` method.
-    pub fsync: bool,
-    /// `X-Spock-stat: 1`: calls that create or change an entry answer with
-    /// its attributes.
-    pub stat: bool,
-    /// `X-Spock-caller`: the server acts as the identity the client
-    /// declares (it trusts this client's ids).
-    pub identity: bool,
-    /// `X-Spock-parent`: a call that adds or removes a name answers with
-    /// its directory's attributes too.
-    pub parent_stat: bool,
-    /// Nanosecond times: `X-Spock-*time-nsec` in attributes,
-    /// `X-Spock-readdir: attrs-nsec`, and UTIMENS with nanoseconds, `now`
-    /// and `omit`.
-    pub nsec: bool,
-}
 
 /// What a call that adds or removes a name learnt of the result, with the
 /// server's `stat` and `parent-stat` extensions (saving GETATTR round
@@ -94,167 +71,6 @@ pub struct Changed {
     pub stat: Option<Stat>,
     /// The attributes of the directory holding the name, after the call.
     pub parent: Option<Stat>,
-}
-
-/// A directory entry; `stat` is filled when the server speaks
-/// `readdir-attrs`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    /// The name (bytes, never `.` or `..`).
-    pub name: Vec<u8>,
-    /// Its `lstat`, if the listing carried it.
-    pub stat: Option<Stat>,
-}
-
-/// Why a client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The URL is not `http(s)://[user:pass@]host[:port][/prefix]`.
-    #[error("bad SpockFS URL {0:?}: {1}")]
-    Url(String, String),
-    /// The CA file could not be read.
-    #[error("CA file {0}: {1}")]
-    Ca(PathBuf, String),
-}
-
-/// Builds a [`Client`].
-#[derive(Debug)]
-pub struct ClientBuilder {
-    url: String,
-    timeout: Duration,
-    ca_files: Vec<PathBuf>,
-    system_roots: bool,
-    http2_prior_knowledge: bool,
-}
-
-impl ClientBuilder {
-    /// Per-operation timeout; past it the call fails with `EIO`. Default
-    /// 30 s.
-    pub fn timeout(mut self, t: Duration) -> Self {
-        self.timeout = t;
-        self
-    }
-    /// Also trust the PEM certificates in `path`. Default: system roots only.
-    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.ca_files.push(path.into());
-        self
-    }
-    /// Trust the system's root certificates. Default `true`.
-    pub fn system_roots(mut self, yes: bool) -> Self {
-        self.system_roots = yes;
-        self
-    }
-    /// Speak HTTP/2 without negotiation (h2c on `http://`). Default off:
-    /// HTTP/1.1 on `http://`, ALPN (h2 preferred) on `https://`.
-    pub fn http2_prior_knowledge(mut self, yes: bool) -> Self {
-        self.http2_prior_knowledge = yes;
-        self
-    }
-
-    /// The client.
-    pub fn build(self) -> Result<Client, BuildError> {
-        let bad = |why: &str| BuildError::Url(self.url.clone(), why.to_owned());
-        let uri: http::Uri = self
-            .url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        let scheme = uri
-            .scheme_str()
-            .ok_or_else(|| bad("no scheme"))?
-            .to_ascii_lowercase();
-        if scheme != "http" && scheme != "https" {
-            return Err(bad("scheme must be http or https"));
-        }
-        let authority = uri.authority().ok_or_else(|| bad("no host"))?.as_str();
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let auth = match userinfo {
-            Some(u) => {
-                let decoded = percent_encoding::percent_decode_str(u)
-                    .decode_utf8_lossy()
-                    .into_owned();
-                use base64::Engine as _;
-                let v = format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(decoded)
-                );
-                Some(HeaderValue::from_str(&v).map_err(|e| bad(&e.to_string()))?)
-            }
-            None => None,
-        };
-        let prefix = uri.path().trim_end_matches('/').to_owned();
-        let mut roots = rustls::RootCertStore::empty();
-        if self.system_roots {
-            let loaded = rustls_native_certs::load_native_certs();
-            for c in loaded.certs {
-                let _ = roots.add(c);
-            }
-        }
-        for f in &self.ca_files {
-            use rustls_pki_types::pem::PemObject;
-            let certs = rustls_pki_types::CertificateDer::pem_file_iter(f)
-                .map_err(|e| BuildError::Ca(f.clone(), e.to_string()))?;
-            for c in certs {
-                let c = c.map_err(|e| BuildError::Ca(f.clone(), e.to_string()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| BuildError::Ca(f.clone(), e.to_string()))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(&e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(30)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        Ok(Client {
-            caller: None,
-            inner: Arc::new(Inner {
-                http: pool(https.clone(), self.http2_prior_knowledge),
-                connector: https,
-                http2_only: self.http2_prior_knowledge,
-                base: format!("{scheme}://{hostport}{prefix}"),
-                auth,
-                timeout: self.timeout,
-                extensions: Arc::new(OnceCell::new()),
-            }),
-        })
-    }
-}
-
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// A connection pool. Idle connections are dropped after 30 s, before the
-/// usual server idle timeouts (60 s here, 75 s in nginx) close them under a
-/// request.
-fn pool(connector: Connector, http2_only: bool) -> HyperClient<Connector, Full<Bytes>> {
-    HyperClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .http2_only(http2_only)
-        .build(connector)
-}
-
-struct Inner {
-    http: HyperClient<Connector, Full<Bytes>>,
-    connector: Connector,
-    http2_only: bool,
-    base: String,
-    auth: Option<HeaderValue>,
-    timeout: Duration,
-    extensions: Arc<OnceCell<Extensions>>,
 }
 
 /// A SpockFS client. Cheap to clone; clones share the connection pool.
@@ -298,152 +114,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Bytes kept as-is in paths, as the original client does: unreserved
-/// characters and `/`.
-const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'/');
-
-/// Percent-encodes a filesystem path for the URL.
-pub fn encode_path(path: &[u8]) -> String {
-    percent_encoding::percent_encode(path, PATH_KEEP).to_string()
-}
-
-fn hv(n: impl std::fmt::Display) -> HeaderValue {
-    // Decimal numbers are always valid header values.
-    HeaderValue::from_str(&n.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
-
-/// A typed `X-Spock-*` response header, decoded by spockfs-core's
-/// definitions; missing or malformed reads as 0, as the original client does.
-fn num<H: headers::Header, T: Default>(h: &http::HeaderMap, get: impl FnOnce(H) -> T) -> T {
-    use headers::HeaderMapExt;
-    h.typed_get::<H>().map(get).unwrap_or_default()
-}
-
-/// Parses one `readdir-attrs` line (`mode ino nlink uid gid size blocks
-/// atime mtime ctime name`) with the format's single definition in
-/// [`spockfs_core::listing`].
-pub fn parse_attrs_line(line: &[u8]) -> Option<DirEntry> {
-    parse_line(line, Format::Attrs)
-}
-
-/// Parses one line of a listing with attributes in `format` (`attrs`, or
-/// `attrs-nsec` with the three nanosecond fields after the ten).
-pub fn parse_line(line: &[u8], format: Format) -> Option<DirEntry> {
-    spockfs_core::listing::parse_line(line, format).map(|(name, st)| DirEntry {
-        name: name.to_vec(),
-        stat: Some(st),
-    })
-}
-
-/// Nanoseconds from a `X-Spock-*time-nsec` header: 0 if absent or out of
-/// range.
-fn nsec_of<H: headers::Header>(h: &http::HeaderMap, get: impl FnOnce(H) -> u32) -> u32 {
-    Some(num(h, get))
-        .filter(|&n| n < 1_000_000_000)
-        .unwrap_or(0)
-}
-
-/// The `lstat` a GETATTR response carries in its `X-Spock-*` headers
-/// (missing or malformed fields read as 0, as the original client does;
-/// so do the `nsec` extension's nanoseconds from a server without it).
-pub fn parse_stat(h: &http::HeaderMap) -> Stat {
-    Stat {
-        mode: num(h, |h: XSpockMode| h.0),
-        uid: num(h, |h: XSpockUid| h.0 as u32),
-        gid: num(h, |h: XSpockGid| h.0 as u32),
-        size: num(h, |h: XSpockSize| h.0),
-        mtime: num(h, |h: XSpockMtime| h.0),
-        atime: num(h, |h: XSpockAtime| h.0),
-        ctime: num(h, |h: XSpockCtime| h.0),
-        nlink: num(h, |h: XSpockNlink| h.0),
-        blocks: num(h, |h: XSpockBlocks| h.0),
-        dev: num(h, |h: XSpockDev| h.0 as u64),
-        ino: num(h, |h: XSpockIno| h.0),
-        rdev: 0,
-        atime_nsec: nsec_of(h, |h: XSpockAtimeNsec| h.0),
-        mtime_nsec: nsec_of(h, |h: XSpockMtimeNsec| h.0),
-        ctime_nsec: nsec_of(h, |h: XSpockCtimeNsec| h.0),
-    }
-}
-
-/// The `statvfs` a STATFS response carries in its `X-Spock-*` headers.
-pub fn parse_statfs(h: &http::HeaderMap) -> StatFs {
-    StatFs {
-        bsize: num(h, |h: XSpockBsize| h.0),
-        frsize: num(h, |h: XSpockFrsize| h.0),
-        blocks: num(h, |h: XSpockBlocks| h.0),
-        bfree: num(h, |h: XSpockBfree| h.0),
-        bavail: num(h, |h: XSpockBavail| h.0),
-        files: num(h, |h: XSpockFiles| h.0),
-        ffree: num(h, |h: XSpockFfree| h.0),
-        favail: num(h, |h: XSpockFavail| h.0),
-        fsid: num(h, |h: XSpockFsid| h.0),
-        flag: num(h, |h: XSpockFlag| h.0 as u64),
-        namemax: num(h, |h: XSpockNamemax| h.0),
-    }
-}
-
-/// The extensions an `OPTIONS` response advertises in
-/// `X-Spock-extensions`.
-pub fn parse_extensions(h: &http::HeaderMap) -> Extensions {
-    let list = h
-        .get("x-spock-extensions")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let has = |x: &str| list.split(',').any(|e| e.trim() == x);
-    Extensions {
-        errno: has("errno"),
-        readdir_attrs: has("readdir-attrs"),
-        fsync: has("fsync"),
-        stat: has("stat"),
-        identity: has("identity"),
-        parent_stat: has("parent-stat"),
-        nsec: has("nsec"),
-    }
-}
-
-/// A READDIR body: one name per line (`.` and `..` skipped), or with
-/// `attrs` the `readdir-attrs` lines; a malformed attrs line is `EIO`.
-pub fn parse_readdir(body: &[u8], attrs: bool) -> FsResult<Vec<DirEntry>> {
-    parse_listing(body, attrs.then_some(Format::Attrs))
-}
-
-/// A READDIR body: one name per line (`.` and `..` skipped), or lines
-/// with attributes in `format`; a malformed line with attributes is `EIO`.
-pub fn parse_listing(body: &[u8], format: Option<Format>) -> FsResult<Vec<DirEntry>> {
-    let mut out = Vec::new();
-    for line in body.split(|&b| b == b'\n') {
-        if line.is_empty() || line == b"." || line == b".." {
-            continue;
-        }
-        if let Some(format) = format {
-            match parse_line(line, format) {
-                Some(e) => out.push(e),
-                None => return Err(Errno::EIO),
-            }
-        } else {
-            out.push(DirEntry {
-                name: line.to_vec(),
-                stat: None,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// A LISTXATTR body: one name per line.
-pub fn parse_xattr_list(body: &[u8]) -> Vec<Vec<u8>> {
-    body.split(|&b| b == b'\n')
-        .filter(|n| !n.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
 impl Client {
     /// A client for `url` (`http(s)://[user:pass@]host[:port][/prefix]`)
     /// with the defaults of [`ClientBuilder`].
@@ -459,95 +129,6 @@ impl Client {
             ca_files: Vec::new(),
             system_roots: true,
             http2_prior_knowledge: false,
-        }
-    }
-
-    /// One request; `Ok` only for one of the `ok` statuses.
-    async fn call(
-        &self,
-        method: &str,
-        path: &[u8],
-        headers: &[(&'static str, HeaderValue)],
-        body: Bytes,
-        ok: &[u16],
-    ) -> FsResult<Response<Bytes>> {
-        let ext = if method == "OPTIONS" {
-            Extensions::default()
-        } else {
-            self.extensions().await
-        };
-        let resp = self.raw(method, path, headers, body).await?;
-        if ok.contains(&resp.status().as_u16()) {
-            return Ok(resp);
-        }
-        Err(errno_of(resp.status(), resp.headers(), ext.errno))
-    }
-
-    async fn raw(
-        &self,
-        method: &str,
-        path: &[u8],
-        headers: &[(&'static str, HeaderValue)],
-        body: Bytes,
-    ) -> FsResult<Response<Bytes>> {
-        let m = Method::from_bytes(method.as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let uri = format!("{}{}", self.inner.base, encode_path(path));
-        let mut req = Request::builder().method(m).uri(uri);
-        if let Some(a) = &self.inner.auth {
-            req = req.header(AUTHORIZATION, a.clone());
-        }
-        if let Some(c) = &self.caller {
-            // Only to a server that says it uses it.
-            if self.inner.extensions.get().is_some_and(|e| e.identity) {
-                req = req.header("x-spock-caller", c.clone());
-            }
-        }
-        for (k, v) in headers {
-            req = req.header(HeaderName::from_static(k), v.clone());
-        }
-        let req = req.body(Full::new(body)).map_err(|_| Errno::EINVAL)?;
-        let fut = async {
-            let resp = self.inner.http.request(req).await.map_err(|e| {
-                tracing::debug!(error = %e, "SpockFS request failed");
-                Errno::EIO
-            })?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|_| Errno::EIO)?.to_bytes();
-            Ok(Response::from_parts(parts, body))
-        };
-        match tokio::time::timeout(self.inner.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Errno::EIO),
-        }
-    }
-
-    /// The same client (server, credentials, TLS roots, timeout, the
-    /// extensions learnt so far) with a connection pool of its own.
-    ///
-    /// Connections run on the runtime that opened them: a thread that
-    /// drives its own single-threaded runtime (as `spockfs-mount`'s FUSE
-    /// threads do) takes its own pool, so no call ever waits on a
-    /// connection whose runtime is not running.
-    ///
-    /// ```
-    /// let shared = spockfs_client::Client::new("http://127.0.0.1:8080/fs")?;
-    /// let mine = shared.with_own_pool();
-    /// # drop(mine);
-    /// # Ok::<(), spockfs_client::BuildError>(())
-    /// ```
-    pub fn with_own_pool(&self) -> Client {
-        let i = &self.inner;
-        Client {
-            caller: self.caller.clone(),
-            inner: Arc::new(Inner {
-                http: pool(i.connector.clone(), i.http2_only),
-                connector: i.connector.clone(),
-                http2_only: i.http2_only,
-                base: i.base.clone(),
-                auth: i.auth.clone(),
-                timeout: i.timeout,
-                extensions: i.extensions.clone(),
-            }),
         }
     }
 
@@ -600,7 +181,7 @@ impl Client {
         let r = self
             .call("GETATTR", path, &[], Bytes::new(), &[200])
             .await?;
-        Ok(parse_stat(r.headers()))
+        Ok(get_stat(r.headers()))
     }
 
     /// A call that creates or changes the entry at `path`: with the `stat`
@@ -637,17 +218,8 @@ impl Client {
         let hm = r.headers();
         Ok(Changed {
             // Absent if the entry vanished between the change and the stat.
-            stat: hm.contains_key("x-spock-mode").then(|| parse_stat(hm)),
-            parent: hm
-                .get("x-spock-parent")
-                .and_then(|v| spockfs_core::listing::parse_attrs(v.as_bytes()))
-                .map(|mut st| {
-                    if let Some(v) = hm.get("x-spock-parent-nsec") {
-                        // Malformed: seconds only.
-                        let _ = spockfs_core::listing::parse_nsec(v.as_bytes(), &mut st);
-                    }
-                    st
-                }),
+            stat: hm.contains_key("x-spock-mode").then(|| get_stat(hm)),
+            parent: get_parent(hm),
         })
     }
 
@@ -655,28 +227,26 @@ impl Client {
     /// entry carries its attributes.
     pub async fn readdir(&self, path: &[u8]) -> FsResult<Vec<DirEntry>> {
         let ext = self.extensions().await;
-        let (format, hdrs): (_, &[(&'static str, HeaderValue)]) = match ext {
+        let format = match ext {
             Extensions {
                 readdir_attrs: true,
                 nsec: true,
                 ..
-            } => (
-                Some(Format::AttrsNsec),
-                &[("x-spock-readdir", HeaderValue::from_static("attrs-nsec"))],
-            ),
+            } => Some(Format::AttrsNsec),
             Extensions {
                 readdir_attrs: true,
                 ..
-            } => (
-                Some(Format::Attrs),
-                &[("x-spock-readdir", HeaderValue::from_static("attrs"))],
-            ),
-            _ => (None, &[]),
+            } => Some(Format::Attrs),
+            _ => None,
+        };
+        let hdrs: &[(&'static str, HeaderValue)] = match format {
+            Some(f) => &[("x-spock-readdir", HeaderValue::from_static(f.name()))],
+            None => &[],
         };
         let r = self
             .call("READDIR", path, hdrs, Bytes::new(), &[200])
             .await?;
-        parse_listing(r.body(), format)
+        parse_body(r.body(), format)
     }
 
     /// `mknod`.
@@ -816,7 +386,7 @@ impl Client {
     /// `statvfs`.
     pub async fn statfs(&self, path: &[u8]) -> FsResult<StatFs> {
         let r = self.call("STATFS", path, &[], Bytes::new(), &[200]).await?;
-        Ok(parse_statfs(r.headers()))
+        Ok(get_statfs(r.headers()))
     }
 
     /// `listxattr`: the names.
@@ -853,12 +423,7 @@ impl Client {
         flag: XattrFlag,
     ) -> FsResult<()> {
         let n = HeaderValue::from_bytes(name).map_err(|_| Errno::EINVAL)?;
-        let f = match flag {
-            XattrFlag::Any => 0,
-            XattrFlag::Create => 1,
-            XattrFlag::Replace => 2,
-        };
-        let h = [("x-spock-target", n), ("x-spock-flag", hv(f))];
+        let h = [("x-spock-target", n), ("x-spock-flag", hv(flag.to_wire()))];
         self.call("SETXATTR", path, &h, value, &[200])
             .await
             .map(drop)
@@ -1020,31 +585,9 @@ fn unix_now() -> i64 {
     }
 }
 
-/// The errno a response stands for: the spec's status table, refined by
-/// `X-Spock-errno` when the server speaks the `errno` extension.
-pub fn errno_of(status: StatusCode, headers: &http::HeaderMap, use_header: bool) -> Errno {
-    if use_header {
-        if let Some(e) = headers
-            .get("x-spock-errno")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Errno::from_name)
-        {
-            return e;
-        }
-    }
-    Errno::from_status(status)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_encode_like_the_original_client() {
-        assert_eq!(encode_path(b"/a b/c%d"), "/a%20b/c%25d");
-        assert_eq!(encode_path(b"/x-y_z.~/\xff"), "/x-y_z.~/%FF");
-        assert_eq!(encode_path("/café?#".as_bytes()), "/caf%C3%A9%3F%23");
-    }
 
     #[test]
     fn attrs_lines() {

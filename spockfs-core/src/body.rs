@@ -405,9 +405,11 @@ impl Drop for FileStream {
 use std::future::Future;
 
 /// Formats up to `max` entries of `dir` as READDIR lines (plain names, or
-/// the `readdir-attrs` form `attrs` names) onto `out`. Returns the number of entries read
-/// and whether the directory is exhausted. A name containing `\n` cannot
-/// be represented: it is omitted and logged.
+/// the `readdir-attrs` form `attrs` names, written by
+/// [`listing::write_entry`](crate::listing::write_entry)) onto `out`.
+/// Returns the number of entries read and whether the directory is
+/// exhausted. A name containing `\n` cannot be represented: it is omitted
+/// and logged.
 pub(crate) fn dir_batch(
     dir: &mut dyn DirStream,
     attrs: Option<crate::listing::Format>,
@@ -418,16 +420,10 @@ pub(crate) fn dir_batch(
     let mut n = 0u64;
     let done = dir.next_batch(max, &mut |name, st| {
         n += 1;
-        if name.contains(&b'\n') {
+        if !crate::listing::write_entry(out, name, st, attrs) {
             tracing::warn!(dir = %path, name = %String::from_utf8_lossy(name).escape_debug(),
                 "READDIR: omitting a name that contains a newline");
-            return Ok(());
         }
-        if let (Some(format), Some(st)) = (attrs, st) {
-            crate::listing::write_prefix(out, st, format);
-        }
-        out.extend_from_slice(name);
-        out.push(b'\n');
         Ok(())
     })?;
     Ok((n, done))

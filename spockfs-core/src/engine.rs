@@ -537,11 +537,15 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
     use h::{optional as opt, required as req};
     let op = match method {
         Method::Readdir => {
-            let (attrs, nsec) = match headers.get(&X_SPOCK_READDIR) {
+            use crate::listing::Format;
+            let format = headers
+                .get(&X_SPOCK_READDIR)
+                .map(|v| Format::from_name(v.as_bytes()));
+            let (attrs, nsec) = match format {
                 None => (false, false),
-                Some(v) if v.as_bytes().eq_ignore_ascii_case(b"attrs") => (true, false),
-                Some(v) if v.as_bytes().eq_ignore_ascii_case(b"attrs-nsec") => (true, true),
-                Some(_) => {
+                Some(Some(Format::Attrs)) => (true, false),
+                Some(Some(Format::AttrsNsec)) => (true, true),
+                Some(None) => {
                     return Err(Reject::bad(
                         "malformed header X-Spock-readdir: expected 'attrs' or 'attrs-nsec'",
                     ))
@@ -1227,30 +1231,13 @@ impl Engine {
                     h::put_stat(r.headers_mut(), &st);
                 }
                 if let Some(st) = parent {
-                    let hm = r.headers_mut();
-                    if let Ok(v) = HeaderValue::from_str(&crate::listing::format_attrs(&st)) {
-                        hm.insert(h::X_SPOCK_PARENT.clone(), v);
-                    }
-                    if let Ok(v) = HeaderValue::from_str(&crate::listing::format_nsec(&st)) {
-                        hm.insert(h::X_SPOCK_PARENT_NSEC.clone(), v);
-                    }
+                    h::put_parent(r.headers_mut(), &st);
                 }
                 r
             }
             Outcome::StatFs(s) => {
                 let mut r = status_response(StatusCode::OK);
-                let hm = r.headers_mut();
-                hm.typed_insert(h::XSpockBsize(s.bsize));
-                hm.typed_insert(h::XSpockFrsize(s.frsize));
-                hm.typed_insert(h::XSpockBlocks(s.blocks));
-                hm.typed_insert(h::XSpockBfree(s.bfree));
-                hm.typed_insert(h::XSpockBavail(s.bavail));
-                hm.typed_insert(h::XSpockFiles(s.files));
-                hm.typed_insert(h::XSpockFfree(s.ffree));
-                hm.typed_insert(h::XSpockFavail(s.favail));
-                hm.typed_insert(h::XSpockFsid(s.fsid));
-                hm.typed_insert(h::XSpockFlag(s.flag as i64));
-                hm.typed_insert(h::XSpockNamemax(s.namemax));
+                h::put_statfs(r.headers_mut(), &s);
                 r
             }
             Outcome::Body(b) => {
@@ -1750,9 +1737,7 @@ fn execute_sync(
                 }
             }
             let mut out = Vec::with_capacity(512);
-            if attrs.is_none() {
-                out.extend_from_slice(b".\n..\n");
-            }
+            crate::listing::write_head(&mut out, attrs);
             let (n, done) =
                 crate::body::dir_batch(&mut *dir, attrs, READDIR_BATCH, path, &mut out)?;
             if done {

@@ -9,16 +9,16 @@ pub mod backend;
 mod body;
 pub mod conn;
 pub mod engine;
-pub mod errno;
-pub mod headers;
 pub mod identity;
-pub mod listing;
-pub mod method;
 pub mod mount;
-pub mod path;
 pub mod pool;
 mod reaper;
 pub mod sites;
+
+// The wire protocol lives in spockfs-proto (shared with the client); its
+// modules keep their old paths here.
+pub use spockfs_proto::readdir as listing;
+pub use spockfs_proto::{errno, headers, method, path};
 
 pub use body::SpockBody;
 pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limiter, Limits, Op};

@@ -22,6 +22,7 @@
 //! on a tmpfs-backed server (2 cores, 12 runs each, alternated, medians):
 //! 1000 `printf > f` creates 711 -> 635 ms, 1000 deletes 243 -> 184 ms.
 
+pub use spockfs_proto::spin::SpinWindow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -68,102 +69,12 @@ struct Inner {
     keep_alive: Duration,
 }
 
-/// How long a thread waiting for work keeps polling before it sleeps,
-/// learned from the gaps between arrivals: three times their moving
-/// average (weight 1/8 per arrival), within `min..=max`; just `min` when
-/// arrivals average more than `sparse` apart (the next one is unlikely to
-/// come soon enough to be worth the CPU). Gaps count up to `2 * sparse`, so
-/// one long pause is forgotten after a few arrivals.
-///
-/// Used by this pool's idle thread and by `spockfs-mount`'s FUSE event
-/// loop.
-///
-/// ```
-/// use spockfs_core::pool::SpinWindow;
-/// use std::time::Duration;
-///
-/// let w = SpinWindow {
-///     min: Duration::ZERO,
-///     max: Duration::from_micros(200),
-///     sparse: Duration::from_micros(300),
-/// };
-/// // Nothing learned yet: no polling.
-/// let mut avg = u64::MAX;
-/// assert_eq!(w.window(avg), Duration::ZERO);
-/// // Arrivals 20 us apart: poll for about 60 us.
-/// for _ in 0..64 {
-///     avg = w.next_avg(avg, 20_000);
-/// }
-/// let win = w.window(avg);
-/// assert!(win > Duration::from_micros(55) && win < Duration::from_micros(65));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpinWindow {
-    /// Shortest poll (also the poll for sparse arrivals).
-    pub min: Duration,
-    /// Longest poll.
-    pub max: Duration,
-    /// Average gap above which arrivals count as sparse.
-    pub sparse: Duration,
-}
-
-impl SpinWindow {
-    /// The pool's window: 50 µs to 1 ms.
-    const DEFAULT: SpinWindow = SpinWindow {
-        min: Duration::from_micros(50),
-        max: Duration::from_millis(1),
-        sparse: Duration::from_millis(1),
-    };
-
-    /// The next moving average of the gap between arrivals (ns), given the
-    /// last one (start from `u64::MAX`: nothing learned) and the new gap.
-    pub fn next_avg(self, avg: u64, gap: u64) -> u64 {
-        let cap = 2 * self.sparse.as_nanos() as u64;
-        (avg.min(cap) * 7 + gap.min(cap)) / 8
-    }
-
-    /// How long to poll, given the average gap (ns).
-    pub fn window(self, avg: u64) -> Duration {
-        let avg = Duration::from_nanos(avg);
-        if avg > self.sparse {
-            self.min
-        } else {
-            (avg * 3).clamp(self.min, self.max)
-        }
-    }
-
-    /// Calls `ready` until it returns `Some`, yielding the CPU
-    /// (`sched_yield`) between calls, for at most [`window(avg)`](Self::window);
-    /// `None` when the window ran out (or is zero) first.
-    ///
-    /// ```
-    /// use spockfs_core::pool::SpinWindow;
-    /// use std::time::Duration;
-    ///
-    /// // A generous window: ready on the third call, however loaded the machine.
-    /// let w = SpinWindow {
-    ///     min: Duration::from_secs(5),
-    ///     max: Duration::from_secs(5),
-    ///     sparse: Duration::from_secs(5),
-    /// };
-    /// let mut calls = 0;
-    /// assert_eq!(w.poll(u64::MAX, || { calls += 1; (calls == 3).then_some(calls) }), Some(3));
-    /// // A zero window: nothing was ready at once.
-    /// let none = SpinWindow { min: Duration::ZERO, max: Duration::ZERO, sparse: Duration::ZERO };
-    /// assert_eq!(none.poll(u64::MAX, || None::<()>), None);
-    /// ```
-    pub fn poll<T>(self, avg: u64, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
-        let window = self.window(avg);
-        let start = Instant::now();
-        while start.elapsed() < window {
-            if let Some(v) = ready() {
-                return Some(v);
-            }
-            std::thread::yield_now();
-        }
-        None
-    }
-}
+/// The pool's window: 50 µs to 1 ms.
+const POOL_SPIN: SpinWindow = SpinWindow {
+    min: Duration::from_micros(50),
+    max: Duration::from_millis(1),
+    sparse: Duration::from_millis(1),
+};
 
 impl BlockingPool {
     /// A pool of at most `max_threads` threads (at least 1).
@@ -180,7 +91,7 @@ impl BlockingPool {
                 gap_avg: AtomicU64::new(u64::MAX),
                 start: Instant::now(),
                 max_threads: max_threads.max(1),
-                spin: SpinWindow::DEFAULT,
+                spin: POOL_SPIN,
                 keep_alive: Duration::from_secs(10),
             }),
         }
@@ -349,7 +260,7 @@ mod tests {
 
     #[test]
     fn spin_window_follows_the_gap_between_jobs() {
-        let w = SpinWindow::DEFAULT;
+        let w = POOL_SPIN;
         let feed = |avg: &mut u64, n: usize, gap_us: u64| {
             for _ in 0..n {
                 *avg = w.next_avg(*avg, gap_us * 1000);

@@ -8,10 +8,11 @@
 use http::StatusCode;
 use std::fmt;
 
-/// A POSIX `errno` value, as produced by a [`Backend`](crate::Backend).
+/// A POSIX `errno` value, as a server's filesystem produces it and a
+/// client reports it.
 ///
 /// ```
-/// use spockfs_core::Errno;
+/// use spockfs_proto::Errno;
 /// use http::StatusCode;
 ///
 /// assert_eq!(Errno::ENOENT.status(), StatusCode::NOT_FOUND);
@@ -143,6 +144,32 @@ impl Errno {
         }
     }
 
+    /// The errno a response stands for: the spec's status table
+    /// ([`from_status`](Errno::from_status)), refined by `X-Spock-errno`
+    /// when `use_header` (the server speaks the `errno` extension) and the
+    /// header names a known errno.
+    ///
+    /// ```
+    /// use spockfs_proto::Errno;
+    /// use http::StatusCode;
+    /// let mut h = http::HeaderMap::new();
+    /// h.insert("x-spock-errno", "ENOTDIR".parse().unwrap());
+    /// assert_eq!(Errno::from_response(StatusCode::NOT_FOUND, &h, true), Errno::ENOTDIR);
+    /// assert_eq!(Errno::from_response(StatusCode::NOT_FOUND, &h, false), Errno::ENOENT);
+    /// ```
+    pub fn from_response(status: StatusCode, headers: &http::HeaderMap, use_header: bool) -> Errno {
+        if use_header {
+            if let Some(e) = headers
+                .get(&crate::headers::X_SPOCK_ERRNO)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Errno::from_name)
+            {
+                return e;
+            }
+        }
+        Errno::from_status(status)
+    }
+
     /// A human-readable description (`strerror`).
     pub fn description(self) -> String {
         std::io::Error::from_raw_os_error(self.0)
@@ -188,7 +215,7 @@ impl From<std::io::Error> for Errno {
     }
 }
 
-#[cfg(unix)]
+#[cfg(feature = "rustix")]
 impl From<rustix::io::Errno> for Errno {
     fn from(e: rustix::io::Errno) -> Errno {
         Errno(e.raw_os_error())

@@ -1,12 +1,17 @@
-//! Typed `X-Spock-*` headers (via the [`headers`] crate), plus the parsers
-//! for the standard headers SpockFS gives its own meaning to (`Range` on GET
-//! and FALLOCATE, `Content-Range` on PUT).
+//! Typed `X-Spock-*` headers (via the [`headers`] crate), the one
+//! encode/decode pair for each set of attributes a response carries
+//! ([`put_stat`]/[`get_stat`], [`put_statfs`]/[`get_statfs`],
+//! [`put_parent`]/[`get_parent`]). The standard headers SpockFS gives its
+//! own meaning to (`Range`, `Content-Range`) are parsed in
+//! [`range`](crate::range) and re-exported here.
 //!
 //! Numbers are plain decimal (an optional `-` for signed fields). A header
 //! sent twice is malformed.
 
 use headers::{Error as HeaderError, Header, HeaderMapExt};
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub use crate::range::{parse_content_range, parse_range, ByteRange};
 
 /// Parses a plain decimal integer: optional `-`, then ASCII digits, nothing
 /// else (no `+`, no spaces, no hex).
@@ -140,8 +145,8 @@ pub enum TimeField {
 /// `now` or `omit` are malformed.
 ///
 /// ```
-/// use spockfs_core::headers::{set_time, TimeField};
-/// use spockfs_core::SetTime;
+/// use spockfs_proto::headers::{set_time, TimeField};
+/// use spockfs_proto::SetTime;
 /// let mut h = http::HeaderMap::new();
 /// h.insert("x-spock-atime", "now".parse().unwrap());
 /// h.insert("x-spock-mtime", "-5".parse().unwrap());
@@ -151,11 +156,8 @@ pub enum TimeField {
 /// h.insert("x-spock-atime-nsec", "1".parse().unwrap());
 /// assert!(set_time(&h, TimeField::Atime).is_err());
 /// ```
-pub fn set_time(
-    headers: &HeaderMap,
-    field: TimeField,
-) -> Result<crate::backend::SetTime, BadHeader> {
-    use crate::backend::SetTime;
+pub fn set_time(headers: &HeaderMap, field: TimeField) -> Result<crate::stat::SetTime, BadHeader> {
+    use crate::stat::SetTime;
     let (secs_name, display, nsec) = match field {
         TimeField::Atime => (
             XSpockAtime::name(),
@@ -239,13 +241,13 @@ pub static X_SPOCK_STAT: HeaderName = HeaderName::from_static("x-spock-stat");
 /// `X-Spock-parent` (extension `parent-stat`): on the answer to a request
 /// that carried `X-Spock-stat: 1` and added or removed a name, the
 /// attributes of the directory holding it, after the change, in the
-/// `readdir-attrs` field format ([`format_attrs`](crate::listing::format_attrs)).
+/// `readdir-attrs` field format ([`format_attrs`](crate::readdir::format_attrs)).
 pub static X_SPOCK_PARENT: HeaderName = HeaderName::from_static("x-spock-parent");
 
 /// `X-Spock-parent-nsec` (extensions `parent-stat` and `nsec`): sent with
 /// `X-Spock-parent`, the nanoseconds of its three times,
 /// `atime_nsec mtime_nsec ctime_nsec`
-/// ([`format_nsec`](crate::listing::format_nsec)).
+/// ([`format_nsec`](crate::readdir::format_nsec)).
 pub static X_SPOCK_PARENT_NSEC: HeaderName = HeaderName::from_static("x-spock-parent-nsec");
 
 /// `X-Spock-caller: UID GID G1,G2,...` (extension `identity`): who the
@@ -253,7 +255,7 @@ pub static X_SPOCK_PARENT_NSEC: HeaderName = HeaderName::from_static("x-spock-pa
 pub static X_SPOCK_CALLER: HeaderName = HeaderName::from_static("x-spock-caller");
 
 /// `X-Spock-policy` (OPTIONS): the restrictions of the mount the request
-/// reaches, see [`Mount::policy_tokens`](crate::Mount::policy_tokens).
+/// reaches (`spockfs_core::Mount::policy_tokens`).
 pub static X_SPOCK_POLICY: HeaderName = HeaderName::from_static("x-spock-policy");
 
 /// A request header that is missing or malformed.
@@ -276,8 +278,17 @@ pub enum BadHeader {
 /// `-gid`, `-size`, `-mtime`, `-atime`, `-ctime`, `-nlink`, `-blocks`,
 /// `-dev`, `-ino`, and the `nsec` extension's `-atime-nsec`,
 /// `-mtime-nsec`, `-ctime-nsec`, which clients that do not know it
-/// ignore): the one place the set is defined on the server side.
-pub fn put_stat(hm: &mut HeaderMap, st: &crate::backend::Stat) {
+/// ignore): the one place the set is defined; [`get_stat`] reads it back.
+///
+/// ```
+/// use spockfs_proto::headers::{get_stat, put_stat};
+/// use spockfs_proto::Stat;
+/// let st = Stat { mode: 0o100644, uid: u32::MAX, size: 5, mtime: -3, mtime_nsec: 7, ..Stat::default() };
+/// let mut h = http::HeaderMap::new();
+/// put_stat(&mut h, &st);
+/// assert_eq!(get_stat(&h), st);
+/// ```
+pub fn put_stat(hm: &mut HeaderMap, st: &crate::stat::Stat) {
     hm.typed_insert(XSpockMode(st.mode));
     hm.typed_insert(XSpockUid(st.uid as i64));
     hm.typed_insert(XSpockGid(st.gid as i64));
@@ -292,6 +303,124 @@ pub fn put_stat(hm: &mut HeaderMap, st: &crate::backend::Stat) {
     hm.typed_insert(XSpockAtimeNsec(st.atime_nsec));
     hm.typed_insert(XSpockMtimeNsec(st.mtime_nsec));
     hm.typed_insert(XSpockCtimeNsec(st.ctime_nsec));
+}
+
+/// A typed response header; missing or malformed reads as 0, as the
+/// original client does.
+fn lenient<H: Header, T: Default>(h: &HeaderMap, get: impl FnOnce(H) -> T) -> T {
+    h.typed_get::<H>().map(get).unwrap_or_default()
+}
+
+/// Nanoseconds from a `X-Spock-*time-nsec` header: 0 if absent, malformed
+/// or out of range.
+fn lenient_nsec<H: Header>(h: &HeaderMap, get: impl FnOnce(H) -> u32) -> u32 {
+    Some(lenient(h, get))
+        .filter(|&n| n < 1_000_000_000)
+        .unwrap_or(0)
+}
+
+/// Reads [`put_stat`]'s headers: the `lstat` a GETATTR response carries
+/// (missing or malformed fields read as 0, as the original client does; so
+/// do the `nsec` extension's nanoseconds from a server without it; `rdev`
+/// is not on the wire: 0).
+pub fn get_stat(h: &HeaderMap) -> crate::stat::Stat {
+    crate::stat::Stat {
+        mode: lenient(h, |h: XSpockMode| h.0),
+        uid: lenient(h, |h: XSpockUid| h.0 as u32),
+        gid: lenient(h, |h: XSpockGid| h.0 as u32),
+        size: lenient(h, |h: XSpockSize| h.0),
+        mtime: lenient(h, |h: XSpockMtime| h.0),
+        atime: lenient(h, |h: XSpockAtime| h.0),
+        ctime: lenient(h, |h: XSpockCtime| h.0),
+        nlink: lenient(h, |h: XSpockNlink| h.0),
+        blocks: lenient(h, |h: XSpockBlocks| h.0),
+        dev: lenient(h, |h: XSpockDev| h.0 as u64),
+        ino: lenient(h, |h: XSpockIno| h.0),
+        rdev: 0,
+        atime_nsec: lenient_nsec(h, |h: XSpockAtimeNsec| h.0),
+        mtime_nsec: lenient_nsec(h, |h: XSpockMtimeNsec| h.0),
+        ctime_nsec: lenient_nsec(h, |h: XSpockCtimeNsec| h.0),
+    }
+}
+
+/// Writes `s` as STATFS's response headers (`X-Spock-bsize`, `-frsize`,
+/// `-blocks`, `-bfree`, `-bavail`, `-files`, `-ffree`, `-favail`, `-fsid`,
+/// `-flag`, `-namemax`); [`get_statfs`] reads them back.
+///
+/// ```
+/// use spockfs_proto::headers::{get_statfs, put_statfs};
+/// use spockfs_proto::StatFs;
+/// let s = StatFs { bsize: 4096, blocks: 10, flag: 4, namemax: 255, ..StatFs::default() };
+/// let mut h = http::HeaderMap::new();
+/// put_statfs(&mut h, &s);
+/// assert_eq!(get_statfs(&h), s);
+/// ```
+pub fn put_statfs(hm: &mut HeaderMap, s: &crate::stat::StatFs) {
+    hm.typed_insert(XSpockBsize(s.bsize));
+    hm.typed_insert(XSpockFrsize(s.frsize));
+    hm.typed_insert(XSpockBlocks(s.blocks));
+    hm.typed_insert(XSpockBfree(s.bfree));
+    hm.typed_insert(XSpockBavail(s.bavail));
+    hm.typed_insert(XSpockFiles(s.files));
+    hm.typed_insert(XSpockFfree(s.ffree));
+    hm.typed_insert(XSpockFavail(s.favail));
+    hm.typed_insert(XSpockFsid(s.fsid));
+    hm.typed_insert(XSpockFlag(s.flag as i64));
+    hm.typed_insert(XSpockNamemax(s.namemax));
+}
+
+/// Reads [`put_statfs`]'s headers: the `statvfs` a STATFS response
+/// carries (missing or malformed fields read as 0).
+pub fn get_statfs(h: &HeaderMap) -> crate::stat::StatFs {
+    crate::stat::StatFs {
+        bsize: lenient(h, |h: XSpockBsize| h.0),
+        frsize: lenient(h, |h: XSpockFrsize| h.0),
+        blocks: lenient(h, |h: XSpockBlocks| h.0),
+        bfree: lenient(h, |h: XSpockBfree| h.0),
+        bavail: lenient(h, |h: XSpockBavail| h.0),
+        files: lenient(h, |h: XSpockFiles| h.0),
+        ffree: lenient(h, |h: XSpockFfree| h.0),
+        favail: lenient(h, |h: XSpockFavail| h.0),
+        fsid: lenient(h, |h: XSpockFsid| h.0),
+        flag: lenient(h, |h: XSpockFlag| h.0 as u64),
+        namemax: lenient(h, |h: XSpockNamemax| h.0),
+    }
+}
+
+/// Writes the directory's attributes that answer a change with
+/// `X-Spock-stat: 1` (extension `parent-stat`): [`X_SPOCK_PARENT`] in the
+/// `readdir-attrs` field format and [`X_SPOCK_PARENT_NSEC`] with its
+/// nanoseconds; [`get_parent`] reads them back.
+///
+/// ```
+/// use spockfs_proto::headers::{get_parent, put_parent};
+/// use spockfs_proto::Stat;
+/// let st = Stat { mode: 0o40755, nlink: 2, mtime: 9, mtime_nsec: 3, ..Stat::default() };
+/// let mut h = http::HeaderMap::new();
+/// assert_eq!(get_parent(&h), None);
+/// put_parent(&mut h, &st);
+/// assert_eq!(h["x-spock-parent"], "16877 0 2 0 0 0 0 0 9 0");
+/// assert_eq!(get_parent(&h), Some(st));
+/// ```
+pub fn put_parent(hm: &mut HeaderMap, st: &crate::stat::Stat) {
+    if let Ok(v) = HeaderValue::from_str(&crate::readdir::format_attrs(st)) {
+        hm.insert(X_SPOCK_PARENT.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&crate::readdir::format_nsec(st)) {
+        hm.insert(X_SPOCK_PARENT_NSEC.clone(), v);
+    }
+}
+
+/// Reads [`put_parent`]'s headers: `None` if `X-Spock-parent` is absent
+/// or malformed; a missing or malformed `X-Spock-parent-nsec` leaves whole
+/// seconds.
+pub fn get_parent(hm: &HeaderMap) -> Option<crate::stat::Stat> {
+    let mut st = crate::readdir::parse_attrs(hm.get(&X_SPOCK_PARENT)?.as_bytes())?;
+    if let Some(v) = hm.get(&X_SPOCK_PARENT_NSEC) {
+        // Malformed: seconds only.
+        let _ = crate::readdir::parse_nsec(v.as_bytes(), &mut st);
+    }
+    Some(st)
 }
 
 /// Reads a required typed header; the error names it.
@@ -330,140 +459,6 @@ pub fn required_target(headers: &HeaderMap) -> Result<Vec<u8>, BadHeader> {
             name: "X-Spock-target",
             why: "sent more than once",
         }),
-    }
-}
-
-/// A byte range requested with `Range` (GET, HEAD, FALLOCATE).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ByteRange {
-    /// `bytes=a-b` (inclusive). `last` may be before `first` by one for an
-    /// empty range (what the original client sends for a 0-byte read).
-    FromTo {
-        /// First byte.
-        first: u64,
-        /// Last byte, inclusive.
-        last: u64,
-    },
-    /// `bytes=a-`.
-    From(u64),
-    /// `bytes=-n`: the last n bytes.
-    Suffix(u64),
-}
-
-impl ByteRange {
-    /// Resolves against a file of `size` bytes: `Some((offset, len))` of the
-    /// bytes to send, `None` if the range starts at or past the end (or is
-    /// empty).
-    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
-        let (first, end_excl) = match self {
-            ByteRange::FromTo { first, last } => (first, last.saturating_add(1)),
-            ByteRange::From(first) => (first, u64::MAX),
-            ByteRange::Suffix(n) => (size.saturating_sub(n), size),
-        };
-        let end = end_excl.min(size);
-        if first >= size || first >= end {
-            None
-        } else {
-            Some((first, end - first))
-        }
-    }
-}
-
-fn parse_u64(s: &[u8]) -> Option<u64> {
-    let s = s.trim_ascii();
-    if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(s).ok()?.parse().ok()
-}
-
-/// Parses `Range: bytes=a-b` / `bytes=a-` / `bytes=-n`; with several ranges,
-/// the first one. Returns `None` for anything malformed, including `a > b`
-/// (except the empty `a-(a-1)` form the original client sends for a 0-byte
-/// read).
-///
-/// ```
-/// use spockfs_core::headers::{parse_range, ByteRange};
-/// assert_eq!(parse_range(b"bytes=100-104"), Some(ByteRange::FromTo { first: 100, last: 104 }));
-/// assert_eq!(parse_range(b"bytes=-5, 1-2"), Some(ByteRange::Suffix(5)));
-/// assert_eq!(parse_range(b"items=1-2"), None);
-/// ```
-pub fn parse_range(value: &[u8]) -> Option<ByteRange> {
-    let value = value.trim_ascii();
-    let (unit, spec) = value.split_at(value.iter().position(|&b| b == b'=')?);
-    if !unit.trim_ascii().eq_ignore_ascii_case(b"bytes") {
-        return None;
-    }
-    let first_spec = spec[1..].split(|&b| b == b',').next()?.trim_ascii();
-    let dash = first_spec.iter().position(|&b| b == b'-')?;
-    let (a, b) = (&first_spec[..dash], &first_spec[dash + 1..]);
-    match (a.trim_ascii().is_empty(), b.trim_ascii().is_empty()) {
-        (true, true) => None,
-        (true, false) => parse_u64(b).map(ByteRange::Suffix),
-        (false, true) => parse_u64(a).map(ByteRange::From),
-        (false, false) => {
-            let (first, last) = (parse_u64(a)?, parse_u64(b)?);
-            if last < first && last.wrapping_add(1) != first {
-                return None;
-            }
-            Some(ByteRange::FromTo { first, last })
-        }
-    }
-}
-
-/// Parses a PUT's `Content-Range`: the spec's `bytes=a-b` or the standard
-/// `bytes a-b/total` (`total` a number or `*`). Returns `(offset, length)`.
-/// `a-(a-1)` is an empty write at `a` (the original client's 0-byte write),
-/// and so is `0-18446744073709551615` ((0 + 0) - 1 wrapped) when the body is
-/// empty: the caller decides with the body length.
-///
-/// ```
-/// use spockfs_core::headers::parse_content_range;
-/// assert_eq!(parse_content_range(b"bytes=100-104"), Some((100, 5)));
-/// assert_eq!(parse_content_range(b"bytes 100-104/*"), Some((100, 5)));
-/// assert_eq!(parse_content_range(b"bytes 0-9/10"), Some((0, 10)));
-/// assert_eq!(parse_content_range(b"bytes 0-9/5"), None);
-/// assert_eq!(parse_content_range(b"bytes */10"), None);
-/// ```
-pub fn parse_content_range(value: &[u8]) -> Option<(u64, u64)> {
-    let value = value.trim_ascii();
-    let (spec, total) = if let Some(rest) = strip_prefix_ci(value, b"bytes=") {
-        (rest, None)
-    } else if let Some(rest) = strip_prefix_ci(value, b"bytes ") {
-        let slash = rest.iter().position(|&b| b == b'/')?;
-        let total = rest[slash + 1..].trim_ascii();
-        let total = if total == b"*" {
-            None
-        } else {
-            Some(parse_u64(total)?)
-        };
-        (&rest[..slash], total)
-    } else {
-        return None;
-    };
-    let dash = spec.iter().position(|&b| b == b'-')?;
-    let first = parse_u64(&spec[..dash])?;
-    let last = parse_u64(&spec[dash + 1..])?;
-    let len = if last.wrapping_add(1) == first {
-        0
-    } else if last < first {
-        return None;
-    } else {
-        (last - first).checked_add(1)?
-    };
-    if let Some(total) = total {
-        if len > 0 && last >= total {
-            return None;
-        }
-    }
-    Some((first, len))
-}
-
-fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
-    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        Some(&s[prefix.len()..])
-    } else {
-        None
     }
 }
 
@@ -518,68 +513,116 @@ mod tests {
         assert_eq!(optional::<XSpockFlag>(&h, "X-Spock-flag"), Ok(None));
     }
 
+    fn full_stat() -> crate::stat::Stat {
+        crate::stat::Stat {
+            dev: u64::MAX,
+            ino: u64::MAX,
+            mode: 0o104755,
+            nlink: 1 << 40,
+            uid: u32::MAX,
+            gid: 4_000_000_000,
+            rdev: 0,
+            size: i64::MAX as u64,
+            blocks: 123,
+            atime: i64::MIN,
+            mtime: -1,
+            ctime: i64::MAX,
+            atime_nsec: 999_999_999,
+            mtime_nsec: 1,
+            ctime_nsec: 0,
+        }
+    }
+
+    /// What the server writes, the client reads back exactly, with every
+    /// field at the edge of its range.
     #[test]
-    fn ranges() {
-        use ByteRange::*;
+    fn stat_round_trips_with_nsec() {
+        let st = full_stat();
+        let mut h = HeaderMap::new();
+        put_stat(&mut h, &st);
+        assert_eq!(get_stat(&h), st);
+    }
+
+    /// A server without the `nsec` extension sends no nanoseconds: they
+    /// read as 0, the rest as sent; out-of-range or malformed fields read
+    /// as 0 rather than failing the call.
+    #[test]
+    fn stat_without_nsec_and_malformed_fields() {
+        let st = full_stat();
+        let mut h = HeaderMap::new();
+        put_stat(&mut h, &st);
+        for n in [
+            "x-spock-atime-nsec",
+            "x-spock-mtime-nsec",
+            "x-spock-ctime-nsec",
+        ] {
+            h.remove(n);
+        }
+        let back = get_stat(&h);
         assert_eq!(
-            parse_range(b"bytes=0-4095"),
-            Some(FromTo {
-                first: 0,
-                last: 4095
-            })
+            (back.atime_nsec, back.mtime_nsec, back.ctime_nsec),
+            (0, 0, 0)
         );
-        assert_eq!(parse_range(b"BYTES = 5-"), Some(From(5)));
-        assert_eq!(parse_range(b"bytes=-0"), Some(Suffix(0)));
         assert_eq!(
-            parse_range(b"bytes=5-4"),
-            Some(FromTo { first: 5, last: 4 })
-        );
-        assert_eq!(parse_range(b"bytes=5-3"), None);
-        assert_eq!(parse_range(b"bytes=-"), None);
-        assert_eq!(parse_range(b"bytes=a-b"), None);
-        assert_eq!(parse_range(b"bytes"), None);
-        assert_eq!(
-            FromTo {
-                first: 0,
-                last: 4095
+            back,
+            crate::stat::Stat {
+                atime_nsec: 0,
+                mtime_nsec: 0,
+                ..st
             }
-            .resolve(100),
-            Some((0, 100))
         );
-        assert_eq!(
-            FromTo {
-                first: 100,
-                last: 200
-            }
-            .resolve(100),
-            None
-        );
-        assert_eq!(FromTo { first: 5, last: 4 }.resolve(100), None);
-        assert_eq!(
-            FromTo {
-                first: 0,
-                last: u64::MAX
-            }
-            .resolve(10),
-            Some((0, 10))
-        );
-        assert_eq!(From(3).resolve(10), Some((3, 7)));
-        assert_eq!(Suffix(3).resolve(10), Some((7, 3)));
-        assert_eq!(Suffix(30).resolve(10), Some((0, 10)));
-        assert_eq!(Suffix(0).resolve(10), None);
+        h.insert("x-spock-mtime-nsec", HeaderValue::from_static("1000000000"));
+        h.insert("x-spock-size", HeaderValue::from_static("-5"));
+        h.append("x-spock-mode", HeaderValue::from_static("1"));
+        let back = get_stat(&h);
+        assert_eq!((back.mtime_nsec, back.size, back.mode), (0, 0, 0));
+        assert_eq!(get_stat(&HeaderMap::new()), crate::stat::Stat::default());
     }
 
     #[test]
-    fn content_ranges() {
-        assert_eq!(parse_content_range(b"bytes=5-4"), Some((5, 0)));
+    fn statfs_round_trips() {
+        let s = crate::stat::StatFs {
+            bsize: 4096,
+            frsize: 512,
+            blocks: u64::MAX,
+            bfree: 1,
+            bavail: 2,
+            files: 3,
+            ffree: 4,
+            favail: 5,
+            fsid: i64::MAX as u64,
+            flag: 4 | 1,
+            namemax: 255,
+        };
+        let mut h = HeaderMap::new();
+        put_statfs(&mut h, &s);
+        assert_eq!(get_statfs(&h), s);
         assert_eq!(
-            parse_content_range(b"bytes=0-18446744073709551615"),
-            Some((0, 0))
+            get_statfs(&HeaderMap::new()),
+            crate::stat::StatFs::default()
         );
-        assert_eq!(parse_content_range(b"bytes 0-0/1"), Some((0, 1)));
-        assert_eq!(parse_content_range(b"bytes=9-3"), None);
-        assert_eq!(parse_content_range(b"bytes=1-"), None);
-        assert_eq!(parse_content_range(b"items=1-2"), None);
-        assert_eq!(parse_content_range(b"bytes 1-2"), None);
+    }
+
+    #[test]
+    fn parent_round_trips_and_tolerates_bad_nsec() {
+        let st = crate::stat::Stat {
+            dev: 0,
+            ..full_stat()
+        };
+        let mut h = HeaderMap::new();
+        put_parent(&mut h, &st);
+        assert_eq!(get_parent(&h), Some(st));
+        h.insert(X_SPOCK_PARENT_NSEC.clone(), HeaderValue::from_static("1 2"));
+        assert_eq!(
+            get_parent(&h),
+            Some(crate::stat::Stat {
+                atime_nsec: 0,
+                mtime_nsec: 0,
+                ctime_nsec: 0,
+                ..st
+            })
+        );
+        h.insert(X_SPOCK_PARENT.clone(), HeaderValue::from_static("1 2 3"));
+        assert_eq!(get_parent(&h), None);
     }
 }

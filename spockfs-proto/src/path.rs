@@ -1,4 +1,5 @@
-//! Path sanitizing.
+//! Path rules: how a client writes a path into a URL ([`encode_path`]) and
+//! how a server reads and sanitizes it ([`FsPath`]).
 //!
 //! A SpockFS path is the URL path after the mount prefix, percent-decoded to
 //! bytes (names are bytes, never required to be UTF-8). Validation happens
@@ -9,8 +10,9 @@
 //!
 //! String checks are only the first line of defence: every backend resolves
 //! the resulting components relative to its own root (see
-//! [`LocalFs`](crate::LocalFs)).
+//! `spockfs_core::LocalFs`).
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use std::fmt;
 
 /// Why a path was rejected.
@@ -45,7 +47,7 @@ pub const MAX_NAME: usize = 255;
 /// of them `.`/`..`, none containing `/` or NUL.
 ///
 /// ```
-/// use spockfs_core::FsPath;
+/// use spockfs_proto::FsPath;
 ///
 /// let p = FsPath::from_url_path("/docs/caf%C3%A9%20menu.txt").unwrap();
 /// assert_eq!(p.components().collect::<Vec<_>>(), [&b"docs"[..], "café menu.txt".as_bytes()]);
@@ -152,7 +154,7 @@ impl FsPath {
     /// The directory holding this path's final name; `None` for the root.
     ///
     /// ```
-    /// use spockfs_core::FsPath;
+    /// use spockfs_proto::FsPath;
     /// let p = FsPath::from_url_path("/a/b/c").unwrap();
     /// assert_eq!(p.parent().map(|d| d.relative().to_vec()), Some(b"a/b".to_vec()));
     /// assert!(FsPath::from_url_path("/a").unwrap().parent().unwrap().is_root());
@@ -202,7 +204,7 @@ impl fmt::Display for FsPath {
 /// starting with `/`, if the path is the prefix or lies under it.
 ///
 /// ```
-/// use spockfs_core::path::strip_mount_prefix;
+/// use spockfs_proto::path::strip_mount_prefix;
 /// assert_eq!(strip_mount_prefix("/fs", "/fs"), Some("/"));
 /// assert_eq!(strip_mount_prefix("/fs", "/fs/a/b"), Some("/a/b"));
 /// assert_eq!(strip_mount_prefix("/fs", "/fsx"), None);
@@ -244,6 +246,29 @@ pub fn percent_decode_strict(input: &[u8]) -> Result<Vec<u8>, PathError> {
         }
     }
     Ok(out)
+}
+
+/// Bytes kept as-is in paths, as the original client does: unreserved
+/// characters and `/`.
+const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// Percent-encodes a filesystem path (bytes) for a request URL, as the
+/// original client does: everything but unreserved characters and `/`.
+/// [`FsPath::from_url_path`] reads it back.
+///
+/// ```
+/// use spockfs_proto::path::{encode_path, FsPath};
+/// assert_eq!(encode_path(b"/a b/c%d"), "/a%20b/c%25d");
+/// let p = FsPath::from_url_path(&encode_path(b"/x\xff\n")).unwrap();
+/// assert_eq!(p.relative(), b"x\xff\n");
+/// ```
+pub fn encode_path(path: &[u8]) -> String {
+    percent_encoding::percent_encode(path, PATH_KEEP).to_string()
 }
 
 #[cfg(test)]
@@ -312,5 +337,33 @@ mod tests {
         assert!(ok("/a").is_ancestor_of(&ok("/a")));
         assert!(!ok("/a").is_ancestor_of(&ok("/ab")));
         assert!(ok("/").is_ancestor_of(&ok("/ab")));
+    }
+
+    /// Moved from spockfs-client, with `encode_path`.
+    #[test]
+    fn paths_encode_like_the_original_client() {
+        assert_eq!(encode_path(b"/a b/c%d"), "/a%20b/c%25d");
+        assert_eq!(encode_path(b"/x-y_z.~/\xff"), "/x-y_z.~/%FF");
+        assert_eq!(encode_path("/café?#".as_bytes()), "/caf%C3%A9%3F%23");
+    }
+
+    /// Whatever the bytes, a valid path survives the client's encoding and
+    /// the server's decoding unchanged (names with `%`, spaces, newlines,
+    /// non-UTF-8 bytes).
+    #[test]
+    fn encoded_paths_decode_to_the_same_bytes() {
+        for raw in [
+            &b"/"[..],
+            b"/a",
+            b"/100% sure/x y",
+            b"/caf\xc3\xa9/\xff\xfe",
+            b"/line\nbreak/tab\there",
+            b"/%2e%2e",
+            b"/a/b/",
+        ] {
+            let p =
+                FsPath::from_url_path(&encode_path(raw)).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+            assert_eq!(p, FsPath::from_bytes(raw).unwrap_or_else(|e| panic!("{e}")));
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The SpockFS methods.
+//! The SpockFS methods: their names on the wire and the `Allow` list.
 
 /// Every method this server answers: the 25 of SpockFS 0.1, HEAD, OPTIONS,
 /// and the `FSYNC` extension.
@@ -40,15 +40,7 @@ pub const ALLOW: &str = "READDIR, GETATTR, MKNOD, OPEN, CHMOD, CHOWN, TRUNCATE, 
 READLINK, RMDIR, MKDIR, LINK, RENAME, FALLOCATE, STATFS, LISTXATTR, GETXATTR, SETXATTR, \
 REMOVEXATTR, UTIMENS, GET, HEAD, PUT, POST, DELETE, OPTIONS, FSYNC";
 
-/// The extensions this server speaks, as advertised in
-/// `X-Spock-extensions` by OPTIONS.
-pub const EXTENSIONS: &str = "errno, readdir-attrs, fsync, stat, parent-stat, nsec";
-
-/// [`EXTENSIONS`] plus `identity` (the client's `X-Spock-caller` is
-/// believed), as OPTIONS advertises them on mounts that trust their
-/// clients' identities.
-pub const EXTENSIONS_WITH_IDENTITY: &str =
-    "errno, readdir-attrs, fsync, stat, parent-stat, nsec, identity";
+pub use crate::ext::{EXTENSIONS, EXTENSIONS_WITH_IDENTITY};
 
 impl Method {
     /// All methods.
@@ -120,7 +112,7 @@ impl Method {
     /// Parses an HTTP method (case-sensitive, as HTTP methods are).
     ///
     /// ```
-    /// use spockfs_core::Method;
+    /// use spockfs_proto::Method;
     /// let m = http::Method::from_bytes(b"READDIR").unwrap();
     /// assert_eq!(Method::from_http(&m), Some(Method::Readdir));
     /// assert_eq!(Method::from_http(&http::Method::PATCH), None);

@@ -1,0 +1,138 @@
+//! The transport: one pooled set of keep-alive connections (HTTP/1.1, or
+//! HTTP/2 by ALPN or prior knowledge), and the single request path every
+//! call takes (auth, caller identity, timeout, status to errno).
+
+use crate::{errno_of, Client, Extensions, FsResult};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use spockfs_proto::path::encode_path;
+use spockfs_proto::Errno;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A connection pool. Idle connections are dropped after 30 s, before the
+/// usual server idle timeouts (60 s here, 75 s in nginx) close them under a
+/// request.
+pub(crate) fn pool(connector: Connector, http2_only: bool) -> HyperClient<Connector, Full<Bytes>> {
+    HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .http2_only(http2_only)
+        .build(connector)
+}
+
+/// What clones of a [`Client`] share.
+pub(crate) struct Inner {
+    pub(crate) http: HyperClient<Connector, Full<Bytes>>,
+    pub(crate) connector: Connector,
+    pub(crate) http2_only: bool,
+    pub(crate) base: String,
+    pub(crate) auth: Option<HeaderValue>,
+    pub(crate) timeout: Duration,
+    pub(crate) extensions: Arc<OnceCell<Extensions>>,
+}
+
+/// A decimal header value.
+pub(crate) fn hv(n: impl std::fmt::Display) -> HeaderValue {
+    // Decimal numbers are always valid header values.
+    HeaderValue::from_str(&n.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+impl Client {
+    /// One request; `Ok` only for one of the `ok` statuses.
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: Bytes,
+        ok: &[u16],
+    ) -> FsResult<Response<Bytes>> {
+        let ext = if method == "OPTIONS" {
+            Extensions::default()
+        } else {
+            self.extensions().await
+        };
+        let resp = self.raw(method, path, headers, body).await?;
+        if ok.contains(&resp.status().as_u16()) {
+            return Ok(resp);
+        }
+        Err(errno_of(resp.status(), resp.headers(), ext.errno))
+    }
+
+    pub(crate) async fn raw(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: Bytes,
+    ) -> FsResult<Response<Bytes>> {
+        let m = Method::from_bytes(method.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let uri = format!("{}{}", self.inner.base, encode_path(path));
+        let mut req = Request::builder().method(m).uri(uri);
+        if let Some(a) = &self.inner.auth {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        if let Some(c) = &self.caller {
+            // Only to a server that says it uses it.
+            if self.inner.extensions.get().is_some_and(|e| e.identity) {
+                req = req.header("x-spock-caller", c.clone());
+            }
+        }
+        for (k, v) in headers {
+            req = req.header(HeaderName::from_static(k), v.clone());
+        }
+        let req = req.body(Full::new(body)).map_err(|_| Errno::EINVAL)?;
+        let fut = async {
+            let resp = self.inner.http.request(req).await.map_err(|e| {
+                tracing::debug!(error = %e, "SpockFS request failed");
+                Errno::EIO
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|_| Errno::EIO)?.to_bytes();
+            Ok(Response::from_parts(parts, body))
+        };
+        match tokio::time::timeout(self.inner.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Errno::EIO),
+        }
+    }
+
+    /// The same client (server, credentials, TLS roots, timeout, the
+    /// extensions learnt so far) with a connection pool of its own.
+    ///
+    /// Connections run on the runtime that opened them: a thread that
+    /// drives its own single-threaded runtime (as `spockfs-mount`'s FUSE
+    /// threads do) takes its own pool, so no call ever waits on a
+    /// connection whose runtime is not running.
+    ///
+    /// ```
+    /// let shared = spockfs_client::Client::new("http://127.0.0.1:8080/fs")?;
+    /// let mine = shared.with_own_pool();
+    /// # drop(mine);
+    /// # Ok::<(), spockfs_client::BuildError>(())
+    /// ```
+    pub fn with_own_pool(&self) -> Client {
+        let i = &self.inner;
+        Client {
+            caller: self.caller.clone(),
+            inner: Arc::new(Inner {
+                http: pool(i.connector.clone(), i.http2_only),
+                connector: i.connector.clone(),
+                http2_only: i.http2_only,
+                base: i.base.clone(),
+                auth: i.auth.clone(),
+                timeout: i.timeout,
+                extensions: i.extensions.clone(),
+            }),
+        }
+    }
+}
