@@ -300,7 +300,6 @@ fn execute_sync(
             precheck(b, path, Any)?;
             sized(b.getxattr(path, &name, limits.xattr_size)?, size)?
         }
-        Op::Setxattr { .. } | Op::Put { .. } => return Err(Errno::EINVAL),
         Op::Removexattr { name } => {
             precheck(b, path, Any)?;
             b.removexattr(path, &name)?;

@@ -42,7 +42,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 pub use limits::{Limiter, Limits, READDIR_BATCH};
-pub use parse::{is_mutating_request, parse, Op, Reject};
+pub use parse::{is_mutating_request, parse, BodyOp, Call, Op, Reject};
 pub use respond::error_response;
 
 use exec::{joined, Cx, Fail, Stats};
@@ -272,15 +272,15 @@ impl Engine {
             Ok(m) => m,
             Err(rej) => return reject(rej),
         };
-        let (op, path) = match parse(method, parts.uri.path(), &parts.headers) {
+        let (call, path) = match parse(method, parts.uri.path(), &parts.headers) {
             Ok(x) => x,
             Err(rej) => return reject(rej),
         };
-        if mount.is_read_only() && op.is_mutating() {
+        if mount.is_read_only() && call.is_mutating() {
             return errno_response(Errno::EROFS, "read-only mount");
         }
-        let op = match apply_policy(&mount, op) {
-            Ok(op) => op,
+        let call = match apply_policy(&mount, call) {
+            Ok(call) => call,
             Err(rej) => return reject(rej),
         };
         let who = match identity_of(parts, &mount) {
@@ -291,10 +291,12 @@ impl Engine {
             backend: mount.backend(),
             who: &who,
         };
-        let result = match op {
-            Op::Put { range } => self.put(&mount, cx, path, range, body).await,
-            Op::Setxattr { name, flag } => self.setxattr(cx, path, name, flag, body).await,
-            op => {
+        let result = match call {
+            Call::Body(BodyOp::Put { range }) => self.put(&mount, cx, path, range, body).await,
+            Call::Body(BodyOp::Setxattr { name, flag }) => {
+                self.setxattr(cx, path, name, flag, body).await
+            }
+            Call::Op(op) => {
                 let wants = wants_stat(&parts.headers);
                 let stat = Stats {
                     entry: wants && op.can_stat(),

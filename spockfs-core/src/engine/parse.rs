@@ -1,5 +1,7 @@
-//! What a request means: method, path and headers parsed into an [`Op`]
-//! on a validated path, or a [`Reject`] (400), before anything is touched.
+//! What a request means: method, path and headers parsed into a [`Call`]
+//! (an [`Op`] its headers fully describe, or a [`BodyOp`] that also reads
+//! the request body) on a validated path, or a [`Reject`] (400), before
+//! anything is touched.
 
 use crate::backend::{Owner, SetTime, XattrFlag};
 use crate::headers::{
@@ -12,7 +14,7 @@ use http::header::{CONTENT_RANGE, RANGE};
 use http::{HeaderMap, StatusCode};
 
 /// True if a request may change the filesystem: what a read-only mount
-/// refuses with 403 `EROFS`. The decision of [`Op::is_mutating`] on the
+/// refuses with 403 `EROFS`. The decision of [`Call::is_mutating`] on the
 /// request's parsed operation, made from the method and headers alone (the
 /// path plays no part), so that a proxy can enforce read-only on requests
 /// it forwards instead of serving them: OPEN with write access, `O_CREAT`
@@ -35,12 +37,15 @@ pub fn is_mutating_request(method: Method, headers: &HeaderMap) -> bool {
         return false;
     }
     match parse(method, "/", headers) {
-        Ok((op, _)) => op.is_mutating(),
+        Ok((call, _)) => call.is_mutating(),
         Err(_) => true,
     }
 }
 
-/// What a request asks for, fully parsed.
+/// What a request asks for, fully described by its method, path and
+/// headers: every SpockFS call but the two whose request body is part of
+/// the call ([`BodyOp`]). A request for an `Op` may still carry a body; the
+/// engine does not read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum Op {
@@ -97,10 +102,6 @@ pub enum Op {
         name: Vec<u8>,
         size: Option<u64>,
     },
-    Setxattr {
-        name: Vec<u8>,
-        flag: XattrFlag,
-    },
     Removexattr {
         name: Vec<u8>,
     },
@@ -111,9 +112,6 @@ pub enum Op {
     Get {
         range: Option<ByteRange>,
         head: bool,
-    },
-    Put {
-        range: Option<(u64, u64)>,
     },
     Post {
         mode: u32,
@@ -157,7 +155,6 @@ impl Op {
                 | Op::Symlink { .. }
                 | Op::Link { .. }
                 | Op::Rename { .. }
-                | Op::Put { range: None }
         )
     }
 
@@ -184,6 +181,78 @@ impl Op {
                 | Op::Utimens { .. }
                 | Op::Fallocate { .. }
         )
+    }
+}
+
+/// What a request asks for when its body is part of the call: the engine
+/// reads the body (within [`Limits`](super::Limits)) as the file's content
+/// or the attribute's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyOp {
+    /// PUT: the body replaces the file's content (`range: None`; the file
+    /// is created if missing), or is written at `range`'s offset (`(offset,
+    /// length)` from `Content-Range`; the file must exist).
+    Put {
+        /// `(offset, length)`, if the request has a `Content-Range`.
+        range: Option<(u64, u64)>,
+    },
+    /// SETXATTR: the body is the attribute's value.
+    Setxattr {
+        /// The attribute's name.
+        name: Vec<u8>,
+        /// Create, replace, or either.
+        flag: XattrFlag,
+    },
+}
+
+impl BodyOp {
+    /// True if the operation may give a new name to an object (a
+    /// whole-file PUT creates the file if missing): see
+    /// [`Op::names_entry`].
+    pub fn names_entry(&self) -> bool {
+        matches!(self, BodyOp::Put { range: None })
+    }
+}
+
+/// A parsed request: an operation described by its headers, or one that
+/// also reads the request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// Fully described by method, path and headers.
+    Op(Op),
+    /// Also reads the request body.
+    Body(BodyOp),
+}
+
+impl Call {
+    /// True if the call may change the filesystem (refused on read-only
+    /// mounts): [`Op::is_mutating`]; both body operations do.
+    pub fn is_mutating(&self) -> bool {
+        match self {
+            Call::Op(op) => op.is_mutating(),
+            Call::Body(_) => true,
+        }
+    }
+
+    /// True if the call may give a new name to an object: the request
+    /// path's final name must then be one READDIR can list (no `\n`).
+    pub fn names_entry(&self) -> bool {
+        match self {
+            Call::Op(op) => op.names_entry(),
+            Call::Body(op) => op.names_entry(),
+        }
+    }
+}
+
+impl From<Op> for Call {
+    fn from(op: Op) -> Call {
+        Call::Op(op)
+    }
+}
+
+impl From<BodyOp> for Call {
+    fn from(op: BodyOp) -> Call {
+        Call::Body(op)
     }
 }
 
@@ -242,10 +311,10 @@ fn uid_opt(v: i64, name: &str) -> Result<Option<u32>, Reject> {
 
 /// Decides what a request means: its [`Op`] on a validated path, or why it
 /// is refused. Pure: no I/O.
-pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsPath), Reject> {
+pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Call, FsPath), Reject> {
     let path = FsPath::from_url_path(path).map_err(|e| path_reject("invalid path", e))?;
     use h::{optional as opt, required as req};
-    let op = match method {
+    let call: Call = match method {
         Method::Readdir => {
             let (attrs, nsec) = match headers.get(&X_SPOCK_READDIR) {
                 None => (false, false),
@@ -257,22 +326,24 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
                     ))
                 }
             };
-            Op::Readdir { attrs, nsec }
+            Op::Readdir { attrs, nsec }.into()
         }
-        Method::Getattr => Op::Getattr,
+        Method::Getattr => Op::Getattr.into(),
         Method::Mknod => Op::Mknod {
             mode: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
             dev: opt::<h::XSpockDev>(headers, "X-Spock-dev")?.map_or(0, |d| d.0 as u64),
-        },
+        }
+        .into(),
         Method::Open => {
             let flags = opt::<h::XSpockFlag>(headers, "X-Spock-flag")?.map_or(0, |f| f.0);
             let flags = i32::try_from(flags)
                 .map_err(|_| Reject::bad("malformed header X-Spock-flag: out of range"))?;
-            Op::Open { flags }
+            Op::Open { flags }.into()
         }
         Method::Chmod => Op::Chmod {
             mode: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
-        },
+        }
+        .into(),
         Method::Chown => Op::Chown {
             owner: Owner {
                 uid: uid_opt(
@@ -284,13 +355,14 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
                     "X-Spock-gid",
                 )?,
             },
-        },
+        }
+        .into(),
         Method::Truncate => {
             let size = req::<h::XSpockSize>(headers, "X-Spock-size")?.0;
             if size > i64::MAX as u64 {
                 return Err(Reject::bad("malformed header X-Spock-size: out of range"));
             }
-            Op::Truncate { size }
+            Op::Truncate { size }.into()
         }
         Method::Access => {
             let mask = req::<h::XSpockMode>(headers, "X-Spock-mode")?.0;
@@ -299,7 +371,7 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
                     "malformed header X-Spock-mode: ACCESS takes R_OK|W_OK|X_OK (0 to 7)",
                 ));
             }
-            Op::Access { mask }
+            Op::Access { mask }.into()
         }
         Method::Symlink => {
             let target = h::required_target(headers)?;
@@ -308,19 +380,22 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
                     "malformed header X-Spock-target: empty symlink target",
                 ));
             }
-            Op::Symlink { target }
+            Op::Symlink { target }.into()
         }
-        Method::Readlink => Op::Readlink,
-        Method::Rmdir => Op::Rmdir,
+        Method::Readlink => Op::Readlink.into(),
+        Method::Rmdir => Op::Rmdir.into(),
         Method::Mkdir => Op::Mkdir {
             mode: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
-        },
+        }
+        .into(),
         Method::Link => Op::Link {
             existing: target_path(headers)?,
-        },
+        }
+        .into(),
         Method::Rename => Op::Rename {
             from: target_path(headers)?,
-        },
+        }
+        .into(),
         Method::Fallocate => {
             let mode = opt::<h::XSpockMode>(headers, "X-Spock-mode")?.map_or(0, |m| m.0);
             let range = headers
@@ -351,31 +426,36 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
                 offset,
                 len,
             }
+            .into()
         }
-        Method::Statfs => Op::Statfs,
+        Method::Statfs => Op::Statfs.into(),
         Method::Listxattr => Op::Listxattr {
             size: opt::<h::XSpockSize>(headers, "X-Spock-size")?.map(|s| s.0),
-        },
+        }
+        .into(),
         Method::Getxattr => Op::Getxattr {
             name: xattr_name(headers)?,
             size: opt::<h::XSpockSize>(headers, "X-Spock-size")?.map(|s| s.0),
-        },
+        }
+        .into(),
         Method::Setxattr => {
             let flag = opt::<h::XSpockFlag>(headers, "X-Spock-flag")?.map_or(0, |f| f.0);
-            Op::Setxattr {
+            BodyOp::Setxattr {
                 name: xattr_name(headers)?,
                 flag: XattrFlag::from_wire(flag).map_err(|_| {
                     Reject::bad("malformed header X-Spock-flag: expected 0, 1 (XATTR_CREATE) or 2 (XATTR_REPLACE)")
                 })?,
-            }
+            }.into()
         }
         Method::Removexattr => Op::Removexattr {
             name: xattr_name(headers)?,
-        },
+        }
+        .into(),
         Method::Utimens => Op::Utimens {
             atime: h::set_time(headers, h::TimeField::Atime)?,
             mtime: h::set_time(headers, h::TimeField::Mtime)?,
-        },
+        }
+        .into(),
         Method::Get | Method::Head => {
             let range = match headers.get(RANGE) {
                 None => None,
@@ -387,6 +467,7 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
                 range,
                 head: method == Method::Head,
             }
+            .into()
         }
         Method::Put => {
             let range = match headers.get(CONTENT_RANGE) {
@@ -401,28 +482,30 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Op, FsP
                     Some((off, len))
                 }
             };
-            Op::Put { range }
+            BodyOp::Put { range }.into()
         }
         Method::Post => Op::Post {
             mode: req::<h::XSpockMode>(headers, "X-Spock-mode")?.0,
-        },
-        Method::Delete => Op::Delete,
+        }
+        .into(),
+        Method::Delete => Op::Delete.into(),
         Method::Fsync => {
             let flag = opt::<h::XSpockFlag>(headers, "X-Spock-flag")?.map_or(0, |f| f.0);
             Op::Fsync {
                 datasync: flag == 1,
             }
+            .into()
         }
         Method::Options => return Err(Reject::bad("OPTIONS has no operation")),
     };
-    if op.names_entry() && path.name().is_some_and(|n| n.contains(&b'\n')) {
+    if call.names_entry() && path.name().is_some_and(|n| n.contains(&b'\n')) {
         // READDIR lists one name per line: such a name could never be
         // listed, and its directory could never be emptied by a client.
         return Err(Reject::bad(
             "a name containing a newline cannot be listed by READDIR and is refused",
         ));
     }
-    Ok((op, path))
+    Ok((call, path))
 }
 
 fn xattr_name(headers: &HeaderMap) -> Result<Vec<u8>, Reject> {
@@ -537,5 +620,40 @@ mod tests {
         assert!(!Op::Access { mask: 5 }.is_mutating());
         assert!(!Op::Fsync { datasync: false }.is_mutating());
         assert!(Op::Delete.is_mutating());
+    }
+
+    /// PUT and SETXATTR parse to body operations, everything else to an
+    /// `Op`; a whole-file PUT names an entry, a ranged one does not.
+    #[test]
+    fn body_operations_are_their_own_type() {
+        let put = parse(Method::Put, "/f", &HeaderMap::new()).map(|(c, _)| c);
+        assert_eq!(put.ok(), Some(Call::Body(BodyOp::Put { range: None })));
+        let ranged = hm(&[("content-range", b"bytes 4-7/*")]);
+        let (call, _) = parse(Method::Put, "/f", &ranged).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            call,
+            Call::Body(BodyOp::Put {
+                range: Some((4, 4))
+            })
+        );
+        assert!(call.is_mutating() && !call.names_entry());
+        let set = hm(&[("x-spock-target", b"user.a"), ("x-spock-flag", b"1")]);
+        let (call, _) = parse(Method::Setxattr, "/f", &set).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            call,
+            Call::Body(BodyOp::Setxattr {
+                name: b"user.a".to_vec(),
+                flag: XattrFlag::Create,
+            })
+        );
+        for m in Method::ALL {
+            if let Ok((call, _)) = parse(m, "/f", &HeaderMap::new()) {
+                let body = matches!(m, Method::Put | Method::Setxattr);
+                assert_eq!(matches!(call, Call::Body(_)), body, "{m:?}");
+            }
+        }
+        // A name READDIR could not list is refused where a PUT would make it.
+        assert!(parse(Method::Put, "/a%0Ab", &HeaderMap::new()).is_err());
+        assert!(parse(Method::Put, "/a%0Ab", &ranged).is_ok());
     }
 }

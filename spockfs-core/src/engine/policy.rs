@@ -1,7 +1,7 @@
 //! A mount's policy applied to a parsed request: who it acts as
 //! (identity) and what it may do (set-ID bits, devices, privileged xattrs).
 
-use super::parse::{Op, Reject};
+use super::parse::{BodyOp, Call, Op, Reject};
 use crate::backend::Devices;
 use crate::headers::X_SPOCK_CALLER;
 use crate::identity::CallerError;
@@ -45,19 +45,21 @@ pub(super) fn is_device(mode: u32) -> bool {
     matches!(mode & S_IFMT, S_IFCHR | S_IFBLK)
 }
 
-/// The mount's [privilege policy](Mount#privilege-policy) applied to an
-/// operation: modes of new non-directories lose the set-ID bits the policy
+/// The mount's [privilege policy](Mount#privilege-policy) applied to a
+/// parsed request: modes of new non-directories lose the set-ID bits the policy
 /// forbids (CHMOD, writes and truncation are handled by the backend on the
 /// object itself, see [`SetId`]), and privileged xattr namespaces are
 /// refused before anything is read or changed.
-pub(super) fn apply_policy(mount: &Mount, op: Op) -> Result<Op, Reject> {
+pub(super) fn apply_policy(mount: &Mount, call: Call) -> Result<Call, Reject> {
     use crate::backend::mode::{S_IFDIR, S_IFMT};
     let setid = mount.setid();
-    Ok(match op {
-        Op::Post { mode } => Op::Post {
+    Ok(match call {
+        Call::Op(Op::Post { mode }) => Call::Op(Op::Post {
             mode: setid.file_mode(mode),
-        },
-        Op::Mknod { mode, .. } if is_device(mode) && mount.devices() == Devices::Refuse => {
+        }),
+        Call::Op(Op::Mknod { mode, .. })
+            if is_device(mode) && mount.devices() == Devices::Refuse =>
+        {
             return Err(Reject {
                 status: StatusCode::FORBIDDEN,
                 errno: Errno::EPERM,
@@ -65,11 +67,11 @@ pub(super) fn apply_policy(mount: &Mount, op: Op) -> Result<Op, Reject> {
             });
         }
         // MKNOD never makes a directory (EPERM), so every mode is a file's.
-        Op::Mknod { mode, dev } if mode & S_IFMT != S_IFDIR => Op::Mknod {
+        Call::Op(Op::Mknod { mode, dev }) if mode & S_IFMT != S_IFDIR => Call::Op(Op::Mknod {
             mode: setid.file_mode(mode),
             dev,
-        },
-        Op::Setxattr { ref name, .. } | Op::Removexattr { ref name }
+        }),
+        Call::Body(BodyOp::Setxattr { ref name, .. }) | Call::Op(Op::Removexattr { ref name })
             if !mount.allows_any_xattr() && !crate::mount::is_unprivileged_xattr(name) =>
         {
             return Err(Reject {
@@ -81,6 +83,6 @@ pub(super) fn apply_policy(mount: &Mount, op: Op) -> Result<Op, Reject> {
                 ),
             });
         }
-        op => op,
+        call => call,
     })
 }
