@@ -360,83 +360,30 @@ pub(super) fn link_proc(fd: &OwnedFd, dir: &OwnedFd, name: &[u8]) -> FsResult<()
 
 #[cfg(test)]
 mod tests {
+    use super::super::seccomp::{on_thread_denying, Deny, When};
     use super::*;
     use crate::Backend;
 
     /// Runs `f` on a thread of its own on which `openat2` fails with
     /// `ENOSYS`, as on a kernel without it (Linux < 5.6): every call, or
     /// (`only_beneath`) only calls relative to a directory fd, not to
-    /// `AT_FDCWD`. A seccomp filter, which binds only the thread that
-    /// installs it.
+    /// `AT_FDCWD`.
     fn without_openat2<T: Send + 'static>(
         only_beneath: bool,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> T {
-        std::thread::spawn(move || {
-            use libc::{
-                sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W,
-            };
-            let stmt = |code: u32, k: u32| sock_filter {
-                code: code as u16,
-                jt: 0,
-                jf: 0,
-                k,
-            };
-            let jeq = |k: u32, jt: u8, jf: u8| sock_filter {
-                code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
-                jt,
-                jf,
-                k,
-            };
-            let nr = std::mem::offset_of!(libc::seccomp_data, nr) as u32;
-            // The low half of the first argument (the directory fd).
-            let arg0 = std::mem::offset_of!(libc::seccomp_data, args) as u32
-                + if cfg!(target_endian = "big") { 4 } else { 0 };
-            let enosys = stmt(
-                BPF_RET | BPF_K,
-                libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-            );
-            let allow = stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW);
-            let openat2 = libc::SYS_openat2 as u32;
-            let mut filter = if only_beneath {
-                vec![
-                    stmt(BPF_LD | BPF_W | BPF_ABS, nr),
-                    jeq(openat2, 0, 3),
-                    stmt(BPF_LD | BPF_W | BPF_ABS, arg0),
-                    jeq(libc::AT_FDCWD as u32, 1, 0),
-                    enosys,
-                    allow,
-                ]
-            } else {
-                vec![
-                    stmt(BPF_LD | BPF_W | BPF_ABS, nr),
-                    jeq(openat2, 0, 1),
-                    enosys,
-                    allow,
-                ]
-            };
-            let prog = sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_mut_ptr(),
-            };
-            // SAFETY: plain syscalls on this thread; `prog` points to a
-            // filter that outlives the call (the kernel copies it).
-            unsafe {
-                assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-                let r = libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0,
-                    &prog as *const sock_fprog,
-                );
-                assert_eq!(r, 0, "seccomp: {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        let when = if only_beneath {
+            When::ArgNot(0, libc::AT_FDCWD as u32)
+        } else {
+            When::Always
+        };
+        let deny = Deny {
+            nr: libc::SYS_openat2,
+            when,
+            errno: libc::ENOSYS,
+        };
+        on_thread_denying(&[deny], f)
     }
-
     /// Without `openat2` the root is refused (`ENOSYS`), eagerly by
     /// `LocalFs::open` and on every request of a lazily opened `LocalFs`:
     /// nothing falls back to unconfined resolution.

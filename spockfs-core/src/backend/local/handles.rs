@@ -225,3 +225,70 @@ impl DirStream for LocalDir {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::seccomp::{on_thread_denying, Deny, When};
+    use crate::backend::{Backend, SetId};
+    use crate::{Errno, FsPath, LocalFs};
+    use std::path::Path;
+
+    /// Temporary files of replacements in `dir`.
+    fn temporaries(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".spockfs-put."))
+            .collect()
+    }
+
+    /// On a filesystem without `O_TMPFILE` and `RENAME_NOREPLACE` (a
+    /// seccomp filter refuses both, as such a filesystem does), a
+    /// replacement writes a named temporary file, says whether it created
+    /// the file, and leaves no temporary behind, committed or abandoned.
+    #[test]
+    fn replacement_without_tmpfile_or_noreplace() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path().to_path_buf();
+        let deny = [
+            Deny {
+                nr: libc::SYS_openat,
+                when: When::ArgHas(2, (libc::O_TMPFILE & !libc::O_DIRECTORY) as u32),
+                errno: libc::EOPNOTSUPP,
+            },
+            Deny {
+                nr: libc::SYS_renameat2,
+                when: When::ArgHas(4, libc::RENAME_NOREPLACE),
+                errno: libc::EINVAL,
+            },
+        ];
+        let seen = on_thread_denying(&deny, move || {
+            let fs = LocalFs::open(&root).unwrap_or_else(|e| panic!("{e}"));
+            let f = FsPath::from_url_path("/f").unwrap_or_else(|e| panic!("{e}"));
+            let replace = |data: &[u8]| -> Result<(bool, Vec<String>), Errno> {
+                let r = fs.replace(&f, SetId::Keep)?;
+                r.write_at(data, 0)?;
+                // The named temporary, there until the commit.
+                let during = temporaries(&root);
+                Ok((r.commit()?, during))
+            };
+            let created = replace(b"first");
+            let replaced = replace(b"second");
+            let abandoned = fs.replace(&f, SetId::Keep).map(|r| {
+                let _ = r.write_at(b"third", 0);
+                temporaries(&root).len()
+            });
+            (created, replaced, abandoned)
+        });
+        let (created, replaced, abandoned) = seen;
+        let (created, during) = created.unwrap_or_else(|e| panic!("{e}"));
+        assert!(created);
+        assert_eq!(during.len(), 1, "{during:?}");
+        let (created, _) = replaced.unwrap_or_else(|e| panic!("{e}"));
+        assert!(!created);
+        assert_eq!(abandoned, Ok(1));
+        assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+        let content = std::fs::read(dir.path().join("f")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(content, b"second");
+    }
+}

@@ -18,6 +18,8 @@
 
 mod confine;
 mod handles;
+#[cfg(test)]
+mod seccomp;
 
 use super::{
     mode, Backend, Devices, DirSink, DirStream, FileHandle, Owner, Replacement, SetId, SetTime,
