@@ -66,7 +66,7 @@ impl Engine {
     }
 }
 
-/// The body deadline ([`Limits::body_timeout`]): each `chunk` bytes of a
+/// The body deadline ([`Limits::body_timeout`](super::Limits::body_timeout)): each `chunk` bytes of a
 /// request body (or its rest, if shorter) must arrive within `timeout`, so a
 /// stalled body fails after `timeout` and a trickling one as soon as a
 /// chunk takes longer.
@@ -128,7 +128,7 @@ where
     }
 }
 
-/// A PUT body over [`Limits::max_put_size`].
+/// A PUT body over [`Limits::max_put_size`](super::Limits::max_put_size).
 pub(super) fn too_large(max: u64) -> Fail {
     Fail::Reject(Reject {
         status: StatusCode::PAYLOAD_TOO_LARGE,

@@ -1,6 +1,6 @@
 //! Execution of the operations described by their headers alone: each
 //! runs against the backend on the blocking pool, as the request's
-//! identity, and produces an [`Outcome`](super::respond::Outcome).
+//! identity, and produces an [`Outcome`].
 
 use super::limits::{Limits, READDIR_BATCH};
 use super::parse::{Op, Reject};

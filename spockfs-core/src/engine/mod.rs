@@ -3,7 +3,7 @@
 //! `http::Response` it returns; nothing else about a request is decided
 //! outside this module.
 //!
-//! The work is split like tower-http's `ServeDir`: [`parse`] decides what a
+//! The work is split like tower-http's `ServeDir`: [`parse()`] decides what a
 //! request means (method, path, headers → an [`Op`] or a 4xx), `execute`
 //! runs it against the backend on a blocking thread, and the response
 //! builders turn the outcome into status, headers and body.

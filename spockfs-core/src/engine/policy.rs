@@ -48,7 +48,7 @@ pub(super) fn is_device(mode: u32) -> bool {
 /// The mount's [privilege policy](Mount#privilege-policy) applied to a
 /// parsed request: modes of new non-directories lose the set-ID bits the policy
 /// forbids (CHMOD, writes and truncation are handled by the backend on the
-/// object itself, see [`SetId`]), and privileged xattr namespaces are
+/// object itself, see [`SetId`](crate::backend::SetId)), and privileged xattr namespaces are
 /// refused before anything is read or changed.
 pub(super) fn apply_policy(mount: &Mount, call: Call) -> Result<Call, Reject> {
     use crate::backend::mode::{S_IFDIR, S_IFMT};

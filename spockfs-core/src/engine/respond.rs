@@ -33,7 +33,7 @@ pub(super) enum Outcome {
     },
     /// Refused after a look at the filesystem, with the reason.
     Refused(Reject),
-    /// A READDIR over [`Limits::readdir_max_entries`].
+    /// A READDIR over [`Limits::readdir_max_entries`](super::Limits::readdir_max_entries).
     TooManyEntries {
         count: u64,
         max: u64,

@@ -83,7 +83,7 @@ pub(super) struct Inode {
     pub(super) mtime: Time,
     pub(super) ctime: Time,
     pub(super) xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// Open [`FileHandle`]s: an unlinked file lives until they close.
+    /// Open [`FileHandle`](crate::backend::FileHandle)s: an unlinked file lives until they close.
     pub(super) open: u64,
     pub(super) data: Data,
 }
