@@ -5,7 +5,7 @@ use crate::input::{Cursor, NUMBERS};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use spockfs_core::engine::{self, Op};
+use spockfs_core::engine::{self, BodyOp, Call, Op};
 use spockfs_core::{Engine, Errno, MemFs, Method, Mount};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -346,15 +346,15 @@ fn too_costly_for_disk(q: &Req) -> bool {
     }
     const MB: u64 = 1 << 20;
     match engine::parse(m, &q.path, &hm) {
-        Ok((Op::Truncate { size }, _)) => size > MB,
-        Ok((Op::Fallocate { offset, len, .. }, _)) => offset.saturating_add(len) > MB,
+        Ok((Call::Op(Op::Truncate { size }), _)) => size > MB,
+        Ok((Call::Op(Op::Fallocate { offset, len, .. }), _)) => offset.saturating_add(len) > MB,
         Ok((
-            Op::Put {
+            Call::Body(BodyOp::Put {
                 range: Some((o, l)),
-            },
+            }),
             _,
         )) => o.saturating_add(l) > MB,
-        Ok((Op::Mknod { mode, .. }, _)) => {
+        Ok((Call::Op(Op::Mknod { mode, .. }), _)) => {
             let t = mode & 0o170000;
             t != 0o010000 && t != 0o100000 && t != 0o140000 && t != 0
         }

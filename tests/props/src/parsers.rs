@@ -4,7 +4,7 @@
 use crate::input::{Cursor, NUMBERS};
 use headers::Header;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use spockfs_core::engine::{self, Op};
+use spockfs_core::engine::{self, BodyOp, Call, Op};
 use spockfs_core::headers::{self as h, ByteRange};
 use spockfs_core::listing::{
     parse_attrs_line, parse_line, write_attrs_prefix, write_prefix, Format,
@@ -245,7 +245,7 @@ pub fn check_headers(data: &[u8]) {
 }
 
 /// What a parsed operation must satisfy, whatever the headers said.
-fn check_op(method: Method, op: &Op, hm: &HeaderMap) {
+fn check_op(method: Method, op: &Call, hm: &HeaderMap) {
     let one = |n: &str| {
         let mut it = hm.get_all(n).iter();
         let v = it.next().map(|v| v.as_bytes().to_vec());
@@ -253,33 +253,34 @@ fn check_op(method: Method, op: &Op, hm: &HeaderMap) {
         v
     };
     match op {
-        Op::Truncate { size } => assert!(*size <= i64::MAX as u64),
-        Op::Access { mask } => assert!(*mask <= 7),
-        Op::Symlink { target } => {
+        Call::Op(Op::Truncate { size }) => assert!(*size <= i64::MAX as u64),
+        Call::Op(Op::Access { mask }) => assert!(*mask <= 7),
+        Call::Op(Op::Symlink { target }) => {
             assert!(!target.is_empty());
             assert_eq!(one("x-spock-target").as_ref(), Some(target));
         }
-        Op::Link { existing } | Op::Rename { from: existing } => {
+        Call::Op(Op::Link { existing } | Op::Rename { from: existing }) => {
             let raw = one("x-spock-target").unwrap_or_default();
             assert_eq!(FsPath::from_bytes(&raw).as_ref(), Ok(existing));
         }
-        Op::Fallocate { offset, len, .. } => {
+        Call::Op(Op::Fallocate { offset, len, .. }) => {
             assert!(*len > 0);
             assert!(offset
                 .checked_add(*len)
                 .is_some_and(|e| e <= i64::MAX as u64));
         }
-        Op::Getxattr { name, .. } | Op::Setxattr { name, .. } | Op::Removexattr { name } => {
+        Call::Op(Op::Getxattr { name, .. } | Op::Removexattr { name })
+        | Call::Body(BodyOp::Setxattr { name, .. }) => {
             assert!(!name.is_empty() && name.len() <= 255);
             assert_eq!(one("x-spock-target").as_ref(), Some(name));
         }
-        Op::Put {
+        Call::Body(BodyOp::Put {
             range: Some((off, len)),
-        } => {
+        }) => {
             assert!(off.checked_add(*len).is_some_and(|e| e <= i64::MAX as u64));
         }
-        Op::Get { head, .. } => assert_eq!(*head, method == Method::Head),
-        Op::Utimens { atime, mtime } => {
+        Call::Op(Op::Get { head, .. }) => assert_eq!(*head, method == Method::Head),
+        Call::Op(Op::Utimens { atime, mtime }) => {
             // Each time as its header spelled it; nanoseconds only with
             // seconds, and in range.
             for (t, secs, nsec) in [
@@ -304,7 +305,7 @@ fn check_op(method: Method, op: &Op, hm: &HeaderMap) {
                 }
             }
         }
-        Op::Readdir { attrs, nsec } => {
+        Call::Op(Op::Readdir { attrs, nsec }) => {
             assert_eq!(*attrs, hm.contains_key("x-spock-readdir"));
             assert_eq!(
                 *nsec,
@@ -314,7 +315,7 @@ fn check_op(method: Method, op: &Op, hm: &HeaderMap) {
         _ => {}
     }
     // Whatever it parsed, it was spelled by the header that names it.
-    if let Op::Mkdir { mode } | Op::Chmod { mode } | Op::Post { mode } = op {
+    if let Call::Op(Op::Mkdir { mode } | Op::Chmod { mode } | Op::Post { mode }) = op {
         assert_eq!(
             one("x-spock-mode").map(|v| reference_decimal(&v)),
             Some(Some(*mode as i128))
