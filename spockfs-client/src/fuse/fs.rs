@@ -386,7 +386,7 @@ impl MountFs {
 
     /// Removes file `name` from `parent`. If it is the last name of a file
     /// open through the mount, it is renamed to a hidden name instead and
-    /// removed on the last release (see [`HIDDEN_PREFIX`]).
+    /// removed on the last release (see [`HIDDEN_PREFIX`](super::HIDDEN_PREFIX)).
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Errno> {
         self.remove(parent, name, false).await
     }
