@@ -222,27 +222,7 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
             tracing::debug!("readahead left at the kernel default");
         }
     });
-    rt.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("signal: unmounting {}", mp.display());
-        let shown = mp.display().to_string();
-        match tokio::task::spawn_blocking(move || spockfs_client::fuse::unmount(&mp)).await {
-            Ok(Ok(false)) => {}
-            Ok(Ok(true)) => eprintln!("spockfs-mount: {shown} busy: detached lazily"),
-            Ok(Err(e)) => eprintln!("spockfs-mount: unmount {shown}: {e}"),
-            Err(e) => eprintln!("spockfs-mount: unmount {shown}: {e}"),
-        }
-    });
+    rt.spawn(spockfs_client::fuse::unmount_on_signal(mp));
     let r = session.run();
     rt.shutdown_timeout(Duration::from_millis(200));
     r.map_err(|e| format!("session: {e}"))
