@@ -7,7 +7,6 @@
 
 pub mod backend;
 mod body;
-pub mod conn;
 pub mod engine;
 pub mod errno;
 pub mod headers;
@@ -18,12 +17,14 @@ pub mod mount;
 pub mod path;
 pub mod pool;
 mod reaper;
+pub mod route;
 pub mod sites;
 
 pub use body::SpockBody;
 pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limiter, Limits, Op};
 pub use method::Method;
 pub use mount::{Mount, MountTable, Policy};
+pub use route::{Hosts, Routes};
 
 pub use backend::local::LocalFs;
 pub use backend::mem::MemFs;
