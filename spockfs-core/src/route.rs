@@ -467,6 +467,24 @@ mod tests {
         assert_eq!(strip_port("[::1]"), "[::1]");
     }
 
+    /// A configured name is normalized as request hosts are: a vhost
+    /// written with a trailing dot or in capitals is found (before, only
+    /// the request side dropped the dot, so such a vhost never matched).
+    #[test]
+    fn configured_names_normalize_like_requests() {
+        let mut t = MountTable::default();
+        t.insert_vhost("Docs.Example.", Mount::new(MemFs::new()).read_only(true));
+        for host in ["docs.example", "DOCS.example.", "docs.example:80"] {
+            let p = parts(Some(host), "/", http::Version::HTTP_11);
+            assert!(
+                matches!(t.select(&p), Ok(Selected::Mount(m)) if m.is_read_only()),
+                "{host}"
+            );
+        }
+        let routes = Routes::new().vhost("Docs.Example.", 1);
+        assert_eq!(routes.find(Some("docs.example"), "/a"), Some((&1, "/a")));
+    }
+
     /// Host before any host, `host:port` before `host`, longest prefix
     /// first, first added among equals; a host's routes that do not cover
     /// the path fall through to the next.
