@@ -28,7 +28,7 @@ pub struct ConnTimeouts {
 }
 
 /// A connection's byte stream with the timeouts of [`ConnTimeouts`] (and,
-/// if admitted by a [`ConnLimiter`], its place under the connection cap,
+/// if admitted by a [`ConnLimiter`](crate::ConnLimiter), its place under the connection cap,
 /// given back when this is dropped).
 #[derive(Debug)]
 pub struct GuardedIo<S> {
@@ -75,7 +75,7 @@ impl<S> GuardedIo<S> {
         GuardedIo::with_shared(inner, timeouts, Shared::new(true), None)
     }
 
-    /// Wraps a connection admitted by a [`ConnLimiter`] (after its TLS
+    /// Wraps a connection admitted by a [`ConnLimiter`](crate::ConnLimiter) (after its TLS
     /// handshake, if any): the idle timer starts now, and from now on the
     /// limiter may close it when it is idle and room is needed.
     pub fn admitted(inner: S, timeouts: ConnTimeouts, admission: Admission) -> GuardedIo<S> {
@@ -351,7 +351,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
     }
     /// Shuts down our side, then lingers (see [`LINGER_TIME`]): done when
     /// the client closes too, errs, or the time or byte budget runs out.
-    /// A connection closed to make room (see [`ConnLimiter`]) does not
+    /// A connection closed to make room (see [`ConnLimiter`](crate::ConnLimiter)) does not
     /// linger: it was idle, nothing of it is in flight, and its descriptor
     /// is wanted now.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

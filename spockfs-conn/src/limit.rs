@@ -139,7 +139,7 @@ impl std::fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 /// A connection's place under a [`ConnLimiter`]; hand it to
-/// [`GuardedIo::admitted`]. Dropping it gives the place back.
+/// [`GuardedIo::admitted`](crate::GuardedIo::admitted). Dropping it gives the place back.
 #[derive(Debug)]
 pub struct Admission {
     pub(crate) shared: Arc<Shared>,

@@ -49,7 +49,7 @@ impl Shared {
     }
 }
 
-/// Tells a [`GuardedIo`] when requests start and end. Cheap to clone.
+/// Tells a [`GuardedIo`](crate::GuardedIo) when requests start and end. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ConnActivity {
     pub(crate) shared: Arc<Shared>,
