@@ -7,12 +7,12 @@
 
 pub mod backend;
 mod body;
-pub mod conn;
 pub mod engine;
 pub mod identity;
 pub mod mount;
 pub mod pool;
 mod reaper;
+pub mod route;
 pub mod sites;
 
 // The wire protocol lives in spockfs-proto (shared with the client); its
@@ -24,6 +24,7 @@ pub use body::SpockBody;
 pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limiter, Limits, Op};
 pub use method::Method;
 pub use mount::{Mount, MountTable, Policy};
+pub use route::{Hosts, Routes};
 
 pub use backend::local::LocalFs;
 pub use backend::mem::MemFs;

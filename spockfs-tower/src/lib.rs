@@ -62,7 +62,7 @@
 //! A mount can also carry its own identity ([`Mount::act_as`]), trust the
 //! identities clients declare ([`Mount::trust_client_ids`]), and a whole
 //! directory of sites can be served per `Host`
-//! ([`Builder::sites`], [`spockfs_core::sites::SitesDir`]).
+//! ([`EngineBuilder::sites`], [`spockfs_core::sites::SitesDir`]).
 #![warn(missing_docs)]
 
 use bytes::Bytes;
@@ -94,11 +94,11 @@ impl SpockFs {
         SpockFs::from_engine(Engine::new(dir))
     }
 
-    /// Configures vhosts, default root, limits.
+    /// Configures vhosts, default root, limits: the engine's own builder
+    /// ([`EngineBuilder`], where each option's default is stated), whose
+    /// `build()` makes the service.
     pub fn builder() -> Builder {
-        Builder {
-            inner: Engine::builder(),
-        }
+        Builder::default()
     }
 
     /// Wraps an engine.
@@ -114,56 +114,15 @@ impl SpockFs {
     }
 }
 
-/// Builds a [`SpockFs`]; see [`EngineBuilder`] for each option's default.
-#[derive(Debug)]
-pub struct Builder {
-    inner: EngineBuilder,
+impl From<Engine> for SpockFs {
+    fn from(engine: Engine) -> SpockFs {
+        SpockFs::from_engine(engine)
+    }
 }
 
-impl Builder {
-    /// Serves `dir` when no vhost matches. Default: none (404).
-    pub fn root(self, dir: impl AsRef<std::path::Path>) -> Self {
-        Builder {
-            inner: self.inner.root(dir),
-        }
-    }
-    /// Serves `mount` when no vhost matches. Default: none (404).
-    pub fn default_mount(self, mount: Mount) -> Self {
-        Builder {
-            inner: self.inner.default_mount(mount),
-        }
-    }
-    /// Serves `mount` for `host` (`name` or `name:port`, case-insensitive).
-    pub fn vhost(self, host: &str, mount: Mount) -> Self {
-        Builder {
-            inner: self.inner.vhost(host, mount),
-        }
-    }
-    /// Serves hosts that no vhost names from a sites directory
-    /// (`DIR/<host>`, looked up per request; see
-    /// [`spockfs_core::sites::SitesDir`]). Default: none.
-    pub fn sites(self, sites: spockfs_core::sites::SitesDir) -> Self {
-        Builder {
-            inner: self.inner.sites(sites),
-        }
-    }
-    /// Replaces all limits. Default: [`Limits::default`].
-    pub fn limits(self, limits: Limits) -> Self {
-        Builder {
-            inner: self.inner.limits(limits),
-        }
-    }
-    /// Largest xattr value or list, bytes. Default 64 KiB.
-    pub fn xattr_limit(self, bytes: usize) -> Self {
-        Builder {
-            inner: self.inner.xattr_limit(bytes),
-        }
-    }
-    /// The service.
-    pub fn build(self) -> SpockFs {
-        SpockFs::from_engine(self.inner.build())
-    }
-}
+/// Builds a [`SpockFs`]: the engine's builder, so every option and its
+/// default is [`EngineBuilder`]'s.
+pub type Builder = EngineBuilder<SpockFs>;
 
 /// Response future of [`SpockFs`].
 pub type ResponseFuture =
@@ -214,14 +173,8 @@ impl SpockFsLayer {
     /// `prefix` is normalized to start with `/` and not end with one
     /// (`"/"` or `""` means every request).
     pub fn new(prefix: &str, fs: SpockFs) -> SpockFsLayer {
-        let p = prefix.trim_end_matches('/');
-        let p = if p.is_empty() || p.starts_with('/') {
-            p.to_owned()
-        } else {
-            format!("/{p}")
-        };
         SpockFsLayer {
-            prefix: p.into(),
+            prefix: spockfs_core::route::normalize_prefix(prefix).into(),
             fs,
         }
     }

@@ -630,20 +630,25 @@ async fn byte_for_byte_parity_with_the_tower_service() {
     }
 }
 
-/// Someone's existing gateway, wrapped in one line with `WithSpockFs`:
-/// SpockFS requests are answered by the module, everything else still goes
-/// through the inner proxy's own hooks (here it tags requests upstream).
+/// Someone's existing gateway, with the module called in one line from its
+/// own `request_filter`: SpockFS requests are answered by the module,
+/// everything else still goes through the proxy's own hooks (here it tags
+/// requests upstream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_spockfs_wraps_an_existing_proxy() {
     use pingora::proxy::{ProxyHttp, Session};
     use pingora::upstreams::peer::HttpPeer;
     struct Existing {
         upstream: String,
+        spockfs: spockfs_pingora::SpockFsModule,
     }
     #[async_trait::async_trait]
     impl ProxyHttp for Existing {
         type CTX = ();
         fn new_ctx(&self) {}
+        async fn request_filter(&self, s: &mut Session, _c: &mut ()) -> pingora::Result<bool> {
+            self.spockfs.handle(s).await
+        }
         async fn upstream_peer(
             &self,
             _s: &mut Session,
@@ -667,15 +672,13 @@ async fn with_spockfs_wraps_an_existing_proxy() {
     let (up, _echo) = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("f"), b"via module").unwrap_or_else(|e| panic!("{e}"));
-    let module = spockfs_pingora::SpockFsModule::builder()
-        .prefix("/fs", Engine::new(dir.path()))
-        .build();
-    let port = start_wrapped(spockfs_pingora::WithSpockFs::new(
-        module,
-        Existing {
-            upstream: format!("127.0.0.1:{up}"),
-        },
-    ))
+    let spockfs = spockfs_pingora::SpockFsModule::new(
+        spockfs_core::Routes::new().prefix("/fs", Engine::new(dir.path())),
+    );
+    let port = start_proxy(Existing {
+        upstream: format!("127.0.0.1:{up}"),
+        spockfs,
+    })
     .await;
     let c = Client::new(&format!("http://127.0.0.1:{port}"));
     let r = c.req("GET", "/fs/f", &[]).await;
@@ -918,9 +921,9 @@ async fn identity_headers_from_clients_are_removed() {
     assert!(pingora_gateway::build(&bad).is_err());
 }
 
-/// Runs a wrapped proxy on a Pingora server in this process (until the
-/// test process exits); returns its port once it listens.
-async fn start_wrapped<P>(proxy: spockfs_pingora::WithSpockFs<P>) -> u16
+/// Runs a proxy on a Pingora server in this process (until the test
+/// process exits); returns its port once it listens.
+async fn start_proxy<P>(proxy: P) -> u16
 where
     P: pingora::proxy::ProxyHttp + Send + Sync + 'static,
     P::CTX: Send + Sync,
@@ -936,17 +939,14 @@ where
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "wrapped gateway did not start"
-        );
+        assert!(std::time::Instant::now() < deadline, "proxy did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     port
 }
 
 /// An existing gateway that checks an API key in its `request_filter` and
-/// picks each user's root: wrapped with `WithSpockFs`, its check runs for
+/// picks each user's root, then calls the module: its check runs for
 /// SpockFS requests too (nothing unauthenticated reaches the filesystem),
 /// and the `Mount` it inserts is the root the request is served from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -956,6 +956,7 @@ async fn with_spockfs_runs_the_inner_request_filter_first() {
     struct KeyChecked {
         upstream: String,
         homes: std::collections::HashMap<&'static str, Mount>,
+        spockfs: spockfs_pingora::SpockFsModule,
     }
     #[async_trait::async_trait]
     impl ProxyHttp for KeyChecked {
@@ -970,7 +971,7 @@ async fn with_spockfs_runs_the_inner_request_filter_first() {
             let user = match key {
                 Some(b"alice-key") => "alice",
                 Some(b"bob-key") => "bob",
-                Some(b"shared-key") => return Ok(false),
+                Some(b"shared-key") => return self.spockfs.handle(s).await,
                 _ => {
                     s.respond_error(401).await?;
                     return Ok(true);
@@ -979,7 +980,7 @@ async fn with_spockfs_runs_the_inner_request_filter_first() {
             if let Some(m) = self.homes.get(user) {
                 s.req_header_mut().extensions_mut().insert(m.clone());
             }
-            Ok(false)
+            self.spockfs.handle(s).await
         }
         async fn upstream_peer(
             &self,
@@ -1004,25 +1005,23 @@ async fn with_spockfs_runs_the_inner_request_filter_first() {
     ]
     .into_iter()
     .collect();
-    let module = spockfs_pingora::SpockFsModule::builder()
-        .prefix(
+    let spockfs = spockfs_pingora::SpockFsModule::new(
+        spockfs_core::Routes::new().prefix(
             "/fs",
             Engine::builder()
                 .default_mount(Mount::local(&shared))
                 .build(),
-        )
-        .build();
-    let port = start_wrapped(spockfs_pingora::WithSpockFs::new(
-        module,
-        KeyChecked {
-            upstream: format!("127.0.0.1:{up}"),
-            homes,
-        },
-    ))
+        ),
+    );
+    let port = start_proxy(KeyChecked {
+        upstream: format!("127.0.0.1:{up}"),
+        homes,
+        spockfs,
+    })
     .await;
     let c = Client::new(&format!("http://127.0.0.1:{port}"));
     let mode = ("X-Spock-mode", "493");
-    // No key, or a wrong one: the inner filter answers, SpockFS never runs.
+    // No key, or a wrong one: the host's filter answers, SpockFS never runs.
     for key in [None, Some("wrong")] {
         let mut h = vec![mode];
         h.extend(key.map(|k| ("X-Api-Key", k)));
@@ -1032,7 +1031,7 @@ async fn with_spockfs_runs_the_inner_request_filter_first() {
         assert_eq!(r.status, 401, "key {key:?}, proxied");
     }
     assert!(!shared.join("d").exists(), "unauthenticated MKDIR applied");
-    // Each user in their own root, chosen per request by the inner filter.
+    // Each user in their own root, chosen per request by the host's filter.
     let r = c
         .req("MKDIR", "/fs/mine", &[mode, ("X-Api-Key", "alice-key")])
         .await;

@@ -279,8 +279,8 @@ impl Args {
     }
 
     /// The connection timeouts these flags set.
-    pub fn conn_timeouts(&self) -> spockfs_core::conn::ConnTimeouts {
-        spockfs_core::conn::ConnTimeouts {
+    pub fn conn_timeouts(&self) -> spockfs_conn::ConnTimeouts {
+        spockfs_conn::ConnTimeouts {
             idle: nonzero(self.idle_timeout),
             header: nonzero(self.header_timeout),
             write: nonzero(self.write_timeout),
@@ -288,12 +288,12 @@ impl Args {
     }
 
     /// The connection caps these flags set.
-    pub fn conn_limiter(&self) -> spockfs_core::conn::ConnLimiter {
+    pub fn conn_limiter(&self) -> spockfs_conn::ConnLimiter {
         let max = match self.max_connections {
             Some(n) => Some(n),
-            None => spockfs_core::conn::default_max_connections(self.max_requests),
+            None => spockfs_conn::default_max_connections(self.max_requests),
         };
-        spockfs_core::conn::ConnLimiter::new(max, Some(self.max_connections_per_ip))
+        spockfs_conn::ConnLimiter::new(max, Some(self.max_connections_per_ip))
     }
 }
 
@@ -489,7 +489,7 @@ pub async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
-    use spockfs_core::conn::GuardedIo;
+    use spockfs_conn::GuardedIo;
     use tower::ServiceExt;
 
     let router = build_router(&args)?;
@@ -564,7 +564,7 @@ pub async fn serve(
         tokio::spawn(async move {
             // The service reports each request to the connection guard; the
             // guard's hold ends with the response body.
-            let svc = |activity: spockfs_core::conn::ConnActivity| {
+            let svc = |activity: spockfs_conn::ConnActivity| {
                 TowerToHyperService::new(tower::service_fn(
                     move |mut req: http::Request<hyper::body::Incoming>| {
                         req.extensions_mut()
@@ -639,11 +639,11 @@ pub async fn serve(
 
 /// A connection just accepted.
 enum Accepted {
-    Plain(spockfs_core::conn::GuardedIo<tokio::net::TcpStream>),
+    Plain(spockfs_conn::GuardedIo<tokio::net::TcpStream>),
     Tls(
         tokio_rustls::TlsAcceptor,
         tokio::net::TcpStream,
-        spockfs_core::conn::Admission,
+        spockfs_conn::Admission,
     ),
 }
 
@@ -653,7 +653,7 @@ struct ActiveBody {
     inner: axum::body::Body,
     /// HTTP/2: the stream's progress, for its write-timeout watchdog.
     watch: Option<Arc<stall::StreamWatch>>,
-    _active: spockfs_core::conn::RequestActive,
+    _active: spockfs_conn::RequestActive,
 }
 
 impl http_body::Body for ActiveBody {

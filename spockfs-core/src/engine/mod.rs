@@ -82,15 +82,28 @@ pub struct Engine {
     reaper: Option<BodyReaper>,
 }
 
-/// Builds an [`Engine`].
-#[derive(Debug, Default)]
-pub struct EngineBuilder {
+/// Builds an [`Engine`], or anything made from one (`T`: an adapter's
+/// service, so that adapters share these options instead of copying them).
+#[derive(Debug)]
+pub struct EngineBuilder<T = Engine> {
     mounts: MountTable,
     limits: Limits,
     limiter: Option<Limiter>,
+    output: std::marker::PhantomData<fn() -> T>,
 }
 
-impl EngineBuilder {
+impl<T> Default for EngineBuilder<T> {
+    fn default() -> Self {
+        EngineBuilder {
+            mounts: MountTable::default(),
+            limits: Limits::default(),
+            limiter: None,
+            output: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: From<Engine>> EngineBuilder<T> {
     /// Serves `dir` (a [`LocalFs`](crate::LocalFs)) when no vhost matches.
     pub fn root(self, dir: impl AsRef<Path>) -> Self {
         self.default_mount(Mount::local(dir))
@@ -144,9 +157,9 @@ impl EngineBuilder {
         self
     }
 
-    /// The engine.
-    pub fn build(self) -> Engine {
-        Engine {
+    /// The engine (or what `T` makes of it).
+    pub fn build(self) -> T {
+        T::from(Engine {
             pool: BlockingPool::new(self.limits.blocking_threads),
             reaper: self.limits.write_timeout.map(BodyReaper::new),
             limiter: self
@@ -154,7 +167,7 @@ impl EngineBuilder {
                 .unwrap_or_else(|| Limiter::from_limits(&self.limits)),
             mounts: self.mounts,
             limits: self.limits,
-        }
+        })
     }
 }
 
