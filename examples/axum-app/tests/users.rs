@@ -8,6 +8,7 @@ use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn start(extra: &[&str], root: &Path) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    std::fs::create_dir_all(root).unwrap_or_else(|e| panic!("{e}"));
     let mut v = vec!["axum-app", "--root", root.to_str().unwrap_or_default()];
     v.extend_from_slice(extra);
     let args = Args::parse_from(v);
