@@ -489,19 +489,22 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
 /// The axum router: SpockFS under `--prefix`, with tracing and (if
 /// configured) basic auth in front of everything.
 pub fn build_router(args: &Args) -> Result<Router, StartError> {
-    let fs = build_spockfs(args)?;
+    // Flag combinations first: a mistake there touches nothing on disk
+    // (not even the default root).
     let prefix = args.prefix.trim_end_matches('/');
+    if !prefix.is_empty() && !prefix.starts_with('/') {
+        return Err(StartError::Prefix(args.prefix.clone()));
+    }
+    if args.user_roots.is_some() && args.htpasswd.is_none() && args.trust_proxy_user.is_none() {
+        return Err(StartError::UserRootsWithoutAuth);
+    }
+    let fs = build_spockfs(args)?;
     let mut router = if prefix.is_empty() {
         Router::new().fallback_service(fs)
-    } else if prefix.starts_with('/') {
-        Router::new().nest_service(prefix, fs)
     } else {
-        return Err(StartError::Prefix(args.prefix.clone()));
+        Router::new().nest_service(prefix, fs)
     };
     if let Some(dir) = &args.user_roots {
-        if args.htpasswd.is_none() && args.trust_proxy_user.is_none() {
-            return Err(StartError::UserRootsWithoutAuth);
-        }
         std::fs::create_dir_all(dir).map_err(|e| StartError::Root {
             path: dir.clone(),
             source: e,

@@ -203,6 +203,10 @@ async fn user_roots_need_a_source_of_users() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(serve(args, listener, async {}).await.is_err());
+    assert!(
+        !std::path::Path::new(axum_app::DEFAULT_ROOT).exists(),
+        "a flag mistake creates no default root (in the test's working directory)"
+    );
 }
 
 /// A user name is the header's bytes decoded as UTF-8 (nginx passes a
