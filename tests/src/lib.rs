@@ -556,11 +556,13 @@ pub async fn start_axum(mut args: axum_app::Args) -> (SocketAddr, Running) {
     )
 }
 
-/// Default flags for an in-process axum app serving `root`.
+/// Default flags for an in-process axum app serving `root`, which is
+/// created here if missing (the app creates only its default `./data`).
 pub fn axum_args(root: &Path) -> axum_app::Args {
     use clap::Parser as _;
+    std::fs::create_dir_all(root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
     let mut a = axum_app::Args::parse_from(["axum-app"]);
-    a.root = root.to_path_buf();
+    a.root = Some(root.to_path_buf());
     a
 }
 

@@ -1291,3 +1291,99 @@ fn access_after_chmod_with_an_unprivileged_server() {
     assert_eq!(fs::read(root.join("secret")).ok(), Some(b"data".to_vec()));
     m.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
 }
+
+/// `spockfs-mount --version`, and a mount over a live mount is refused
+/// with one line (exit status 1) while the first mount keeps serving.
+#[test]
+fn the_binary_refuses_to_mount_over_a_mount() {
+    let Some(bin) = mount_binary() else { return };
+    let out = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("spockfs-mount {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let Some(f) = Fixture::new() else { return };
+    let mnt = f.mnt().canonicalize().unwrap_or_else(|e| panic!("{e}"));
+    fs::write(f.p("first"), b"1").unwrap_or_else(|e| panic!("{e}"));
+    for fg in [false, true] {
+        let mut cmd = Command::new(&bin);
+        if fg {
+            cmd.arg("--foreground");
+        }
+        let out = cmd
+            .arg(f.url())
+            .arg(&mnt)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "foreground {fg}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "spockfs-mount: {} is already a mount point: unmount it first, or mount \
+                 on another directory\n",
+                mnt.display()
+            ),
+            "foreground {fg}"
+        );
+    }
+    let stacked = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(&*mnt.to_string_lossy()))
+        .count();
+    assert_eq!(stacked, 1, "one mount at {}", mnt.display());
+    assert_eq!(fs::read(f.p("first")).ok(), Some(b"1".to_vec()));
+}
+
+/// A user who cannot open /dev/fuse is told what to do, in one line, before
+/// any network round trip (the server here does not exist). Run as
+/// `nobody` in a private mount namespace where /dev/fuse is a root-only
+/// file, so the outcome does not depend on this machine's /dev/fuse mode.
+#[test]
+fn the_binary_says_what_to_do_without_dev_fuse_access() {
+    let Some(bin) = mount_binary() else { return };
+    if !rustix::process::geteuid().is_root()
+        || which("setpriv").is_none()
+        || which("unshare").is_none()
+    {
+        let msg = "needs root, setpriv and unshare (util-linux) to run the mount as nobody";
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let (dir, _root, mnt) = workdir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    fs::set_permissions(&mnt, fs::Permissions::from_mode(0o777)).unwrap_or_else(|e| panic!("{e}"));
+    let dev = dir.path().join("fuse");
+    fs::write(&dev, b"").unwrap_or_else(|e| panic!("{e}"));
+    fs::set_permissions(&dev, fs::Permissions::from_mode(0o600)).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount --bind \"$1\" /dev/fuse && exec setpriv --reuid=65534 --regid=65534 \
+             --clear-groups \"$2\" --foreground http://127.0.0.1:1/fs \"$3\"",
+        )
+        .arg("sh")
+        .arg(&dev)
+        .arg(&bin)
+        .arg(&mnt)
+        .output()
+        .unwrap_or_else(|e| panic!("unshare: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(
+            "spockfs-mount: cannot open /dev/fuse: permission denied (mode 0600); a mount by \
+             a non-root user needs /dev/fuse readable and writable by all (0666"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!is_mounted(&mnt));
+}

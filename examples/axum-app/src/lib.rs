@@ -10,7 +10,7 @@ use clap::Parser;
 use spockfs_tower::{Mount, Policy, SpockFs};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -23,19 +23,25 @@ pub mod users;
 
 pub use stall::StreamExecutor;
 
+/// The directory served when `--root` is not given; the only root that is
+/// created when missing.
+pub const DEFAULT_ROOT: &str = "./data";
+
 /// Command-line flags.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "axum-app",
+    version,
     about = "Serve directories over SpockFS (HTTP filesystem)"
 )]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Directory served when no virtual host matches (created if missing).
-    #[arg(long, default_value = "./data")]
-    pub root: PathBuf,
+    /// Directory served when no virtual host matches; it must exist.
+    /// Default: `./data`, created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
     /// A virtual host and its root, `HOST=DIR` (repeatable). HOST may carry
     /// a port (`example.com:8080`).
     #[arg(long = "vhost", value_name = "HOST=DIR", value_parser = parse_vhost)]
@@ -218,6 +224,14 @@ fn nonzero(d: Duration) -> Option<Duration> {
 }
 
 impl Args {
+    /// The directory served when no virtual host matches: `--root`, or
+    /// [`DEFAULT_ROOT`].
+    pub fn root_dir(&self) -> &Path {
+        self.root
+            .as_deref()
+            .unwrap_or_else(|| Path::new(DEFAULT_ROOT))
+    }
+
     /// The policy these flags set for every root (read-only, set-ID bits,
     /// xattr namespaces, device nodes, `--as`, `--trust-client-ids`); per-root identities
     /// (`--vhost-as`, `--as-owner`) are added by [`build_spockfs`].
@@ -314,8 +328,18 @@ fn parse_vhost(s: &str) -> Result<(String, PathBuf), String> {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A directory named by a flag does not exist or is not a directory.
+    #[error("{flag} {}: {problem}", path.display())]
+    Dir {
+        /// The flag (`--root`, `--vhost`).
+        flag: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// A root directory could not be created or opened.
-    #[error("root {path}: {source}")]
+    #[error("root {}: {source}", path.display())]
     Root {
         /// The directory.
         path: PathBuf,
@@ -355,17 +379,39 @@ pub enum StartError {
     Identity(std::io::Error),
 }
 
+/// Checks that `dir`, given to `flag`, is an existing directory.
+fn existing_dir(flag: &'static str, dir: &Path) -> Result<(), StartError> {
+    let problem = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "not a directory",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if flag == "--root" {
+                "no such directory (create it first: only the default ./data is created)"
+            } else {
+                "no such directory"
+            }
+        }
+        Err(e) => {
+            return Err(StartError::Root {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    Err(StartError::Dir {
+        flag,
+        path: dir.to_path_buf(),
+        problem,
+    })
+}
+
 /// Builds the SpockFS service from the flags, opening every root now so a
-/// misconfiguration fails at start.
+/// misconfiguration fails at start. An explicit `--root` and the
+/// `--vhost` directories must exist; only the default root
+/// ([`DEFAULT_ROOT`]) is created when missing.
 pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
     let policy = args.policy()?;
-    let open = |dir: &PathBuf, create: bool, as_user: Option<&str>| -> Result<Mount, StartError> {
-        if create {
-            std::fs::create_dir_all(dir).map_err(|e| StartError::Root {
-                path: dir.clone(),
-                source: e,
-            })?;
-        }
+    let open = |dir: &PathBuf, as_user: Option<&str>| -> Result<Mount, StartError> {
         let fs = spockfs_tower::LocalFs::open(dir).map_err(|e| StartError::Root {
             path: dir.clone(),
             source: e,
@@ -406,7 +452,23 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
                 .cache_size(args.sites_cache);
             b = b.sites(sites);
         }
-        None => b = b.default_mount(open(&args.root, true, None)?),
+        None => {
+            let root = match &args.root {
+                Some(dir) => {
+                    existing_dir("--root", dir)?;
+                    dir.clone()
+                }
+                None => {
+                    let dir = PathBuf::from(DEFAULT_ROOT);
+                    std::fs::create_dir_all(&dir).map_err(|e| StartError::Root {
+                        path: dir.clone(),
+                        source: e,
+                    })?;
+                    dir
+                }
+            };
+            b = b.default_mount(open(&root, None)?);
+        }
     }
     for (host, dir) in &args.vhosts {
         let as_user = args
@@ -414,7 +476,8 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
             .iter()
             .find(|(h, _)| h.eq_ignore_ascii_case(host))
             .map(|(_, u)| u.as_str());
-        b = b.vhost(host, open(dir, false, as_user)?);
+        existing_dir("--vhost", dir)?;
+        b = b.vhost(host, open(dir, as_user)?);
     }
     let fs = b.build();
     if fs.engine().mounts().switches_identity() || args.users_as_unix {
@@ -426,19 +489,22 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
 /// The axum router: SpockFS under `--prefix`, with tracing and (if
 /// configured) basic auth in front of everything.
 pub fn build_router(args: &Args) -> Result<Router, StartError> {
-    let fs = build_spockfs(args)?;
+    // Flag combinations first: a mistake there touches nothing on disk
+    // (not even the default root).
     let prefix = args.prefix.trim_end_matches('/');
+    if !prefix.is_empty() && !prefix.starts_with('/') {
+        return Err(StartError::Prefix(args.prefix.clone()));
+    }
+    if args.user_roots.is_some() && args.htpasswd.is_none() && args.trust_proxy_user.is_none() {
+        return Err(StartError::UserRootsWithoutAuth);
+    }
+    let fs = build_spockfs(args)?;
     let mut router = if prefix.is_empty() {
         Router::new().fallback_service(fs)
-    } else if prefix.starts_with('/') {
-        Router::new().nest_service(prefix, fs)
     } else {
-        return Err(StartError::Prefix(args.prefix.clone()));
+        Router::new().nest_service(prefix, fs)
     };
     if let Some(dir) = &args.user_roots {
-        if args.htpasswd.is_none() && args.trust_proxy_user.is_none() {
-            return Err(StartError::UserRootsWithoutAuth);
-        }
         std::fs::create_dir_all(dir).map_err(|e| StartError::Root {
             path: dir.clone(),
             source: e,
@@ -480,9 +546,61 @@ pub fn mount_url(args: &Args, addr: SocketAddr) -> String {
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets requests
-/// in flight finish (up to 10 s) and returns.
+/// in flight finish (up to 10 s) and returns: [`App::new`], then
+/// [`App::serve`].
 pub async fn serve(
     args: Args,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    App::new(args)?.serve(listener, shutdown).await
+}
+
+/// The server with every setting checked: roots opened, users looked up,
+/// the htpasswd file and TLS material loaded. The binary builds it before
+/// it announces anything, so a bad setting is a one-line error and never
+/// follows the banner.
+pub struct App {
+    args: Args,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("args", &self.args)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Checks every setting and prepares the service. Touches the disk
+    /// (opens and may create roots, reads files): call it before serving,
+    /// or from `tokio::task::spawn_blocking`, inside a Tokio runtime.
+    pub fn new(args: Args) -> Result<App, StartError> {
+        let router = build_router(&args)?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some(tls::acceptor(c, k).map_err(StartError::Tls)?),
+            _ => None,
+        };
+        Ok(App { args, router, tls })
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops
+    /// accepting, lets requests in flight finish (up to 10 s) and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        serve_app(self, listener, shutdown).await
+    }
+}
+
+async fn serve_app(
+    app: App,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
@@ -492,11 +610,7 @@ pub async fn serve(
     use spockfs_conn::GuardedIo;
     use tower::ServiceExt;
 
-    let router = build_router(&args)?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(tls::acceptor(c, k).map_err(StartError::Tls)?),
-        _ => None,
-    };
+    let App { args, router, tls } = app;
     let mut builder = Builder::new(StreamExecutor::new(nonzero(args.write_timeout)));
     let timeouts = args.conn_timeouts();
     // Idle and header timeouts are enforced precisely by GuardedIo (below);

@@ -4,7 +4,7 @@
 //! cargo run --release -p axum-app -- --root ./data --listen 127.0.0.1:8080
 //! ```
 
-use axum_app::{mount_url, serve, shutdown_signal, Args};
+use axum_app::{mount_url, shutdown_signal, App, Args};
 use clap::Parser;
 
 // The system allocator, not mimalloc (used until issue 6): mimalloc 3's
@@ -23,6 +23,22 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
+    // Every setting is checked (roots, users, htpasswd, TLS, the listen
+    // address) before the banner: a bad one is a single line on stderr.
+    let app = {
+        let args = args.clone();
+        match tokio::task::spawn_blocking(move || App::new(args)).await {
+            Ok(Ok(app)) => app,
+            Ok(Err(e)) => {
+                eprintln!("axum-app: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("axum-app: start-up failed: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -32,11 +48,11 @@ async fn main() -> std::process::ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(args.listen);
     let url = mount_url(&args, addr);
-    let root = args.root.display().to_string();
     let shutdown = shutdown_signal();
-    let server = serve(args, listener, shutdown);
-    println!("SpockFS serving {root} at {url}");
-    println!("mount it with:  spockfs {url} /mnt/spockfs");
+    println!("SpockFS serving {} at {url}", args.root_dir().display());
+    println!("mount it with:  spockfs-mount {url} /mnt/spockfs");
+    println!("  (or with the original C client: spockfs {url} /mnt/spockfs)");
+    let server = app.serve(listener, shutdown);
     match server.await {
         Ok(()) => {
             println!("axum-app: shut down cleanly");

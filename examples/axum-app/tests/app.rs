@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Flags serving `root`, which is created here (an explicit `--root` must
+/// exist).
 fn args(root: &Path, extra: &[&str]) -> Args {
+    std::fs::create_dir_all(root).unwrap_or_else(|e| panic!("{e}"));
     let mut v = vec!["axum-app", "--root"];
     let r = root.to_str().unwrap_or_else(|| panic!("non-UTF-8 tempdir"));
     v.push(r);
@@ -172,7 +175,6 @@ async fn flags_vhost_read_only_prefix() {
     )
     .await;
     assert_eq!((s.as_u16(), &b[..]), (200, &b"other"[..]));
-    assert!(root.is_dir(), "--root is created if missing");
     let (s, h, _) = call(
         &c,
         "DELETE",
@@ -320,12 +322,14 @@ async fn https_with_http2_and_http11() {
     }
 }
 
-/// The real binary: prints the mount URL, and exits cleanly on SIGTERM.
+/// The real binary: prints the mount URL and how to mount it, and exits
+/// cleanly on SIGTERM.
 #[test]
 fn binary_prints_url_and_stops_on_sigterm() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let port = free_port();
+    std::fs::create_dir(dir.path().join("data")).unwrap_or_else(|e| panic!("{e}"));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_axum-app"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
         .arg(dir.path().join("data"))
@@ -340,6 +344,15 @@ fn binary_prints_url_and_stops_on_sigterm() {
         line.contains(&format!("http://127.0.0.1:{port}/fs")),
         "banner: {line}"
     );
+    // How to mount it: this project's client, then the original one.
+    for client in ["spockfs-mount", "the original C client: spockfs"] {
+        line.clear();
+        out.read_line(&mut line).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            line.contains(&format!("{client} http://127.0.0.1:{port}/fs /mnt/spockfs")),
+            "banner: {line}"
+        );
+    }
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::TERM)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -599,6 +612,7 @@ impl Drop for Kill {
 }
 
 fn spawn_app(bin: &str, port: u16, root: &std::path::Path) -> Kill {
+    std::fs::create_dir_all(root).unwrap_or_else(|e| panic!("{e}"));
     let child = std::process::Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
         .arg(root)
@@ -607,4 +621,91 @@ fn spawn_app(bin: &str, port: u16, root: &std::path::Path) -> Kill {
         .spawn()
         .unwrap_or_else(|e| panic!("{bin}: {e}"));
     Kill(child)
+}
+
+/// Runs the binary with `args`, expecting it to exit on its own within
+/// 10 s (it is killed, by PID, and the test fails otherwise); returns the
+/// exit code, stdout and stderr.
+fn run_to_exit(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_axum-app"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("axum-app {args:?} still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut out).unwrap_or_else(|e| panic!("{e}"));
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap_or_else(|e| panic!("{e}"));
+    }
+    (status.code(), out, err)
+}
+
+/// The real binary as a tool: `--version`; every setting checked before
+/// the banner (a bad one is one line on stderr, exit status 1, nothing on
+/// stdout); an explicit `--root` is never created; the banner names
+/// spockfs-mount.
+#[test]
+fn binary_checks_every_setting_before_its_banner() {
+    use std::ffi::OsStr;
+    let (code, out, _) = run_to_exit(&[OsStr::new("--version")]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out, format!("axum-app {}\n", env!("CARGO_PKG_VERSION")));
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let missing = dir.path().join("missing");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap_or_else(|e| panic!("{e}"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let failing: [(Vec<&OsStr>, String); 3] = [
+        (
+            vec![OsStr::new("--root"), missing.as_os_str()],
+            format!(
+                "axum-app: --root {}: no such directory (create it first: only the \
+                 default ./data is created)\n",
+                missing.display()
+            ),
+        ),
+        (
+            vec![OsStr::new("--root"), file.as_os_str()],
+            format!("axum-app: --root {}: not a directory\n", file.display()),
+        ),
+        // A setting checked only once the server was built (the old binary
+        // announced itself first).
+        (
+            vec![
+                OsStr::new("--root"),
+                dir.path().as_os_str(),
+                OsStr::new("--htpasswd"),
+                missing.as_os_str(),
+            ],
+            format!("axum-app: htpasswd: {}: ", missing.display()),
+        ),
+    ];
+    for (extra, want) in failing {
+        let mut a = vec![OsStr::new("--listen"), OsStr::new(&listen)];
+        a.extend(extra);
+        let (code, out, err) = run_to_exit(&a);
+        assert_eq!(code, Some(1), "{a:?}: {err}");
+        assert_eq!(out, "", "{a:?}: no banner");
+        assert!(err.starts_with(&want), "{a:?}: {err:?}, want {want:?}");
+        assert_eq!(err.lines().count(), 1, "{a:?}: one line: {err:?}");
+    }
+    assert!(!missing.exists(), "an explicit --root is not created");
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn start(extra: &[&str], root: &Path) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    std::fs::create_dir_all(root).unwrap_or_else(|e| panic!("{e}"));
     let mut v = vec!["axum-app", "--root", root.to_str().unwrap_or_default()];
     v.extend_from_slice(extra);
     let args = Args::parse_from(v);
@@ -202,6 +203,10 @@ async fn user_roots_need_a_source_of_users() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(serve(args, listener, async {}).await.is_err());
+    assert!(
+        !std::path::Path::new(axum_app::DEFAULT_ROOT).exists(),
+        "a flag mistake creates no default root (in the test's working directory)"
+    );
 }
 
 /// A user name is the header's bytes decoded as UTF-8 (nginx passes a

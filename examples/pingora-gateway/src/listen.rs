@@ -371,3 +371,30 @@ pub(crate) fn tls_acceptor(
         Arc::new(cfg),
     ))
 }
+
+/// Checks that a listener for `addr` (resolved to `resolved`; Pingora binds
+/// the first address) can be bound now, as Pingora will bind it: with
+/// `SO_REUSEADDR`, without `SO_REUSEPORT`. The probe socket is closed at
+/// once. Pingora retries a taken address for a long while instead of
+/// failing, so this turns it into a start-up error.
+pub(crate) fn check_can_listen(
+    addr: &str,
+    resolved: &[std::net::SocketAddr],
+) -> Result<(), crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let Some(first) = resolved.first() else {
+        return Err(ConfigError::Listener(
+            addr.to_owned(),
+            "resolves to no address".into(),
+        ));
+    };
+    // std's TcpListener sets SO_REUSEADDR on Unix, as Pingora does.
+    match std::net::TcpListener::bind(first) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(ConfigError::Listener(
+            addr.to_owned(),
+            "address in use (another process is listening there)".into(),
+        )),
+        Err(e) => Err(ConfigError::Listener(addr.to_owned(), e.to_string())),
+    }
+}

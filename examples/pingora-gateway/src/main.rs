@@ -21,11 +21,26 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(
     name = "pingora-gateway",
-    about = "Pingora gateway serving SpockFS vhosts"
+    version,
+    about = "Pingora gateway serving SpockFS vhosts",
+    long_about = "Pingora gateway serving SpockFS vhosts: local directories (or \
+                  memory) served in-process, pools of upstream SpockFS nodes, and a \
+                  default upstream for everything else.",
+    after_help = "Configuration: one TOML file (--config) with `listen` (addresses, \
+                  TLS, h2c), `[[vhost]]` (host, prefix, and root, memory, sites_dir or \
+                  upstreams), `default_upstream`, `[server]` and `[limits]`. Every key \
+                  is shown, with its default, in examples/pingora-gateway/gateway.example.toml: \
+                  copy it and edit.\n\n\
+                  Without --config: serves ./data at http://127.0.0.1:8081/fs and \
+                  proxies everything else to 127.0.0.1:8080.\n\n\
+                  SIGTERM: graceful stop; SIGINT: immediate."
 )]
 struct Args {
-    /// TOML configuration file.
-    #[arg(long, short)]
+    /// TOML configuration file (see
+    /// examples/pingora-gateway/gateway.example.toml). Default: serve
+    /// ./data at http://127.0.0.1:8081/fs, proxy the rest to
+    /// 127.0.0.1:8080.
+    #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 

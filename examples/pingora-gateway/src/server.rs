@@ -3,7 +3,7 @@
 //! listeners; and running it in the background.
 
 use crate::config::{ms, Config, ConfigError, Listener};
-use crate::listen::{tls_acceptor, Endpoint, GuardedApp};
+use crate::listen::{check_can_listen, tls_acceptor, Endpoint, GuardedApp};
 use crate::proxy::{Gateway, Pool};
 use async_trait::async_trait;
 use pingora::lb::health_check::HttpHealthCheck;
@@ -27,7 +27,9 @@ pub struct Built {
 }
 
 /// Builds the Pingora server for `config`: proxy service with listeners,
-/// and one health-check service per pool.
+/// and one health-check service per pool. Fails if a listener's address
+/// is taken (Pingora itself would retry for a long while), so nothing is
+/// announced for a server that cannot serve.
 pub fn build(config: &Config) -> Result<Built, ConfigError> {
     build_with(config, |m| m)
 }
@@ -229,6 +231,7 @@ pub fn build_with(
         let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&l.addr)
             .map_err(|e| ConfigError::Listener(l.addr.clone(), e.to_string()))?
             .collect();
+        check_can_listen(&l.addr, &addrs)?;
         let tls = match (&l.tls_cert, &l.tls_key) {
             (Some(c), Some(k)) => Some(Arc::new(
                 tls_acceptor(c, k).map_err(|e| ConfigError::Listener(l.addr.clone(), e))?,

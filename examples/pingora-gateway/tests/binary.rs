@@ -110,3 +110,80 @@ fn default_config_serves_data_and_stops_on_sigterm() {
     }
     eprintln!("stopped {:.1} s after SIGTERM", t0.elapsed().as_secs_f64());
 }
+
+/// Runs the binary with `args` until it exits (killed, by PID, and the
+/// test failed after 10 s); returns exit code, stdout and stderr.
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pingora-gateway"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pingora-gateway {args:?} still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut out).unwrap_or_else(|e| panic!("{e}"));
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap_or_else(|e| panic!("{e}"));
+    }
+    (status.code(), out, err)
+}
+
+/// `--version`; `--help` documents the config file; a listen address that
+/// is taken is a one-line error and exit status 1, with no banner (Pingora
+/// alone retries it for a long while after the banner).
+#[test]
+fn binary_version_help_and_a_taken_port() {
+    let (code, out, _) = run_to_exit(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out,
+        format!("pingora-gateway {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let (code, out, _) = run_to_exit(&["--help"]);
+    assert_eq!(code, Some(0));
+    for want in [
+        "--config <FILE>",
+        "[[vhost]]",
+        "[limits]",
+        "gateway.example.toml",
+    ] {
+        assert!(out.contains(want), "--help lacks {want}: {out}");
+    }
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = taken.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let conf = dir.path().join("gateway.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = [{{ addr = \"{addr}\" }}]\n[[vhost]]\nhost = \"*\"\nroot = \"{}\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let conf = conf.to_str().unwrap_or_else(|| panic!("non-UTF-8 tempdir"));
+    let (code, out, err) = run_to_exit(&["--config", conf]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!("pingora-gateway: listener {addr}: address in use (another process is listening there)\n")
+    );
+    assert!(!out.contains("SpockFS at"), "announced: {out}");
+}

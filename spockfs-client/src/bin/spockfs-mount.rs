@@ -18,6 +18,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     name = "spockfs-mount",
+    version,
     about = "Mount a SpockFS server (http(s)://[user:pass@]host[:port][/prefix]) with FUSE"
 )]
 struct Args {
@@ -171,6 +172,21 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .init();
 
+    // The mount point first: a local mistake is reported before any
+    // network round trip.
+    let mp: PathBuf = args.mountpoint.canonicalize().map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            format!(
+                "{}: {e}: a mount whose server process is gone; unmount it first \
+                 (fusermount3 -u {0})",
+                args.mountpoint.display()
+            )
+        } else {
+            format!("{}: {e}", args.mountpoint.display())
+        }
+    })?;
+    spockfs_client::fuse::check_can_mount(&mp).map_err(|e| e.to_string())?;
+
     let mut b = Client::builder(&args.url).timeout(secs(args.timeout, "timeout")?);
     for f in &args.ca_file {
         b = b.ca_file(f);
@@ -203,10 +219,6 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
     };
     let fs = SpockFuse::new(client, cfg);
     let config = fs.fuser_config();
-    let mp: PathBuf = args
-        .mountpoint
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
     let session = fuser::Session::new(fs, &mp, &config)
         .map_err(|e| format!("mount {}: {e}", mp.display()))?;
     if let Some(mut w) = ready.take() {

@@ -140,16 +140,124 @@ impl Drop for Mounted {
     }
 }
 
+/// Whether `path` (canonical) is a mount point of this process's mount
+/// namespace, from `/proc/self/mountinfo`.
+pub fn is_mount_point(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let info = std::fs::read("/proc/self/mountinfo")?;
+    let want = path.as_os_str().as_bytes();
+    Ok(info
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .any(|field| unescape_mountinfo(field) == want))
+}
+
+/// A mountinfo path field: space, tab, newline and backslash appear as
+/// `\ooo` (octal).
+fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let oct = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(d) => {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Checks what a mount at `mountpoint` (canonical) needs, so that a
+/// failure says what to do instead of an errno from deep in the mount:
+/// the mount point is not already a mount point (stacking a second
+/// filesystem there hides the first), `/dev/fuse` can be opened, and a
+/// non-root user has `fusermount3`. [`spawn_mount`] and `spockfs-mount`
+/// call it; errors carry a one-line message.
+pub fn check_can_mount(mountpoint: &Path) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    if is_mount_point(mountpoint)? {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "{} is already a mount point: unmount it first, or mount on another directory",
+                mountpoint.display()
+            ),
+        ));
+    }
+    let root = rustix::process::geteuid().is_root();
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        Ok(_) => {}
+        Err(e)
+            if e.kind() == ErrorKind::NotFound
+                || matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENXIO)) =>
+        {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "no /dev/fuse: load the fuse kernel module (modprobe fuse); \
+                 in a container, pass the device (docker run --device /dev/fuse)",
+            ));
+        }
+        Err(e) if e.kind() == ErrorKind::PermissionDenied && !root => {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata("/dev/fuse")
+                .map(|m| format!("{:04o}", m.permissions().mode() & 0o7777))
+                .unwrap_or_else(|_| "unknown".into());
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "cannot open /dev/fuse: permission denied (mode {mode}); a mount by \
+                     a non-root user needs /dev/fuse readable and writable by all \
+                     (0666, as udev sets it on Debian: `chmod 0666 /dev/fuse` as root) \
+                     and fusermount3 (Debian package fuse3), or mount as root"
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(Error::new(e.kind(), format!("cannot open /dev/fuse: {e}")));
+        }
+    }
+    if !root && !on_path("fusermount3") && !on_path("fusermount") {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "fusermount3 not found: a mount by a non-root user needs it \
+             (Debian package fuse3), or mount as root",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the executable `name` is in a `$PATH` directory.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p)
+            .any(|d| std::fs::metadata(d.join(name)).is_ok_and(|m| m.is_file()))
+    })
+}
+
 /// Mounts `client`'s filesystem at `mountpoint` and serves it from
 /// background threads (`cfg.threads` event loops, each with its own
 /// single-threaded runtime and connections: no tokio runtime is needed
-/// around the call).
+/// around the call). Refuses what [`check_can_mount`] refuses.
 pub fn spawn_mount(
     client: Client,
     mountpoint: &Path,
     cfg: MountConfig,
 ) -> std::io::Result<Mounted> {
     let mountpoint = mountpoint.canonicalize()?;
+    check_can_mount(&mountpoint)?;
     let fs = SpockFuse::new(client, cfg);
     let config = fs.fuser_config();
     let session = fuser::Session::new(fs, &mountpoint, &config)?.spawn()?;

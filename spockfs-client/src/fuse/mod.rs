@@ -101,7 +101,10 @@ pub use fs::{Entry, MountFs, SetAttr};
 pub use handles::Released;
 pub use inodes::HIDDEN_PREFIX;
 pub use kernel::SpockFuse;
-pub use lifecycle::{raise_readahead, spawn_mount, unmount, unmount_on_signal, Mounted};
+pub use lifecycle::{
+    check_can_mount, is_mount_point, raise_readahead, spawn_mount, unmount, unmount_on_signal,
+    Mounted,
+};
 pub use options::MountConfig;
 
 /// `path`'s directory and name.
