@@ -44,6 +44,7 @@ mod tests;
 
 pub use guard::{ConnTimeouts, GuardedIo, LINGER_BYTES, LINGER_TIME};
 pub use limit::{
-    default_max_connections, max_connections_for, Admission, ConnLimiter, Refused, RESERVED_FDS,
+    default_max_connections, default_max_connections_unpaced, max_connections_for, Admission,
+    ConnLimiter, Refused, ACCEPT_BURST_FDS, MAX_CLOSING, RESERVED_FDS,
 };
 pub use state::{ConnActivity, RequestActive};

@@ -11,6 +11,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// upstream connections of a proxy.
 pub const RESERVED_FDS: u64 = 64;
 
+/// Connections closed to make room whose descriptors may still be open
+/// (their tasks have not run yet) before [`ConnLimiter::admit`] stops
+/// closing more and refuses instead ([`Refused::Closing`]); part of
+/// [`RESERVED_FDS`]. Without this bound a burst of connects at the cap
+/// would hold one descriptor per closed connection until the runtime gets
+/// to their tasks, and could run the process out of descriptors.
+pub const MAX_CLOSING: usize = 16;
+
 /// The default connection cap for an open-file limit of `nofile` and a
 /// request cap of `max_requests` (`0`: none): of `nofile` minus
 /// [`RESERVED_FDS`], the smaller of `max_requests` and half is kept for the
@@ -34,10 +42,31 @@ pub fn max_connections_for(nofile: u64, max_requests: usize) -> usize {
 }
 
 /// [`max_connections_for`] this process's open-file limit (the soft
-/// `RLIMIT_NOFILE`); `None` when that is unlimited.
+/// `RLIMIT_NOFILE`); `None` when that is unlimited. For a server whose
+/// accept loop waits on [`ConnLimiter::settled`] before accepting.
 pub fn default_max_connections(max_requests: usize) -> Option<usize> {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     lim.current.map(|n| max_connections_for(n, max_requests))
+}
+
+/// Descriptors kept, beside [`RESERVED_FDS`], by a server whose accept
+/// loop the limiter cannot pace: Pingora's listener accepts and spawns a
+/// task per connection, and the application sees (and admits) it only
+/// when that task runs; tokio lets one task accept up to 128 connections
+/// before it yields, so that many can be open and not yet admitted.
+pub const ACCEPT_BURST_FDS: u64 = 128;
+
+/// [`default_max_connections`] for a server whose accept loop does not
+/// wait on [`ConnLimiter::settled`] (Pingora's): the open-file limit less
+/// [`ACCEPT_BURST_FDS`] first. With a 1024 limit that is 416.
+///
+/// ```
+/// assert_eq!(spockfs_conn::max_connections_for(1024 - spockfs_conn::ACCEPT_BURST_FDS, 1024), 416);
+/// ```
+pub fn default_max_connections_unpaced(max_requests: usize) -> Option<usize> {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    lim.current
+        .map(|n| max_connections_for(n.saturating_sub(ACCEPT_BURST_FDS), max_requests))
 }
 
 /// Caps the connections open at once, in all and per client address;
@@ -75,6 +104,8 @@ pub(crate) struct Registry {
     pub(crate) max: Option<usize>,
     pub(crate) per_ip: Option<usize>,
     pub(crate) conns: Mutex<Conns>,
+    /// Signalled when a closed-to-make-room connection is gone.
+    pub(crate) gone: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +113,8 @@ pub(crate) struct Conns {
     pub(crate) next_id: u64,
     pub(crate) all: HashMap<u64, Entry>,
     pub(crate) per_ip: HashMap<IpAddr, usize>,
+    /// Closed to make room, descriptor possibly still open.
+    pub(crate) closing: std::collections::HashSet<u64>,
 }
 
 #[derive(Debug)]
@@ -125,6 +158,10 @@ pub enum Refused {
     PerIp,
     /// The server has as many connections as allowed, none idle.
     Full,
+    /// The server has as many connections as allowed, and
+    /// [`MAX_CLOSING`] of those it closed to make room have not released
+    /// their descriptors yet.
+    Closing,
 }
 
 impl std::fmt::Display for Refused {
@@ -132,6 +169,9 @@ impl std::fmt::Display for Refused {
         f.write_str(match self {
             Refused::PerIp => "too many connections from this address, none idle",
             Refused::Full => "too many connections, none idle",
+            Refused::Closing => {
+                "too many connections, and those closed to make room are not gone yet"
+            }
         })
     }
 }
@@ -154,8 +194,14 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let gone = self.registry.lock().remove(self.id);
+        let mut c = self.registry.lock();
+        let was_closing = c.closing.remove(&self.id);
+        let gone = c.remove(self.id);
+        drop(c);
         drop(gone);
+        if was_closing {
+            self.registry.gone.notify_waiters();
+        }
     }
 }
 
@@ -187,6 +233,7 @@ impl ConnLimiter {
                 max: max.filter(|&n| n > 0),
                 per_ip: per_ip.filter(|&n| n > 0),
                 conns: Mutex::new(Conns::default()),
+                gone: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -206,22 +253,64 @@ impl ConnLimiter {
         self.registry.lock().all.len()
     }
 
+    /// Connections closed to make room whose descriptors are not released
+    /// yet (their [`Admission`] not dropped).
+    pub fn closing(&self) -> usize {
+        self.registry.lock().closing.len()
+    }
+
+    /// Waits until fewer than [`MAX_CLOSING`] connections closed to make
+    /// room are still open, so that [`admit`](Self::admit) can make room
+    /// again. An accept loop calls it before accepting: at the cap, a
+    /// burst of connects then never holds more than [`MAX_CLOSING`]
+    /// descriptors beyond the cap. A closed connection goes as soon as its
+    /// task runs (or its request in progress ends), so callers bound the
+    /// wait with a timeout.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let limiter = spockfs_conn::ConnLimiter::new(Some(1), None);
+    /// limiter.settled().await; // nothing is closing: returns at once
+    /// # });
+    /// ```
+    pub async fn settled(&self) {
+        loop {
+            let gone = self.registry.gone.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if self.closing() < MAX_CLOSING {
+                return;
+            }
+            gone.await;
+        }
+    }
+
     /// Admits a new connection from `peer`, closing the idlest one if a
-    /// cap is reached (see [`ConnLimiter`]); `Err` if it must be refused.
-    /// Never waits.
+    /// cap is reached (see [`ConnLimiter`]); `Err` if it must be refused
+    /// (also when [`MAX_CLOSING`] connections closed to make room still
+    /// hold their descriptors: see [`settled`](Self::settled)). Never
+    /// waits.
     pub fn admit(&self, peer: Option<IpAddr>) -> Result<Admission, Refused> {
         let reg = &self.registry;
         let mut evicted = Vec::new();
         let mut c = reg.lock();
-        if let (Some(ip), Some(cap)) = (peer, reg.per_ip) {
-            if c.per_ip.get(&ip).copied().unwrap_or(0) >= cap {
-                let id = c.idlest(Some(ip)).ok_or(Refused::PerIp)?;
-                evicted.extend(c.remove(id));
-            }
+        let per_ip_full = match (peer, reg.per_ip) {
+            (Some(ip), Some(cap)) => c.per_ip.get(&ip).copied().unwrap_or(0) >= cap,
+            _ => false,
+        };
+        let full = reg.max.is_some_and(|cap| c.all.len() >= cap);
+        if (per_ip_full || full) && c.closing.len() >= MAX_CLOSING {
+            return Err(Refused::Closing);
+        }
+        if per_ip_full {
+            let id = c.idlest(peer).ok_or(Refused::PerIp)?;
+            evicted.extend(c.remove(id));
+            c.closing.insert(id);
         }
         if reg.max.is_some_and(|cap| c.all.len() >= cap) {
             let id = c.idlest(None).ok_or(Refused::Full)?;
             evicted.extend(c.remove(id));
+            c.closing.insert(id);
         }
         let shared = Shared::new(false);
         let id = c.next_id;

@@ -353,3 +353,52 @@ fn max_connections_formula() {
     assert_eq!(max_connections_for(65536, 0), (65536 - 64) / 2);
     assert_eq!(max_connections_for(10, 1024), 1);
 }
+
+/// Connections closed to make room count until their descriptors are
+/// released: past MAX_CLOSING of them the limiter refuses instead of
+/// closing more, and `settled` returns once one is gone.
+#[tokio::test]
+async fn closed_connections_hold_their_place_until_gone() {
+    let limiter = ConnLimiter::new(Some(1), None);
+    let ip: Option<IpAddr> = "192.0.2.1".parse().ok();
+    let mut held = Vec::new();
+    let mut pipes = Vec::new();
+    let (s, p) = tokio::io::duplex(64);
+    pipes.push(p);
+    held.push(GuardedIo::admitted(
+        s,
+        timeouts(60_000, 10_000),
+        limiter.admit(ip).unwrap_or_else(|e| panic!("{e}")),
+    ));
+    // Each new connection closes the previous (idle) one, whose task has
+    // not run: its descriptor is still open.
+    for _ in 0..MAX_CLOSING {
+        let (s, p) = tokio::io::duplex(64);
+        pipes.push(p);
+        held.push(GuardedIo::admitted(
+            s,
+            timeouts(60_000, 10_000),
+            limiter.admit(ip).unwrap_or_else(|e| panic!("{e}")),
+        ));
+    }
+    assert_eq!(limiter.open(), 1);
+    assert_eq!(limiter.closing(), MAX_CLOSING);
+    assert_eq!(limiter.admit(ip).err(), Some(Refused::Closing));
+    let settled = limiter.clone();
+    let waiter = tokio::spawn(async move { settled.settled().await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !waiter.is_finished(),
+        "settled() returned with {MAX_CLOSING} closing"
+    );
+    // The oldest closed connection goes: room again.
+    drop(held.remove(0));
+    tokio::time::timeout(Duration::from_secs(1), waiter)
+        .await
+        .unwrap_or_else(|_| panic!("settled() did not return once one was gone"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(limiter.closing(), MAX_CLOSING - 1);
+    let last = limiter.admit(ip).unwrap_or_else(|e| panic!("{e}"));
+    drop((held, last));
+    assert_eq!((limiter.open(), limiter.closing()), (0, 0));
+}

@@ -604,7 +604,8 @@ async fn idle_connections_past_the_fd_limit_do_not_stall_accept() {
             "{kind:?}: served in {took:?}"
         );
         // The server shed the idlest of them and kept at most its cap
-        // (256 - 64 reserved - 96 for files = 96).
+        // (axum-app: 256 - 64 reserved - 96 for files = 96; the gateway
+        // keeps 128 more for Pingora's accept burst: 32).
         let mut closed = 0;
         for c in &mut idle {
             if drain_until_closed(c, Duration::from_millis(5))

@@ -643,8 +643,15 @@ async fn serve_app(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        // At the cap, connections closed to make room release their
+        // descriptors when their tasks run: let them (briefly) before
+        // accepting more, so a burst of connects cannot exhaust them.
+        let next = async {
+            let _ = tokio::time::timeout(Duration::from_secs(1), limiter.settled()).await;
+            listener.accept().await
+        };
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            r = next => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

@@ -244,9 +244,10 @@ pub struct LimitSettings {
     /// (0: no limit). At the cap a new connection closes the idlest one
     /// (no request in progress, idle longest), or is closed at once if
     /// none is idle; accepting never stalls. Default: from the open-file
-    /// limit (`ulimit -n`): n - 64 reserved, minus min(max_requests, half
+    /// limit (`ulimit -n`): n - 64 reserved - 128 for connections Pingora
+    /// has accepted and not yet handed over, minus min(max_requests, half
     /// the rest) kept for the files requests open (proxied requests use
-    /// upstream connections from that share too).
+    /// upstream connections from that share too): 416 for 1024.
     pub max_connections: Option<usize>,
     /// Most downstream connections from one client address (0: no limit,
     /// the default). Past it that address's idlest connection is closed,
@@ -416,7 +417,7 @@ impl Config {
     pub fn conn_limiter(&self) -> spockfs_conn::ConnLimiter {
         let max = match self.limits.max_connections {
             Some(n) => Some(n),
-            None => spockfs_conn::default_max_connections(self.limits().max_requests),
+            None => spockfs_conn::default_max_connections_unpaced(self.limits().max_requests),
         };
         spockfs_conn::ConnLimiter::new(max, self.limits.max_connections_per_ip)
     }
