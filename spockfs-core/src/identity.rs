@@ -3,7 +3,7 @@
 //!
 //! Every request acts as an identity chosen by the engine, in this order
 //! (see [`Mount::act_as`](crate::Mount::act_as) and
-//! [`ClientIds`](crate::ClientIds)):
+//! [`ClientIds`]):
 //!
 //! 1. one the host application put in the request's extensions (its auth
 //!    layer maps its user to a Unix account, exactly like a per-request

@@ -23,7 +23,7 @@ pub use spockfs_proto::{errno, headers, method, path};
 pub use body::SpockBody;
 pub use engine::{error_response, BoxError, Engine, EngineBuilder, Limiter, Limits, Op};
 pub use method::Method;
-pub use mount::{Mount, MountTable, Policy};
+pub use mount::{Mount, MountTable, Policy, PolicySettings, UnknownUser, UserSetting};
 pub use route::{Hosts, Routes};
 
 pub use backend::local::LocalFs;

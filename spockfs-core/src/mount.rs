@@ -137,6 +137,11 @@ impl Policy {
         self
     }
 
+    /// True if the policy refuses every change.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     /// The mount's own identity, if any.
     pub fn identity(&self) -> Option<&Identity> {
         self.act_as.as_ref()
@@ -153,6 +158,95 @@ impl Policy {
     /// ([`check_can_switch`](crate::identity::check_can_switch)).
     pub fn switches_identity(&self) -> bool {
         self.act_as.is_some() || self.client_ids.is_some()
+    }
+}
+
+/// The policy settings a server reads from its configuration, by name —
+/// what both example servers' flags and TOML keys say, turned into a
+/// [`Policy`] in one place ([`PolicySettings::policy`]), users looked up.
+///
+/// ```
+/// use spockfs_core::PolicySettings;
+/// let policy = PolicySettings { read_only: true, ..Default::default() }.policy()?;
+/// assert!(policy.is_read_only());
+/// # Ok::<(), spockfs_core::UnknownUser>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySettings {
+    /// [`Policy::read_only`].
+    pub read_only: bool,
+    /// [`Policy::allow_setid`].
+    pub allow_setid: bool,
+    /// [`Policy::allow_any_xattr`].
+    pub allow_any_xattr: bool,
+    /// [`Policy::allow_devices`].
+    pub allow_devices: bool,
+    /// Every request acts as this user (name or numeric uid):
+    /// [`Policy::act_as`].
+    pub as_user: Option<String>,
+    /// Requests act as the identity the client declares
+    /// ([`Policy::trust_client_ids`]), squashed to `anon_user`.
+    pub trust_client_ids: bool,
+    /// The user squashed identities become (`None`: `nobody`).
+    pub anon_user: Option<String>,
+    /// With `trust_client_ids`: root stays root ([`ClientIds::no_root_squash`]).
+    pub no_root_squash: bool,
+}
+
+/// Which user setting of a [`PolicySettings`] names an unknown user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserSetting {
+    /// [`PolicySettings::as_user`].
+    AsUser,
+    /// [`PolicySettings::anon_user`].
+    AnonUser,
+}
+
+/// A user named in [`PolicySettings`] that could not be looked up.
+#[derive(Debug, thiserror::Error)]
+#[error("user {user:?}: {source}")]
+pub struct UnknownUser {
+    /// The setting that names it.
+    pub setting: UserSetting,
+    /// The user as given.
+    pub user: String,
+    /// Why the lookup failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl PolicySettings {
+    /// The [`Policy`] these settings describe (for every root; a per-root
+    /// identity such as "the owner of the root" is the caller's to add).
+    pub fn policy(&self) -> Result<Policy, UnknownUser> {
+        let user = |setting: UserSetting, name: &str| {
+            Identity::of_user(name).map_err(|source| UnknownUser {
+                setting,
+                user: name.to_owned(),
+                source,
+            })
+        };
+        let act_as = self
+            .as_user
+            .as_deref()
+            .map(|u| user(UserSetting::AsUser, u))
+            .transpose()?;
+        let client_ids = if self.trust_client_ids {
+            let anon = user(
+                UserSetting::AnonUser,
+                self.anon_user.as_deref().unwrap_or("nobody"),
+            )?;
+            Some(ClientIds::new(anon).no_root_squash(self.no_root_squash))
+        } else {
+            None
+        };
+        Ok(Policy::default()
+            .read_only(self.read_only)
+            .allow_setid(self.allow_setid)
+            .allow_any_xattr(self.allow_any_xattr)
+            .allow_devices(self.allow_devices)
+            .act_as(act_as)
+            .trust_client_ids(client_ids))
     }
 }
 

@@ -138,34 +138,32 @@ impl Vhost {
     /// namespaces, device nodes, `as_user`, `trust_client_ids` (`as_owner`
     /// is per root).
     pub(crate) fn policy(&self) -> Result<Policy, ConfigError> {
-        let user = |key: &str, name: &str| {
-            spockfs_core::Identity::of_user(name)
-                .map_err(|e| ConfigError::Vhost(self.host.clone(), format!("{key} {name:?}: {e}")))
-        };
         if self.as_user.is_some() && self.as_owner {
             return Err(ConfigError::Vhost(
                 self.host.clone(),
                 "as_user and as_owner exclude each other".into(),
             ));
         }
-        let act_as = self
-            .as_user
-            .as_deref()
-            .map(|u| user("as_user", u))
-            .transpose()?;
-        let client_ids = if self.trust_client_ids {
-            let anon = user("anon_user", self.anon_user.as_deref().unwrap_or("nobody"))?;
-            Some(spockfs_core::ClientIds::new(anon).no_root_squash(self.no_root_squash))
-        } else {
-            None
+        let settings = spockfs_core::PolicySettings {
+            read_only: self.read_only,
+            allow_setid: self.allow_setid,
+            allow_any_xattr: self.allow_any_xattr,
+            allow_devices: self.allow_devices,
+            as_user: self.as_user.clone(),
+            trust_client_ids: self.trust_client_ids,
+            anon_user: self.anon_user.clone(),
+            no_root_squash: self.no_root_squash,
         };
-        Ok(Policy::default()
-            .read_only(self.read_only)
-            .allow_setid(self.allow_setid)
-            .allow_any_xattr(self.allow_any_xattr)
-            .allow_devices(self.allow_devices)
-            .act_as(act_as)
-            .trust_client_ids(client_ids))
+        settings.policy().map_err(|e| {
+            let key = match e.setting {
+                spockfs_core::UserSetting::AsUser => "as_user",
+                spockfs_core::UserSetting::AnonUser => "anon_user",
+            };
+            ConfigError::Vhost(
+                self.host.clone(),
+                format!("{key} {:?}: {}", e.user, e.source),
+            )
+        })
     }
 }
 

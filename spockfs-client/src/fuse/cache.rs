@@ -80,7 +80,7 @@ impl MountFs {
     pub fn xattr_known_absent(&self, ino: u64, name: &[u8]) -> bool {
         let ttl = self.cfg.attr_timeout;
         if is_probe_name(name) {
-            let mut p = self.cache.probes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = lock(&self.cache.probes);
             match p.absent.get(name) {
                 Some(t) if t.elapsed() < ttl => return true,
                 Some(_) => {
@@ -89,11 +89,7 @@ impl MountFs {
                 None => {}
             }
         }
-        let mut c = self
-            .cache
-            .xattr_absent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.cache.xattr_absent);
         match c.get_mut(&ino) {
             Some(m) => match m.get(name) {
                 Some(t) if t.elapsed() < ttl => true,
@@ -110,7 +106,7 @@ impl MountFs {
     /// Records that `name` is absent from (or may exist on) inode `ino`.
     pub(super) fn mark_absent(&self, ino: u64, name: &[u8], absent: bool) {
         if is_probe_name(name) {
-            let mut p = self.cache.probes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = lock(&self.cache.probes);
             if absent {
                 if !p.disabled && !p.seen.contains(name) && p.absent.len() < MAX_PROBE_NAMES {
                     p.absent.insert(name.to_vec(), Instant::now());
@@ -127,11 +123,7 @@ impl MountFs {
                 }
             }
         }
-        let mut c = self
-            .cache
-            .xattr_absent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.cache.xattr_absent);
         if absent {
             c.entry(ino)
                 .or_default()
@@ -143,11 +135,7 @@ impl MountFs {
 
     /// Forgets what is known of inode `ino` (the kernel forgot it).
     pub(super) fn forget_cached(&self, ino: u64) {
-        self.cache
-            .xattr_absent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino);
+        lock(&self.cache.xattr_absent).remove(&ino);
         self.drop_kept(ino);
     }
 
@@ -155,7 +143,7 @@ impl MountFs {
     /// listed by this mount within the entry timeout and lacks the name.
     pub(super) fn known_missing(&self, path: &[u8]) -> bool {
         let (dir, name) = split_parent(path);
-        let mut l = self.cache.listed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = lock(&self.cache.listed);
         match l.get(dir) {
             Some(d) if d.at.elapsed() < self.cfg.entry_timeout => !d.names.contains(name),
             Some(_) => {
@@ -171,7 +159,7 @@ impl MountFs {
         if self.cfg.entry_timeout.is_zero() || names.len() > MAX_LISTED_NAMES {
             return;
         }
-        let mut l = self.cache.listed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = lock(&self.cache.listed);
         if l.len() >= MAX_LISTED_DIRS {
             let ttl = self.cfg.entry_timeout;
             l.retain(|_, d| d.at.elapsed() < ttl);
@@ -225,7 +213,7 @@ impl MountFs {
     /// `path` exists now (or, with `false`, no longer does).
     pub(super) fn listed_name(&self, path: &[u8], exists: bool) {
         let (dir, name) = split_parent(path);
-        let mut l = self.cache.listed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = lock(&self.cache.listed);
         if let Some(d) = l.get_mut(dir) {
             if exists {
                 d.names.insert(name.to_vec());
@@ -238,7 +226,7 @@ impl MountFs {
     /// Forgets what is known of `path` as a directory and of everything
     /// below it (it was renamed or replaced).
     pub(super) fn unlist_tree(&self, path: &[u8]) {
-        let mut l = self.cache.listed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = lock(&self.cache.listed);
         l.retain(|k, _| !(k.starts_with(path) && (k.len() == path.len() || k[path.len()] == b'/')));
     }
 
@@ -273,12 +261,7 @@ impl MountFs {
         self.cache.fresh.epoch.fetch_add(1, Ordering::SeqCst);
         let r = change.await;
         {
-            let mut a = self
-                .cache
-                .fresh
-                .attrs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut a = lock(&self.cache.fresh.attrs);
             for ino in touched {
                 a.remove(&ino);
             }
@@ -293,12 +276,7 @@ impl MountFs {
         if self.cfg.attr_timeout.is_zero() || ino == 0 {
             return;
         }
-        let mut a = self
-            .cache
-            .fresh
-            .attrs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut a = lock(&self.cache.fresh.attrs);
         // Checked under the lock: a change drops entries under it too.
         if self.epoch() != epoch {
             return;
@@ -317,12 +295,7 @@ impl MountFs {
     /// and untouched by any change through the mount since, and how much
     /// longer they may be cached.
     pub(super) fn kept(&self, ino: u64) -> Option<(Stat, Duration)> {
-        let mut a = self
-            .cache
-            .fresh
-            .attrs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut a = lock(&self.cache.fresh.attrs);
         match a.get(&ino) {
             Some((st, t)) if t.elapsed() < self.cfg.attr_timeout => {
                 Some((*st, self.cfg.attr_timeout - t.elapsed()))
@@ -337,12 +310,7 @@ impl MountFs {
 
     /// Forgets inode `ino`'s attributes (read: its atime may move).
     pub(super) fn drop_kept(&self, ino: u64) {
-        self.cache
-            .fresh
-            .attrs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino);
+        lock(&self.cache.fresh.attrs).remove(&ino);
     }
 
     /// `dir`'s listing, if one was fetched within both timeouts and no
@@ -350,12 +318,7 @@ impl MountFs {
     pub(super) fn recent_listing(&self, dir: &[u8]) -> Option<Arc<Listing>> {
         let ttl = self.cfg.attr_timeout.min(self.cfg.entry_timeout);
         let epoch = self.epoch();
-        let l = self
-            .cache
-            .fresh
-            .listings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let l = lock(&self.cache.fresh.listings);
         l.iter()
             .rev()
             .find(|(p, _)| p == dir)
@@ -372,16 +335,17 @@ impl MountFs {
         {
             return;
         }
-        let mut l = self
-            .cache
-            .fresh
-            .listings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut l = lock(&self.cache.fresh.listings);
         l.retain(|(p, _)| p != dir);
         if l.len() >= MAX_RECENT_LISTINGS {
             l.pop_front();
         }
         l.push_back((dir.to_vec(), listing.clone()));
     }
+}
+
+/// Locks `m`, through a poisoned lock (the data is caches: a panic
+/// elsewhere leaves them consistent enough to keep serving).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -167,20 +167,15 @@ impl Op {
     /// True if the operation leaves an entry at the request path whose
     /// attributes the `stat` extension can return.
     pub fn can_stat(&self) -> bool {
-        matches!(
-            self,
-            Op::Post { .. }
-                | Op::Mkdir { .. }
-                | Op::Mknod { .. }
-                | Op::Symlink { .. }
-                | Op::Link { .. }
-                | Op::Rename { .. }
-                | Op::Chmod { .. }
-                | Op::Chown { .. }
-                | Op::Truncate { .. }
-                | Op::Utimens { .. }
-                | Op::Fallocate { .. }
-        )
+        self.names_entry()
+            || matches!(
+                self,
+                Op::Chmod { .. }
+                    | Op::Chown { .. }
+                    | Op::Truncate { .. }
+                    | Op::Utimens { .. }
+                    | Op::Fallocate { .. }
+            )
     }
 }
 

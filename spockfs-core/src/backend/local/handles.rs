@@ -132,6 +132,15 @@ impl Replacement for LocalReplacement {
                 n
             }
         };
+        let replace = || {
+            rustix::fs::renameat(
+                &self.dir,
+                tmp_name.as_slice(),
+                &self.dir,
+                self.name.as_slice(),
+            )
+            .map_err(io_err)
+        };
         let created = match rustix::fs::renameat_with(
             &self.dir,
             tmp_name.as_slice(),
@@ -141,25 +150,13 @@ impl Replacement for LocalReplacement {
         ) {
             Ok(()) => true,
             Err(rustix::io::Errno::EXIST) => {
-                rustix::fs::renameat(
-                    &self.dir,
-                    tmp_name.as_slice(),
-                    &self.dir,
-                    self.name.as_slice(),
-                )
-                .map_err(io_err)?;
+                replace()?;
                 false
             }
             Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
                 // No RENAME_NOREPLACE on this filesystem: best effort.
                 let existed = statat(&self.dir, &self.name).is_ok();
-                rustix::fs::renameat(
-                    &self.dir,
-                    tmp_name.as_slice(),
-                    &self.dir,
-                    self.name.as_slice(),
-                )
-                .map_err(io_err)?;
+                replace()?;
                 !existed
             }
             Err(e) => return Err(io_err(e)),

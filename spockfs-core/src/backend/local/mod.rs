@@ -543,18 +543,19 @@ impl Backend for LocalFs {
             }
         }
         let perms = Mode::from_raw_mode(0o666);
+        let replacement = |dir, fd, tmp| -> FsResult<Box<dyn Replacement>> {
+            Ok(Box::new(LocalReplacement {
+                dir,
+                name: name.to_vec(),
+                fd,
+                setid,
+                tmp: std::sync::Mutex::new(tmp),
+                committed: Default::default(),
+            }))
+        };
         {
             match rustix::fs::openat(&dir, c".", O_BASE | OFlags::WRONLY | OFlags::TMPFILE, perms) {
-                Ok(fd) => {
-                    return Ok(Box::new(LocalReplacement {
-                        dir,
-                        name: name.to_vec(),
-                        fd,
-                        setid,
-                        tmp: std::sync::Mutex::new(None),
-                        committed: Default::default(),
-                    }))
-                }
+                Ok(fd) => return replacement(dir, fd, None),
                 // EPERM: what O_TMPFILE says in a removed directory, where
                 // the named temporary below gets the right error (ENOENT).
                 Err(e)
@@ -573,16 +574,7 @@ impl Backend for LocalFs {
                 O_BASE | OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
                 perms,
             ) {
-                Ok(fd) => {
-                    return Ok(Box::new(LocalReplacement {
-                        dir,
-                        name: name.to_vec(),
-                        fd,
-                        setid,
-                        tmp: std::sync::Mutex::new(Some(n)),
-                        committed: Default::default(),
-                    }))
-                }
+                Ok(fd) => return replacement(dir, fd, Some(n)),
                 Err(rustix::io::Errno::EXIST) => continue,
                 Err(e) => return Err(io_err(e)),
             }
