@@ -18,7 +18,7 @@
 #      COUNT_REQUESTS=1  run axum-app with RUST_LOG=spockfs_core=debug and
 #                    summarise the server's HTTP methods per spockfs phase
 #      SPOCKFS_BIN / MOUNT_BIN  use these binaries instead of
-#                    `cargo build --release -p axum-app -p spockfs-client --bins`
+#                    `cargo build --release -p axum-app -p spockfs-mount --bins`
 #
 # Everything runs on 127.0.0.1 on free high ports. The script starts axum-app,
 # spockfs-mount and sshd itself and stops exactly those processes (by PID) and
@@ -62,8 +62,8 @@ if [ -n "${SPOCKFS_BIN:-}" ] && [ -n "${MOUNT_BIN:-}" ]; then
   SERVER=$SPOCKFS_BIN
   MOUNT=$MOUNT_BIN
 else
-  log "cargo build --release -p axum-app -p spockfs-client --bins"
-  (cd "$REPO" && cargo build --release -q -p axum-app -p spockfs-client --bins) >&2 || die "cargo build failed"
+  log "cargo build --release -p axum-app -p spockfs-mount --bins"
+  (cd "$REPO" && cargo build --release -q -p axum-app -p spockfs-mount --bins) >&2 || die "cargo build failed"
   SERVER=${SPOCKFS_BIN:-$REPO/target/release/axum-app}
   MOUNT=${MOUNT_BIN:-$REPO/target/release/spockfs-mount}
 fi

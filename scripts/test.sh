@@ -31,7 +31,7 @@ fi
 # tests/tests/mount.rs runs the spockfs-mount and axum-app binaries, and
 # tests/tests/{nginx,faults,soak}.rs the server binaries, from the test
 # executables' target dir.
-cargo build --release --locked -p spockfs-client -p axum-app -p pingora-gateway --bins
+cargo build --release --locked -p spockfs-mount -p axum-app -p pingora-gateway --bins
 
 if (($#)); then
     exec cargo test --release --locked "$@"

@@ -17,6 +17,9 @@
 //! - a restarted server is picked up transparently: dead pooled connections
 //!   are replaced on the next call.
 //!
+//! To mount a server as a local directory, see the `spockfs-mount` crate
+//! (this one has no FUSE dependency).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use spockfs_client::Client;
@@ -45,9 +48,6 @@ use transport::{hv, Inner};
 mod builder;
 mod response;
 mod transport;
-
-#[cfg(feature = "mount")]
-pub mod fuse;
 
 pub use builder::{BuildError, ClientBuilder};
 pub use response::{

@@ -1,13 +1,13 @@
 //! `spockfs-mount` through a real FUSE mount: the axum app in-process on
 //! 127.0.0.1, the filesystem mounted in a tempdir (in-process through
-//! `spockfs_client::fuse::spawn_mount`, and the `spockfs-mount` binary as a
+//! `spockfs_mount::spawn_mount`, and the `spockfs-mount` binary as a
 //! child process), then POSIX calls and real tools inside the mount.
 //!
 //! Needs `/dev/fuse` and `fusermount3` (Debian's `fuse3`): without them the
 //! tests print why and pass, except under `CI=true`, where they fail.
 
-use spockfs_client::fuse::{spawn_mount, MountConfig, Mounted};
 use spockfs_client::Client;
+use spockfs_mount::{spawn_mount, MountConfig, Mounted};
 use spockfs_tests::procs::{Opts, ServerKind, ServerProcess};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -599,10 +599,7 @@ fn mount_binary() -> Option<PathBuf> {
     if bin.is_file() {
         return Some(bin);
     }
-    let msg = format!(
-        "{} not built (cargo build -p spockfs-client --bins)",
-        bin.display()
-    );
+    let msg = format!("{} not built (cargo build -p spockfs-mount)", bin.display());
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{msg}");
     }

@@ -6,8 +6,8 @@
 //! a created file's pending mode, read-only mounts and the errno mapping.
 
 use bytes::Bytes;
-use spockfs_client::fuse::{DirItem, Entry, MountConfig, MountFs, SetAttr, HIDDEN_PREFIX};
 use spockfs_client::{Client, Errno};
+use spockfs_mount::{DirItem, Entry, MountConfig, MountFs, SetAttr, HIDDEN_PREFIX};
 use spockfs_tests::{axum_mem, Kind, Running, Target};
 use std::time::Duration;
 

@@ -64,9 +64,9 @@
 //! Needs root, `/dev/fuse` and `fusermount3`: without them the tests print
 //! why and pass, except under `CI=true`, where they fail.
 
-use spockfs_client::fuse::{spawn_mount, MountConfig, Mounted};
 use spockfs_client::Client;
 use spockfs_core::{Backend, ClientIds, FsPath, Identity, MemFs, Mount, Owner, SetId};
+use spockfs_mount::{spawn_mount, MountConfig, Mounted};
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

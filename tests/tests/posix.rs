@@ -16,7 +16,7 @@
 //! (to mount tmpfs): without them they print why and pass, except under
 //! `CI=true`, where they fail.
 
-use spockfs_client::fuse::{spawn_mount, MountConfig, Mounted};
+use spockfs_mount::{spawn_mount, MountConfig, Mounted};
 use spockfs_tests::procs::{ci, Tmpfs};
 use spockfs_tests::{axum_args, free_port, start_axum, Running};
 use std::fs;

@@ -1,8 +1,8 @@
 //! Extended attributes, with the negative cache of absent names.
 
 use super::MountFs;
-use crate::{Errno, XattrFlag};
 use bytes::Bytes;
+use spockfs_client::{Errno, XattrFlag};
 
 impl MountFs {
     /// Sets xattr `name` of inode `ino`; `flags` are `setxattr(2)`'s (0,

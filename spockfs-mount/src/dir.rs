@@ -4,7 +4,7 @@
 use super::cache::Listing;
 use super::inodes::HIDDEN_PREFIX;
 use super::{join, MountFs};
-use crate::{Errno, Stat};
+use spockfs_client::{Errno, Stat};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

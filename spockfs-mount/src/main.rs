@@ -9,8 +9,8 @@
 //! `fusermount3 -u MOUNTPOINT` (or `umount`) ends the process.
 
 use clap::Parser;
-use spockfs_client::fuse::{MountConfig, SpockFuse};
 use spockfs_client::Client;
+use spockfs_mount::{MountConfig, SpockFuse};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -185,7 +185,7 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
             format!("{}: {e}", args.mountpoint.display())
         }
     })?;
-    spockfs_client::fuse::check_can_mount(&mp).map_err(|e| e.to_string())?;
+    spockfs_mount::check_can_mount(&mp).map_err(|e| e.to_string())?;
 
     let mut b = Client::builder(&args.url).timeout(secs(args.timeout, "timeout")?);
     for f in &args.ca_file {
@@ -230,11 +230,11 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
     // 128 KiB readahead cap (root only; best effort).
     let ra = mp.clone();
     std::thread::spawn(move || {
-        if !spockfs_client::fuse::raise_readahead(&ra) {
+        if !spockfs_mount::raise_readahead(&ra) {
             tracing::debug!("readahead left at the kernel default");
         }
     });
-    rt.spawn(spockfs_client::fuse::unmount_on_signal(mp));
+    rt.spawn(spockfs_mount::unmount_on_signal(mp));
     let r = session.run();
     rt.shutdown_timeout(Duration::from_millis(200));
     r.map_err(|e| format!("session: {e}"))

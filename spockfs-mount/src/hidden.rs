@@ -2,7 +2,7 @@
 //! on the server, removed on the last release.
 
 use super::{split_parent, MountFs, HIDDEN_PREFIX};
-use crate::{Changed, Errno};
+use spockfs_client::{Changed, Errno};
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 

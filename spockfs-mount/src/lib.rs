@@ -1,5 +1,10 @@
-//! A FUSE filesystem over a [`Client`](crate::Client): what `spockfs-mount`
-//! runs (feature `mount`).
+//! # spockfs-mount
+//!
+//! A FUSE filesystem over a [`spockfs_client::Client`]: the library behind
+//! the `spockfs-mount` command, which mounts a SpockFS server as a local
+//! directory. Mount from code with [`spawn_mount`] (or run [`SpockFuse`]
+//! with your own fuser session); use [`MountFs`] to get the mount's
+//! semantics without a kernel mount.
 //!
 //! SpockFS is path-based, FUSE's low-level API is inode-based: the
 //! filesystem keeps an inode table (ino ↔ path, with the kernel's lookup
@@ -72,7 +77,7 @@
 //!   through the mount may lag by up to the attribute timeout.
 //!
 //! The parts, each in a file of its own: [`MountFs`] holds what the mount
-//! means — an async method per call, answered with an [`Errno`](crate::Errno)
+//! means — an async method per call, answered with an [`Errno`](spockfs_client::Errno)
 //! (names and attributes in `fs.rs`, open files in `handles.rs`,
 //! directory handles in `dir.rs`, xattrs in `xattr.rs`, inodes in
 //! `inodes.rs`, what it remembers and the rule that drops it in

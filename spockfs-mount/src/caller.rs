@@ -3,7 +3,7 @@
 //! serves the request.
 
 use super::MountFs;
-use crate::Caller;
+use spockfs_client::Caller;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@ use super::caller::{self, CallerGroups};
 use super::handles::PendingMode;
 use super::inodes::Inodes;
 use super::{join, MountConfig};
-use crate::{Client, Errno, Extensions, SetTime, Stat, StatFs};
+use spockfs_client::{Client, Errno, Extensions, SetTime, Stat, StatFs};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -333,7 +333,7 @@ impl MountFs {
     /// attributes if the server answered with them.
     pub(super) async fn make<F>(&self, path: &[u8], make: F) -> Result<Entry, Errno>
     where
-        F: std::future::Future<Output = Result<crate::Changed, Errno>>,
+        F: std::future::Future<Output = Result<spockfs_client::Changed, Errno>>,
     {
         let before = self.before();
         let (e, parent) = self

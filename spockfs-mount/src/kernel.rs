@@ -3,7 +3,6 @@
 //! loop, as the request's caller) and replies; nothing else.
 
 use super::{as_caller, event_loop, Entry, MountConfig, MountFs, SetAttr};
-use crate::{Client, Errno, SetTime, Stat};
 use bytes::Bytes;
 use fuser::{
     AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -11,6 +10,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use spockfs_client::{Client, Errno, SetTime, Stat};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

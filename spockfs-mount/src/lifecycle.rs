@@ -3,7 +3,7 @@
 //! unmounting on SIGINT/SIGTERM.
 
 use super::{MountConfig, SpockFuse};
-use crate::Client;
+use spockfs_client::Client;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,8 @@
 use super::caller;
 use super::fs::Entry;
 use super::{split_parent, MountFs};
-use crate::{Caller, Errno};
 use bytes::Bytes;
+use spockfs_client::{Caller, Errno};
 
 /// What the release of a file handle leaves to do on the server (see
 /// [`MountFs::release`]).

@@ -3,7 +3,7 @@
 //! one rule that drops it: every change goes through [`MountFs::change`].
 
 use super::{split_parent, MountFs};
-use crate::{Changed, DirEntry, Errno, Stat};
+use spockfs_client::{Changed, DirEntry, Errno, Stat};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -527,7 +527,9 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
         let Some(fs) = self.filesystem.fs.as_ref() else {
-            return Err(io::Error::other("BUG: filesystem missing in the event loop"));
+            return Err(io::Error::other(
+                "BUG: filesystem missing in the event loop",
+            ));
         };
         let mut step = || -> io::Result<crate::Step> {
             match self.ch.receive(buf) {

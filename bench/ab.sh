@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Interleaved A/B of two axum-app binaries (say, before and after a change)
+# on the GET 1 MiB and GETATTR rows of bench/http.sh: both servers run at
+# once on the same root, and each pair runs wrk on both, in alternating order.
+#
+#   BEFORE=/path/axum-app-old AFTER=target/release/axum-app bench/ab.sh
+#
+# Env: PAIRS (default 6), DURATION (wrk -d, default 5s), CONNS (default 16).
+# Prints every pair, then per row the medians and the median of the
+# pairwise after/before ratios. Stops exactly the servers it started.
+set -euo pipefail
+: "${BEFORE:?set BEFORE to the baseline axum-app binary}"
+: "${AFTER:?set AFTER to the axum-app binary to compare}"
+PAIRS=${PAIRS:-6}
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-16}
+LUA=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lua/request.lua
+command -v wrk >/dev/null || { echo "ab.sh: wrk is missing (apt-get install wrk)" >&2; exit 2; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+mkdir "$work/root"
+head -c 1048576 /dev/urandom >"$work/root/big"
+echo hi >"$work/root/f"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PB=$(port); PA=$(port)
+"$BEFORE" --listen 127.0.0.1:$PB --root "$work/root" >"$work/before.log" 2>&1 & pids+=($!)
+"$AFTER" --listen 127.0.0.1:$PA --root "$work/root" >"$work/after.log" 2>&1 & pids+=($!)
+for p in $PB $PA; do
+  for _ in $(seq 100); do curl -s -o /dev/null -X OPTIONS "http://127.0.0.1:$p/fs/" && break; sleep 0.1; done
+done
+
+rps() { # port method path
+  BENCH_METHOD=$2 wrk -t2 -c"$CONNS" -d"$DURATION" -s "$LUA" "http://127.0.0.1:$1$3" 2>/dev/null |
+    awk '/Requests\/sec/{print $2}'
+}
+out="$work/pairs"
+for row in "GET /fs/big" "GETATTR /fs/f"; do
+  set -- $row
+  rps $PB "$1" "$2" >/dev/null; rps $PA "$1" "$2" >/dev/null # warm-up
+  for i in $(seq "$PAIRS"); do
+    if ((i % 2)); then b=$(rps $PB "$1" "$2"); a=$(rps $PA "$1" "$2")
+    else a=$(rps $PA "$1" "$2"); b=$(rps $PB "$1" "$2"); fi
+    echo "$1 pair $i before=$b after=$a" | tee -a "$out"
+  done
+done
+python3 - "$out" <<'PY'
+import re, statistics as st, sys
+rows = {}
+for l in open(sys.argv[1]):
+    m = re.match(r'(\w+) pair \d+ before=([\d.]+) after=([\d.]+)', l)
+    if m: rows.setdefault(m.group(1), []).append((float(m.group(2)), float(m.group(3))))
+print("| row | before req/s (median) | after req/s (median) | after/before (median of pairs) | min | max |")
+print("|---|---:|---:|---:|---:|---:|")
+for k, v in rows.items():
+    r = [a / b for b, a in v]
+    print(f"| {k} | {st.median(b for b, _ in v):.0f} | {st.median(a for _, a in v):.0f} | {st.median(r):.3f} | {min(r):.3f} | {max(r):.3f} |")
+PY
