@@ -36,4 +36,8 @@ cargo build --release --locked -p spockfs-mount -p axum-app -p pingora-gateway -
 if (($#)); then
     exec cargo test --release --locked "$@"
 fi
-exec cargo test --release --locked --workspace
+cargo test --release --locked --workspace
+# The crates as an adopter gets them: a project outside the workspace (no
+# [patch], its own lock) that depends on each by path, builds and runs the
+# README's examples.
+cargo run --release --manifest-path tests/outside/Cargo.toml --target-dir target
