@@ -220,7 +220,7 @@ impl Args {
 
     /// The policy these flags set for every root (read-only, set-ID bits,
     /// xattr namespaces, device nodes, `--as`, `--trust-client-ids`); per-root identities
-    /// (`--vhost-as`, `--as-owner`) are added by [`build_spockfs`].
+    /// (`--vhost-as`, `--as-owner`) are added by [`build_spockfs`](crate::build_spockfs).
     pub fn policy(&self) -> Result<Policy, StartError> {
         let settings = PolicySettings {
             read_only: self.read_only,
