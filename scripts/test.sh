@@ -41,5 +41,7 @@ cargo test --release --locked --workspace
 # [patch], its own lock) that depends on each by path, builds and runs the
 # README's examples.
 cargo run --release --manifest-path tests/outside/Cargo.toml --target-dir target
+# The library crates build with the Rust version they declare.
+scripts/msrv.sh
 # API docs build without a warning (broken intra-doc links included).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --workspace --exclude spockfs-tests --exclude spockfs-props
