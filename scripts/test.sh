@@ -41,6 +41,10 @@ cargo test --release --locked --workspace
 # [patch], its own lock) that depends on each by path, builds and runs the
 # README's examples.
 cargo run --release --manifest-path tests/outside/Cargo.toml --target-dir target
+# Every library crate packages as crates.io would take it (manifest
+# metadata, included files); tests/outside above built them as dependents.
+cargo package --locked --no-verify --allow-dirty -q -p spockfs-proto -p spockfs-core \
+    -p spockfs-tower -p spockfs-pingora -p spockfs-conn -p spockfs-client -p spockfs-mount -p spockfs-fuser
 # The library crates build with the Rust version they declare.
 scripts/msrv.sh
 # API docs build without a warning (broken intra-doc links included).
