@@ -59,6 +59,14 @@
 //!     .layer(axum::middleware::from_fn(per_user));
 //! ```
 //!
+//! A complete server doing this — basic auth, one cached `Mount` and
+//! `Identity` per user, an unknown account refused, no default root — is
+//! `examples/per_user.rs` (`cargo run -p spockfs-tower --example per_user`):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/per_user.rs")]
+//! ```
+//!
 //! A mount can also carry its own identity ([`Mount::act_as`]), trust the
 //! identities clients declare ([`Mount::trust_client_ids`]), and a whole
 //! directory of sites can be served per `Host`
