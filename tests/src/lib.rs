@@ -391,7 +391,7 @@ pub struct Client {
 /// http/1.1.
 pub fn tls_client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap_or_else(|e| panic!("{e}"))

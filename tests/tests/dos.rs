@@ -433,7 +433,7 @@ async fn http2_connections_time_out() {
 /// A TLS client trusting `roots`, offering `alpn`.
 fn tls_connector(roots: &rustls::RootCertStore, alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap_or_else(|e| panic!("{e}"))

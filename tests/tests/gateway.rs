@@ -472,7 +472,7 @@ async fn http2_over_tls_and_h2c() {
         .add(ck.cert.der().clone())
         .unwrap_or_else(|e| panic!("{e}"));
     let mut tls_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap_or_else(|e| panic!("{e}"))

@@ -231,7 +231,7 @@ async fn https_with_http2_and_http11() {
         (&b"http/1.1"[..], http::Version::HTTP_11),
     ] {
         let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|e| panic!("{e}"))
