@@ -10,6 +10,7 @@ mod body;
 pub mod engine;
 pub mod identity;
 pub mod mount;
+pub mod observe;
 pub mod pool;
 mod reaper;
 pub mod route;

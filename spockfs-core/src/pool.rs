@@ -97,6 +97,20 @@ impl BlockingPool {
         }
     }
 
+    /// How busy the pool is now (each figure read on its own: a snapshot,
+    /// not a consistent one).
+    pub fn stats(&self) -> crate::observe::PoolStats {
+        let i = &self.inner;
+        let threads = i.threads.load(Relaxed);
+        let idle = i.parked.load(Relaxed) + i.spinning.load(Relaxed);
+        crate::observe::PoolStats {
+            queued: i.pending.load(Relaxed),
+            busy: threads.saturating_sub(idle),
+            threads,
+            max_threads: i.max_threads,
+        }
+    }
+
     /// Runs `f` on a pool thread; the future resolves to its result, or to
     /// `Err` if it panicked.
     pub fn run<F, T>(&self, f: F) -> JobHandle<T>

@@ -405,3 +405,64 @@ fn no_syscall_on_async_workers() {
         "backend calls ran on async worker threads: {overlap:?}"
     );
 }
+
+/// The engine tells an observer about every request answered over HTTP:
+/// method, host, status, errno, body sizes; and its pool's load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_sees_every_request() {
+    use spockfs_core::observe::{Observer, RequestRecord};
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen {
+        method: String,
+        host: Option<String>,
+        status: u16,
+        errno: Option<String>,
+        bytes_in: Option<u64>,
+        bytes_out: Option<u64>,
+    }
+    #[derive(Default)]
+    struct Log(Mutex<Vec<Seen>>);
+    impl Observer for Log {
+        fn request(&self, r: &RequestRecord<'_>) {
+            assert!(r.duration < Duration::from_secs(10));
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
+                method: r.method.to_string(),
+                host: r.host.map(str::to_owned),
+                status: r.status.as_u16(),
+                errno: r.errno.map(|e| e.name().to_owned()),
+                bytes_in: r.bytes_in,
+                bytes_out: r.bytes_out,
+            });
+        }
+    }
+    let log = Arc::new(Log::default());
+    let fs = SpockFs::builder()
+        .default_mount(Mount::new(MemFs::new()))
+        .observer(log.clone())
+        .build();
+    let engine_stats = fs.engine().pool_stats();
+    assert_eq!(engine_stats.queued, 0);
+    assert!(engine_stats.max_threads >= 1);
+    let (base, _t) = serve(Router::new().nest_service("/fs", fs)).await;
+    let c = Client::new(&format!("{base}/fs")).with_host("files.test");
+    assert_eq!(c.send("PUT", "/f", &[], &b"hello"[..]).await.status, 201);
+    assert_eq!(c.req("GET", "/f", &[]).await.status, 200);
+    assert_eq!(c.req("GETATTR", "/missing", &[]).await.status, 404);
+    let seen = log.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let s = |m: &str, st: u16, errno: Option<&str>, bi: Option<u64>, bo: Option<u64>| Seen {
+        method: m.into(),
+        host: Some("files.test".into()),
+        status: st,
+        errno: errno.map(str::to_owned),
+        bytes_in: bi,
+        bytes_out: bo,
+    };
+    assert_eq!(
+        seen,
+        vec![
+            s("PUT", 201, None, Some(5), Some(0)),
+            s("GET", 200, None, None, Some(5)),
+            s("GETATTR", 404, Some("ENOENT"), None, seen[2].bytes_out),
+        ]
+    );
+}

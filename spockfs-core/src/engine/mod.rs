@@ -30,6 +30,7 @@ use crate::headers::X_SPOCK_ERRNO;
 use crate::identity;
 use crate::method::{Method, ALLOW};
 use crate::mount::{Mount, MountTable, SelectError, Selected};
+use crate::observe::{Observer, PoolStats, RequestRecord};
 use crate::pool::BlockingPool;
 use crate::sites::{SiteError, SitesDir};
 use crate::Errno;
@@ -38,6 +39,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -80,6 +82,18 @@ pub struct Engine {
     limiter: Limiter,
     /// Aborts response bodies past [`Limits::write_timeout`].
     reaper: Option<BodyReaper>,
+    /// Told about every request answered.
+    observer: Option<ObserverSlot>,
+}
+
+/// An [`Observer`] in an engine (which is `Debug`).
+#[derive(Clone)]
+struct ObserverSlot(Arc<dyn Observer>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// Builds an [`Engine`], or anything made from one (`T`: an adapter's
@@ -89,6 +103,7 @@ pub struct EngineBuilder<T = Engine> {
     mounts: MountTable,
     limits: Limits,
     limiter: Option<Limiter>,
+    observer: Option<ObserverSlot>,
     output: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -98,6 +113,7 @@ impl<T> Default for EngineBuilder<T> {
             mounts: MountTable::default(),
             limits: Limits::default(),
             limiter: None,
+            observer: None,
             output: std::marker::PhantomData,
         }
     }
@@ -157,6 +173,14 @@ impl<T: From<Engine>> EngineBuilder<T> {
         self
     }
 
+    /// Tells `observer` about every request answered (method, host,
+    /// status, errno, time to the response head, body sizes): the hook
+    /// for a host's metrics. Default: none.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(ObserverSlot(observer));
+        self
+    }
+
     /// The engine (or what `T` makes of it).
     pub fn build(self) -> T {
         T::from(Engine {
@@ -165,6 +189,7 @@ impl<T: From<Engine>> EngineBuilder<T> {
             limiter: self
                 .limiter
                 .unwrap_or_else(|| Limiter::from_limits(&self.limits)),
+            observer: self.observer,
             mounts: self.mounts,
             limits: self.limits,
         })
@@ -192,6 +217,12 @@ impl Engine {
         &self.mounts
     }
 
+    /// How busy the blocking pool that runs this engine's filesystem calls
+    /// is (queue depth, busy threads): for a host's metrics.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
     /// Answers one request. Never fails: every error is a response (4xx/5xx
     /// with `X-Spock-errno` and a one-line text body). The request path is
     /// `req.uri().path()`, already stripped of any mount prefix.
@@ -208,6 +239,25 @@ impl Engine {
         );
         async move {
             let start = Instant::now();
+            // What the observer needs of the request, taken only if there is one.
+            let seen = self.observer.as_ref().map(|o| {
+                let host = req
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .or_else(|| {
+                        req.headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_owned)
+                    });
+                let bytes_in = req
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                (o.0.clone(), req.method().clone(), host, bytes_in)
+            });
             let resp = self.handle_inner(req).await;
             let status = resp.status();
             let errno = resp
@@ -215,6 +265,17 @@ impl Engine {
                 .get(&X_SPOCK_ERRNO)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
+            if let Some((observer, method, host, bytes_in)) = seen {
+                observer.request(&RequestRecord {
+                    method: &method,
+                    host: host.as_deref(),
+                    status,
+                    errno: Errno::from_name(errno),
+                    duration: start.elapsed(),
+                    bytes_in,
+                    bytes_out: resp.body().size_hint().exact(),
+                });
+            }
             let elapsed_us = start.elapsed().as_micros() as u64;
             if status.is_server_error() {
                 tracing::warn!(
