@@ -239,7 +239,11 @@ fn classify(e: &(dyn StdError + 'static), connecting: bool, https: bool) -> (Err
     let links = chain(e);
     if let Some(t) = links.iter().find_map(|x| x.downcast_ref::<rustls::Error>()) {
         return match t {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => (
+            // BadSignature: signed by another CA than the trusted one of
+            // the same name.
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+            ) => (
                 ErrorKind::UntrustedCertificate,
                 format!("TLS: server certificate not trusted: {t} (not signed by a trusted CA)"),
             ),

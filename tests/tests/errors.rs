@@ -65,16 +65,22 @@ const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\n\
 const WEB_PAGE: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nAllow: GET, HEAD\r\n\
                         Content-Length: 6\r\nConnection: close\r\n\r\n<html>";
 
-/// A self-signed certificate for `localhost`: (cert PEM path, key PEM path).
+/// A self-signed certificate for `localhost` whose subject (and issuer) is
+/// `CN=name`: (cert PEM path, key PEM path).
 fn cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
         .unwrap_or_else(|e| panic!("{e}"));
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let cert = params.self_signed(&key).unwrap_or_else(|e| panic!("{e}"));
     let (c, k) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}-key.pem")),
     );
-    std::fs::write(&c, ck.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&k, ck.signing_key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&c, cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&k, key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
     (c, k)
 }
 
@@ -149,10 +155,14 @@ async fn a_closed_port_is_connection_refused() {
         .and_then(|s| s.downcast_ref::<hyper_util::client::legacy::Error>())
         .unwrap_or_else(|| panic!("no hyper error in {e:?}"));
     assert!(hyper.is_connect(), "{hyper:?}");
-    let io_kinds: Vec<_> = std::iter::successors(e.source(), |s| s.source())
-        .filter_map(|s| s.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind)
-        .collect();
+    let mut io_kinds = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kinds.push(io.kind());
+        }
+        cur = s.source();
+    }
     assert_eq!(io_kinds, [std::io::ErrorKind::ConnectionRefused]);
     assert_eq!(
         e.io_error().map(std::io::Error::kind),
@@ -213,6 +223,22 @@ async fn a_certificate_not_signed_by_a_trusted_ca_is_untrusted() {
         "{e:?}"
     );
     assert_eq!(e.errno(), Errno::EIO);
+    // Another CA of the same name: webpki finds it as the issuer, and the
+    // signature does not match.
+    let twin_dir = dir.path().join("twin");
+    std::fs::create_dir(&twin_dir).unwrap_or_else(|e| panic!("{e}"));
+    let (twin, _) = cert(&twin_dir, "served");
+    let twin_ca = Client::builder(&url)
+        .ca_file(&twin)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = check_err(&twin_ca).await;
+    assert_eq!(e.kind(), ErrorKind::UntrustedCertificate, "{e}");
+    assert_eq!(
+        e.to_string(),
+        "TLS: server certificate not trusted: invalid peer certificate: BadSignature \
+         (not signed by a trusted CA)"
+    );
     // The same server with its own certificate trusted.
     let right_ca = Client::builder(&url)
         .ca_file(&served.0)
