@@ -109,8 +109,8 @@ impl Error {
         let s = self.source.as_deref()?;
         chain(s)
             .into_iter()
-            .filter_map(|e| e.downcast_ref::<std::io::Error>())
-            .last()
+            .rev()
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
     }
 
     /// The TLS error of the cause (e.g. `InvalidCertificate(UnknownIssuer)`),
@@ -273,8 +273,8 @@ fn classify(e: &(dyn StdError + 'static), connecting: bool, https: bool) -> (Err
     }
     let io = links
         .iter()
-        .filter_map(|x| x.downcast_ref::<std::io::Error>())
-        .last();
+        .rev()
+        .find_map(|x| x.downcast_ref::<std::io::Error>());
     let innermost = links.last().map(|x| x.to_string()).unwrap_or_default();
     use std::io::ErrorKind as K;
     match io.map(std::io::Error::kind) {

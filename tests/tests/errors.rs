@@ -58,7 +58,8 @@ async fn canned(answer: Option<&'static str>) -> (SocketAddr, tokio::task::JoinH
     (addr, task)
 }
 
-const BAD_GATEWAY: &str = "HTTP/1.1 502 Bad Gateway\r\nServer: nginx\r\nContent-Type: text/html\r\n\
+const BAD_GATEWAY: &str =
+    "HTTP/1.1 502 Bad Gateway\r\nServer: nginx\r\nContent-Type: text/html\r\n\
                            Content-Length: 11\r\nConnection: close\r\n\r\nBad Gateway";
 const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\n\
                          Content-Length: 9\r\nConnection: close\r\n\r\nNot Found";
@@ -354,7 +355,10 @@ fn mount_point(dir: &Path) -> Option<PathBuf> {
     match spockfs_mount::check_can_mount(&mnt) {
         Ok(()) => Some(mnt),
         Err(e) => {
-            assert!(!ci(), "spockfs-mount cannot mount here ({e}): required under CI=true");
+            assert!(
+                !ci(),
+                "spockfs-mount cannot mount here ({e}): required under CI=true"
+            );
             eprintln!("SKIPPED: spockfs-mount cannot mount here: {e}");
             None
         }
@@ -532,7 +536,10 @@ async fn the_binary_logs_each_call_with_debug() {
     );
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(!all.contains("s3cret"), "password shown: {all}");
-    assert!(!all.contains('\x1b'), "ANSI escapes off a terminal: {all:?}");
+    assert!(
+        !all.contains('\x1b'),
+        "ANSI escapes off a terminal: {all:?}"
+    );
     let call = all
         .lines()
         .find(|l| l.contains("SpockFS call") && l.contains("method=\"OPTIONS\""))
