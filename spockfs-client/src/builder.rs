@@ -13,7 +13,10 @@ use tokio::sync::OnceCell;
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The URL is not `http(s)://[user:pass@]host[:port][/prefix]`.
+    /// The URL is not `http(s)://[user:pass@]host[:port][/prefix]` (the
+    /// URL as given, its password replaced by `***` (see
+    /// [`redact_url`](crate::redact_url); in a URL that does not parse,
+    /// all before the last `@`)).
     #[error("bad SpockFS URL {0:?}: {1}")]
     Url(String, String),
     /// The CA file could not be read.
@@ -57,7 +60,16 @@ impl ClientBuilder {
 
     /// The client.
     pub fn build(self) -> Result<Client, BuildError> {
-        let bad = |why: &str| BuildError::Url(self.url.clone(), why.to_owned());
+        // A URL that does not parse may hide a password anywhere before its
+        // last `@` (`http://u:pa/ss@h/`): all of that is masked.
+        let shown = match self.url.rsplit_once('@') {
+            Some((head, tail)) if self.url.parse::<http::Uri>().is_err() => {
+                let scheme = head.find("://").map_or("", |s| &head[..s + 3]);
+                format!("{scheme}***@{tail}")
+            }
+            _ => crate::redact_url(&self.url),
+        };
+        let bad = |why: &str| BuildError::Url(shown.clone(), why.to_owned());
         let uri: http::Uri = self
             .url
             .parse()

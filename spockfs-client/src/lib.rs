@@ -11,6 +11,11 @@
 //!   `EIO`, like the original client;
 //! - errors as [`Errno`]: the spec's status mapping, refined by
 //!   `X-Spock-errno` when the server advertises the `errno` extension;
+//!   [`Client::check`] (is a SpockFS server there?) fails with an [`Error`]
+//!   that says why: connection refused, timeout, TLS (with rustls' reason),
+//!   the HTTP status, or not a SpockFS server;
+//! - every call logged at debug level with `tracing` (method, path,
+//!   status, errno, duration);
 //! - extensions (`readdir-attrs`, `fsync`, `errno`, `stat`, `parent-stat`,
 //!   `nsec`, `identity`) used only when `OPTIONS` advertises them; with a
 //!   plain 0.1 server it speaks only the spec;
@@ -46,10 +51,12 @@ use std::time::Duration;
 use transport::{hv, Inner};
 
 mod builder;
+mod error;
 mod response;
 mod transport;
 
 pub use builder::{BuildError, ClientBuilder};
+pub use error::{redact_url, Error, ErrorKind};
 pub use response::{
     errno_of, parse_attrs_line, parse_extensions, parse_line, parse_listing, parse_readdir,
     parse_stat, parse_statfs, parse_xattr_list,
@@ -168,6 +175,96 @@ impl Client {
             })
             .await;
         r.copied().unwrap_or_default()
+    }
+
+    /// Checks that a SpockFS server answers at the URL, and learns its
+    /// extensions: `OPTIONS` then `GETATTR /`, the root's attributes on
+    /// success. Fails with the cause, for a message a user can act on:
+    ///
+    /// - the connection: [`ErrorKind::ConnectionRefused`],
+    ///   [`ErrorKind::Timeout`], [`ErrorKind::Connect`];
+    /// - TLS: [`ErrorKind::UntrustedCertificate`] (the server's certificate
+    ///   is not signed by a trusted CA), [`ErrorKind::Certificate`] (rejected
+    ///   for another reason), [`ErrorKind::Tls`] (e.g. `https://` to a plain
+    ///   HTTP server), with rustls' reason;
+    /// - [`ErrorKind::Status`]: 401 (credentials), 407, a 502/503/504 from a
+    ///   proxy whose SpockFS server is down, any other error status of
+    ///   `GETATTR /` (with its `X-Spock-errno`);
+    /// - [`ErrorKind::NotSpockFs`]: something else answers HTTP there (no
+    ///   SpockFS `Allow`/`X-Spock-*` headers, or 404 for `GETATTR /`: most
+    ///   often a wrong path prefix).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use spockfs_client::{Client, ErrorKind};
+    /// let fs = Client::new("http://127.0.0.1:8080/wrong-prefix")?;
+    /// let err = fs.check().await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::NotSpockFs);
+    /// eprintln!("{err}"); // no SpockFS server at this URL (GETATTR / answered HTTP 404 Not Found; is the path prefix right, e.g. /fs?)
+    /// # Ok(()) }
+    /// ```
+    pub async fn check(&self) -> Result<Stat, Error> {
+        let opts = self.send("OPTIONS", b"/", &[], Bytes::new()).await?;
+        let status = opts.status();
+        let h = opts.headers();
+        let marked = h.keys().any(|k| k.as_str().starts_with("x-spock-"))
+            || h.get(http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|m| m.trim() == "GETATTR"));
+        match status.as_u16() {
+            401 | 407 | 502..=504 => return Err(Error::from_status(status, h, false)),
+            _ => {}
+        }
+        let ext = if status == StatusCode::OK && marked {
+            parse_extensions(h)
+        } else {
+            Extensions::default()
+        };
+        let unmarked = if marked {
+            None
+        } else {
+            Some(format!(
+                "OPTIONS / answered HTTP {} without SpockFS's Allow or X-Spock-* headers",
+                status.as_u16()
+            ))
+        };
+        if status == StatusCode::OK && marked {
+            // As extensions() would have learnt them.
+            let _ = self.inner.extensions.set(ext);
+        }
+        let r = self.send("GETATTR", b"/", &[], Bytes::new()).await?;
+        let (status, h) = (r.status(), r.headers());
+        if status == StatusCode::OK && h.contains_key("x-spock-mode") {
+            if !marked && self.inner.extensions.get().is_none() {
+                // An old server, or a proxy eating OPTIONS: plain spec.
+                let _ = self.inner.extensions.set(Extensions::default());
+            }
+            return Ok(get_stat(h));
+        }
+        let use_header = ext.errno;
+        match status.as_u16() {
+            401 | 407 | 502..=504 => Err(Error::from_status(status, h, use_header)),
+            200 => Err(Error::not_spockfs(
+                "GETATTR / answered HTTP 200 without X-Spock-mode".into(),
+                Some(status),
+                Errno::EIO,
+            )),
+            404 if !h.contains_key(&spockfs_proto::headers::X_SPOCK_ERRNO) => {
+                Err(Error::not_spockfs(
+                    "GETATTR / answered HTTP 404 Not Found".into(),
+                    Some(status),
+                    errno_of(status, h, use_header),
+                ))
+            }
+            _ => match unmarked {
+                Some(why) => Err(Error::not_spockfs(
+                    why,
+                    Some(status),
+                    errno_of(status, h, use_header),
+                )),
+                None => Err(Error::from_status(status, h, use_header)),
+            },
+        }
     }
 
     /// The extensions learnt from the server so far, without asking it
@@ -605,6 +702,21 @@ mod tests {
     fn urls() {
         assert!(Client::new("ftp://x/").is_err());
         assert!(Client::new("not a url").is_err());
+        let bad = Client::new("http://al:s3cret@ho st/fs").map(drop);
+        let msg = bad.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(
+            msg.starts_with("bad SpockFS URL \"http://***@ho st/fs\""),
+            "{msg}"
+        );
+        let bad = Client::new("ftp://al:s3cret@host/fs").map(drop);
+        let msg = bad.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(
+            msg.starts_with("bad SpockFS URL \"ftp://al:***@host/fs\""),
+            "{msg}"
+        );
+        let bad = Client::new("http://al:s3/cret@host/fs").map(drop);
+        let msg = bad.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(!msg.contains("cret"), "{msg}");
         let c = Client::new("https://u%40x:p%3Ass@host:8443/fs/").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.inner.base, "https://host:8443/fs");
         use base64::Engine as _;

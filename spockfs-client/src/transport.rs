@@ -1,8 +1,9 @@
 //! The transport: one pooled set of keep-alive connections (HTTP/1.1, or
 //! HTTP/2 by ALPN or prior knowledge), and the single request path every
-//! call takes (auth, caller identity, timeout, status to errno).
+//! call takes (auth, caller identity, timeout, status to errno, failures
+//! classified into [`Error`]s, a debug line per call).
 
-use crate::{errno_of, Client, Extensions, FsResult};
+use crate::{errno_of, Client, Error, Extensions, FsResult};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Method, Request, Response};
@@ -11,9 +12,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use spockfs_proto::path::encode_path;
-use spockfs_proto::Errno;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -56,18 +56,34 @@ impl Client {
         body: Bytes,
         ok: &[u16],
     ) -> FsResult<Response<Bytes>> {
+        self.request(method, path, headers, body, ok)
+            .await
+            .map_err(|e| e.errno())
+    }
+
+    /// [`call`](Client::call), failing with the cause.
+    pub(crate) async fn request(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: Bytes,
+        ok: &[u16],
+    ) -> Result<Response<Bytes>, Error> {
         let ext = if method == "OPTIONS" {
             Extensions::default()
         } else {
             self.extensions().await
         };
-        let resp = self.raw(method, path, headers, body).await?;
+        let resp = self.send(method, path, headers, body).await?;
         if ok.contains(&resp.status().as_u16()) {
             return Ok(resp);
         }
-        Err(errno_of(resp.status(), resp.headers(), ext.errno))
+        Err(Error::from_status(resp.status(), resp.headers(), ext.errno))
     }
 
+    /// One request, whatever the status; failing with `Errno::EIO` (or
+    /// `EINVAL` for a request that cannot be built).
     pub(crate) async fn raw(
         &self,
         method: &str,
@@ -75,7 +91,71 @@ impl Client {
         headers: &[(&'static str, HeaderValue)],
         body: Bytes,
     ) -> FsResult<Response<Bytes>> {
-        let m = Method::from_bytes(method.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        self.send(method, path, headers, body)
+            .await
+            .map_err(|e| e.errno())
+    }
+
+    /// One request, whatever the status, failing with the cause; logged at
+    /// debug level (method, path, status, errno, duration).
+    pub(crate) async fn send(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Response<Bytes>, Error> {
+        let start = Instant::now();
+        let r = self.send_unlogged(method, path, headers, body).await;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let path = String::from_utf8_lossy(path);
+            match &r {
+                Ok(resp) if resp.status().is_success() => {
+                    tracing::debug!(
+                        method,
+                        %path,
+                        status = resp.status().as_u16(),
+                        ms = format_args!("{ms:.1}"),
+                        "SpockFS call"
+                    );
+                }
+                Ok(resp) => {
+                    let use_header = self.inner.extensions.get().is_some_and(|e| e.errno);
+                    let errno = errno_of(resp.status(), resp.headers(), use_header);
+                    tracing::debug!(
+                        method,
+                        %path,
+                        status = resp.status().as_u16(),
+                        errno = ?errno,
+                        ms = format_args!("{ms:.1}"),
+                        "SpockFS call"
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        method,
+                        %path,
+                        errno = ?e.errno(),
+                        error = %e,
+                        ms = format_args!("{ms:.1}"),
+                        "SpockFS call failed"
+                    );
+                }
+            }
+        }
+        r
+    }
+
+    async fn send_unlogged(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Response<Bytes>, Error> {
+        let m = Method::from_bytes(method.as_bytes())
+            .map_err(|_| Error::invalid_request("invalid method"))?;
         let uri = format!("{}{}", self.inner.base, encode_path(path));
         let mut req = Request::builder().method(m).uri(uri);
         if let Some(a) = &self.inner.auth {
@@ -90,19 +170,24 @@ impl Client {
         for (k, v) in headers {
             req = req.header(HeaderName::from_static(k), v.clone());
         }
-        let req = req.body(Full::new(body)).map_err(|_| Errno::EINVAL)?;
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| Error::invalid_request(&format!("invalid request: {e}")))?;
+        let https = self.inner.base.starts_with("https:");
         let fut = async {
-            let resp = self.inner.http.request(req).await.map_err(|e| {
-                tracing::debug!(error = %e, "SpockFS request failed");
-                Errno::EIO
-            })?;
+            let resp = self
+                .inner
+                .http
+                .request(req)
+                .await
+                .map_err(|e| Error::from_transport(e, https))?;
             let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|_| Errno::EIO)?.to_bytes();
+            let body = body.collect().await.map_err(Error::body)?.to_bytes();
             Ok(Response::from_parts(parts, body))
         };
         match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(Errno::EIO),
+            Err(_) => Err(Error::timeout(self.inner.timeout)),
         }
     }
 

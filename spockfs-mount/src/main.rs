@@ -9,7 +9,7 @@
 //! `fusermount3 -u MOUNTPOINT` (or `umount`) ends the process.
 
 use clap::Parser;
-use spockfs_client::Client;
+use spockfs_client::{redact_url, Client, ErrorKind};
 use spockfs_mount::{MountConfig, SpockFuse};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,7 +43,9 @@ struct Args {
     /// a background process)
     #[arg(long, short = 'f')]
     foreground: bool,
-    /// Log every request (to stderr); implies --foreground
+    /// Log every request (to stderr): each FUSE operation, and each SpockFS
+    /// call with its method, path, status, errno and duration; implies
+    /// --foreground
     #[arg(long, short = 'd')]
     debug: bool,
     /// Extra CA certificates (PEM) to trust for https
@@ -170,6 +172,7 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     // The mount point first: a local mistake is reported before any
@@ -200,12 +203,16 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
 
-    // Fail early (and learn the extensions) rather than mount a dead server.
-    rt.block_on(async {
-        client.extensions().await;
-        client.getattr(b"/").await
-    })
-    .map_err(|e| format!("{}: {e}", args.url))?;
+    // Fail early, saying why (and learn the extensions), rather than mount
+    // a dead server.
+    rt.block_on(client.check()).map_err(|e| {
+        let hint = match e.kind() {
+            ErrorKind::UntrustedCertificate => "; trust its CA with --ca-file",
+            _ => "",
+        };
+        format!("cannot mount {}: {e}{hint}", redact_url(&args.url))
+    })?;
+    tracing::debug!(url = %redact_url(&args.url), "SpockFS server checked");
 
     let cfg = MountConfig {
         read_only: args.read_only,

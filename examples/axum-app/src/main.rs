@@ -21,6 +21,9 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // The log goes to stdout: colours only on a terminal (not in a
+        // file, a pipe or the journal).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
     // Every setting is checked (roots, users, htpasswd, TLS, the listen
