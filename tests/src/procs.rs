@@ -73,6 +73,8 @@ pub struct Opts {
     pub axum_args: Vec<String>,
     /// Extra lines of the gateway's `[limits]` section.
     pub gateway_limits: String,
+    /// More of the gateway's TOML, after `[limits]` (other sections).
+    pub gateway_extra: String,
     /// The gateway's listener also accepts cleartext HTTP/2 (the axum app
     /// always does).
     pub h2c: bool,
@@ -128,10 +130,11 @@ impl ServerProcess {
                     format!(
                         "listen = [{{ addr = \"{addr}\", h2c = {} }}]\n[server]\nthreads = 2\n\
                          [[vhost]]\nhost = \"*\"\nprefix = \"/fs\"\nroot = \"{}\"\n\
-                         [limits]\n{}\n",
+                         [limits]\n{}\n{}\n",
                         opts.h2c,
                         root.display(),
-                        opts.gateway_limits
+                        opts.gateway_limits,
+                        opts.gateway_extra
                     ),
                 )
                 .unwrap_or_else(|e| panic!("{e}"));

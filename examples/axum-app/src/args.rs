@@ -194,6 +194,16 @@ pub struct Args {
     /// Seconds to wait for the answer to an HTTP/2 keep-alive ping.
     #[arg(long, value_name = "SECS", default_value = "20", value_parser = parse_secs)]
     pub h2_keepalive_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (requests by method,
+    /// status and vhost, errors by errno, latency per method, bytes,
+    /// open connections, blocking-pool load, limit rejections). Off by
+    /// default; keep ADDR private (loopback or an internal network).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Most virtual hosts labelled by name in the metrics; the rest count
+    /// as `other`.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub metrics_vhosts: usize,
 }
 
 /// Seconds, possibly fractional (`0.5`).

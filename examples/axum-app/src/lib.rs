@@ -6,6 +6,7 @@
 //! very same server in-process on an ephemeral port.
 
 use axum::Router;
+use spockfs_core::observe::PrometheusMetrics;
 use spockfs_tower::{Mount, SpockFs};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,6 +53,14 @@ pub enum StartError {
     /// TLS material is unreadable or invalid.
     #[error("tls: {0}")]
     Tls(String),
+    /// The `--metrics` address could not be bound.
+    #[error("--metrics {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Bad `--prefix`.
     #[error("--prefix must start with '/': {0:?}")]
     Prefix(String),
@@ -110,6 +119,14 @@ fn existing_dir(flag: &'static str, dir: &Path) -> Result<(), StartError> {
 /// `--vhost` directories must exist; only the default root
 /// ([`DEFAULT_ROOT`]) is created when missing.
 pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
+    build_spockfs_observed(args, None)
+}
+
+/// [`build_spockfs`], the engine reporting every request to `metrics`.
+fn build_spockfs_observed(
+    args: &Args,
+    metrics: Option<&Arc<PrometheusMetrics>>,
+) -> Result<SpockFs, StartError> {
     let policy = args.policy()?;
     let open = |dir: &PathBuf, as_user: Option<&str>| -> Result<Mount, StartError> {
         let fs = spockfs_tower::LocalFs::open(dir).map_err(|e| StartError::Root {
@@ -139,6 +156,9 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
         }
     }
     let mut b = SpockFs::builder().limits(args.limits());
+    if let Some(m) = metrics {
+        b = b.observer(m.clone());
+    }
     match &args.vhosts_dir {
         Some(dir) => {
             let sites = spockfs_core::sites::SitesDir::open(dir)
@@ -180,6 +200,10 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
         b = b.vhost(host, open(dir, as_user)?);
     }
     let fs = b.build();
+    if let Some(m) = metrics {
+        let engine = fs.engine().clone();
+        m.watch_pool(move || engine.pool_stats());
+    }
     if fs.engine().mounts().switches_identity() || args.users_as_unix {
         spockfs_core::identity::check_can_switch().map_err(StartError::Identity)?;
     }
@@ -189,6 +213,13 @@ pub fn build_spockfs(args: &Args) -> Result<SpockFs, StartError> {
 /// The axum router: SpockFS under `--prefix`, with tracing and (if
 /// configured) basic auth in front of everything.
 pub fn build_router(args: &Args) -> Result<Router, StartError> {
+    router_observed(args, None)
+}
+
+fn router_observed(
+    args: &Args,
+    metrics: Option<&Arc<PrometheusMetrics>>,
+) -> Result<Router, StartError> {
     // Flag combinations first: a mistake there touches nothing on disk
     // (not even the default root).
     let prefix = args.prefix.trim_end_matches('/');
@@ -198,7 +229,7 @@ pub fn build_router(args: &Args) -> Result<Router, StartError> {
     if args.user_roots.is_some() && args.htpasswd.is_none() && args.trust_proxy_user.is_none() {
         return Err(StartError::UserRootsWithoutAuth);
     }
-    let fs = build_spockfs(args)?;
+    let fs = build_spockfs_observed(args, metrics)?;
     let mut router = if prefix.is_empty() {
         Router::new().fallback_service(fs)
     } else {
@@ -264,6 +295,8 @@ pub struct App {
     args: Args,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `--metrics`: the metrics and their listener, bound before serving.
+    metrics: Option<(Arc<PrometheusMetrics>, std::net::TcpListener)>,
 }
 
 impl std::fmt::Debug for App {
@@ -280,12 +313,27 @@ impl App {
     /// (opens and may create roots, reads files): call it before serving,
     /// or from `tokio::task::spawn_blocking`, inside a Tokio runtime.
     pub fn new(args: Args) -> Result<App, StartError> {
-        let router = build_router(&args)?;
+        let metrics = match args.metrics {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| StartError::Metrics { addr, source })?;
+                let m = Arc::new(PrometheusMetrics::new(args.metrics_vhosts));
+                Some((m, listener))
+            }
+            None => None,
+        };
+        let router = router_observed(&args, metrics.as_ref().map(|(m, _)| m))?;
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(c), Some(k)) => Some(tls::acceptor(c, k).map_err(StartError::Tls)?),
             _ => None,
         };
-        Ok(App { args, router, tls })
+        Ok(App {
+            args,
+            router,
+            tls,
+            metrics,
+        })
     }
 
     /// Serves on `listener` until `shutdown` completes, then stops

@@ -20,7 +20,12 @@ pub(crate) async fn serve_app(
     use spockfs_conn::GuardedIo;
     use tower::ServiceExt;
 
-    let App { args, router, tls } = app;
+    let App {
+        args,
+        router,
+        tls,
+        metrics,
+    } = app;
     let mut builder = Builder::new(StreamExecutor::new(nonzero(args.write_timeout)));
     let timeouts = args.conn_timeouts();
     // Idle and header timeouts are enforced precisely by GuardedIo (below);
@@ -49,6 +54,37 @@ pub(crate) async fn serve_app(
         max_connections_per_ip = ?limiter.max_per_ip(),
         "connection caps"
     );
+    // `--metrics`: /metrics on its own listener, for as long as we serve.
+    let metrics_task = match metrics {
+        Some((m, listener)) => {
+            let l = limiter.clone();
+            m.watch_connections(move || l.open());
+            let listener =
+                TcpListener::from_std(listener).map_err(|source| StartError::Metrics {
+                    addr: args.metrics.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                    source,
+                })?;
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = m.clone();
+                    async move {
+                        (
+                            [(
+                                http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            m.render(),
+                        )
+                    }
+                }),
+            );
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }))
+        }
+        None => None,
+    };
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -164,6 +200,9 @@ pub(crate) async fn serve_app(
         () = tokio::time::sleep(Duration::from_secs(10)) => {
             tracing::warn!("connections still open after 10 s; exiting anyway");
         }
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
     }
     Ok(())
 }

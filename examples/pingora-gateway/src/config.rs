@@ -37,6 +37,24 @@ pub struct Config {
     /// Engine limits for local vhosts.
     #[serde(default)]
     pub limits: LimitSettings,
+    /// Prometheus metrics (off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: Prometheus metrics of the local vhosts' requests (by
+/// method, status and vhost; errors by errno; latency per method; bytes;
+/// blocking-pool load; limit rejections) and of the gateway's open
+/// downstream connections, at `http://LISTEN/metrics`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `ip:port` of the metrics listener. Unset: no metrics. Keep it
+    /// private (loopback or an internal network).
+    pub listen: Option<String>,
+    /// Most virtual hosts labelled by name; the rest count as `other`.
+    /// Default 100.
+    pub vhost_cap: Option<usize>,
 }
 
 /// One listening socket.
@@ -342,6 +360,7 @@ impl Default for Config {
             vhosts: default_vhosts(),
             server: ServerSettings::default(),
             limits: LimitSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }

@@ -15,10 +15,13 @@
 
 mod config;
 mod listen;
+mod metrics;
 mod proxy;
 mod server;
 
-pub use config::{Config, ConfigError, LimitSettings, Listener, ServerSettings, Vhost};
+pub use config::{
+    Config, ConfigError, LimitSettings, Listener, MetricsSettings, ServerSettings, Vhost,
+};
 pub use listen::{GuardedApp, GuardedStream};
 pub use proxy::{Ctx, Gateway};
 pub use server::{build, build_with, run_in_background, run_in_background_with, Built, Running};

@@ -4,6 +4,7 @@
 
 use crate::config::{ms, Config, ConfigError, Listener};
 use crate::listen::{check_can_listen, tls_acceptor, Endpoint, GuardedApp};
+use crate::metrics::MetricsApp;
 use crate::proxy::{Gateway, Pool};
 use async_trait::async_trait;
 use pingora::lb::health_check::HttpHealthCheck;
@@ -13,6 +14,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::v2::server::{self as h2_server};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use spockfs_core::observe::PrometheusMetrics;
 use spockfs_core::{Engine, Limiter, LocalFs, MemFs, Mount, Routes};
 use spockfs_pingora::SpockFsModule;
 use std::sync::Arc;
@@ -50,6 +52,18 @@ pub fn build_with(
     server.bootstrap();
 
     let limits = config.limits();
+    let metrics = match &config.metrics.listen {
+        Some(addr) => {
+            let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .map_err(|e| ConfigError::Listener(addr.clone(), e.to_string()))?
+                .collect();
+            check_can_listen(addr, &addrs)?;
+            Some(Arc::new(PrometheusMetrics::new(
+                config.metrics.vhost_cap.unwrap_or(100),
+            )))
+        }
+        None => None,
+    };
     // One concurrency budget for every local vhost.
     let limiter = Limiter::from_limits(&limits);
     let mut module = Routes::new();
@@ -81,7 +95,10 @@ pub fn build_with(
         match (local, v.upstreams.is_empty()) {
             (true, true) => {
                 let policy = v.policy()?;
-                let builder = Engine::builder().limits(limits).limiter(limiter.clone());
+                let mut builder = Engine::builder().limits(limits).limiter(limiter.clone());
+                if let Some(m) = &metrics {
+                    builder = builder.observer(m.clone());
+                }
                 let builder = if let Some(dir) = &v.sites_dir {
                     let sites = spockfs_core::sites::SitesDir::open(dir)
                         .map_err(|e| ConfigError::Root(v.host.clone(), dir.clone(), e))?
@@ -121,6 +138,10 @@ pub fn build_with(
                     builder.default_mount(Mount::new(fs).with_policy(policy))
                 };
                 let engine = builder.build();
+                if let Some(m) = &metrics {
+                    let e = engine.clone();
+                    m.watch_pool(move || e.pool_stats());
+                }
                 if engine.mounts().switches_identity() {
                     spockfs_core::identity::check_can_switch()
                         .map_err(|e| ConfigError::Vhost(v.host.clone(), e.to_string()))?;
@@ -250,10 +271,21 @@ pub fn build_with(
             h2c: l.h2c,
         });
     }
+    let conn_limiter = config.conn_limiter();
+    if let (Some(m), Some(addr)) = (&metrics, &config.metrics.listen) {
+        let l = conn_limiter.clone();
+        m.watch_connections(move || l.open());
+        let mut service = pingora::services::listening::Service::new(
+            "spockfs metrics".into(),
+            MetricsApp(m.clone()),
+        );
+        service.add_tcp(addr);
+        server.add_service(service);
+    }
     let app = GuardedApp {
         inner: Arc::new(proxy),
         timeouts: config.conn_timeouts(),
-        limiter: config.conn_limiter(),
+        limiter: conn_limiter,
         endpoints,
         h2,
         keepalive,

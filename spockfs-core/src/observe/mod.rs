@@ -83,3 +83,8 @@ pub struct PoolStats {
     /// The most threads the pool starts.
     pub max_threads: usize,
 }
+
+#[cfg(feature = "prometheus")]
+mod prometheus;
+#[cfg(feature = "prometheus")]
+pub use self::prometheus::PrometheusMetrics;
