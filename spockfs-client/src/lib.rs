@@ -21,6 +21,10 @@
 //!   plain 0.1 server it speaks only the spec;
 //! - a restarted server is picked up transparently: dead pooled connections
 //!   are replaced on the next call.
+//! - uploads of any size with flat memory: [`Client::put_stream`],
+//!   [`Client::put_file`], [`Client::put_reader`] (whole-file, atomic) and
+//!   [`Client::write_stream`] (ranged, exactly `len` bytes), over the same
+//!   pool.
 //!
 //! To mount a server as a local directory, see the `spockfs-mount` crate
 //! (this one has no FUSE dependency).
