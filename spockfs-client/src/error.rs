@@ -45,6 +45,10 @@ pub enum ErrorKind {
     Connection,
     /// The request could not be built (a name not valid in a header).
     InvalidRequest,
+    /// The body of a streamed upload failed on this side: its stream
+    /// returned an error (errno `EIO`), or yielded another number of bytes
+    /// than the call announced (errno `EINVAL`).
+    Upload,
 }
 
 /// A failed call, with its cause: a one-line [`Display`](std::fmt::Display)
@@ -157,6 +161,18 @@ impl Error {
             format!("reading the answer: {e}"),
             Some(Box::new(e)),
         )
+    }
+
+    /// A streamed upload's body failed.
+    pub(crate) fn upload(e: crate::upload::UploadError) -> Error {
+        use crate::upload::UploadError as U;
+        let errno = match e {
+            U::Io(_) => Errno::EIO,
+            U::Short { .. } | U::Long { .. } => Errno::EINVAL,
+        };
+        let mut e = Error::new(ErrorKind::Upload, e.to_string(), Some(Box::new(e)));
+        e.errno = errno;
+        e
     }
 
     /// An error status; `use_header`: the server speaks the `errno`

@@ -3,6 +3,7 @@
 //! call takes (auth, caller identity, timeout, status to errno, failures
 //! classified into [`Error`]s, a debug line per call).
 
+use crate::upload::{ChunkStream, Phase, ReqBody, Upload};
 use crate::{errno_of, Client, Error, Extensions, FsResult};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
@@ -21,7 +22,7 @@ pub(crate) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// A connection pool. Idle connections are dropped after 30 s, before the
 /// usual server idle timeouts (60 s here, 75 s in nginx) close them under a
 /// request.
-pub(crate) fn pool(connector: Connector, http2_only: bool) -> HyperClient<Connector, Full<Bytes>> {
+pub(crate) fn pool(connector: Connector, http2_only: bool) -> HyperClient<Connector, ReqBody> {
     HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
@@ -31,7 +32,7 @@ pub(crate) fn pool(connector: Connector, http2_only: bool) -> HyperClient<Connec
 
 /// What clones of a [`Client`] share.
 pub(crate) struct Inner {
-    pub(crate) http: HyperClient<Connector, Full<Bytes>>,
+    pub(crate) http: HyperClient<Connector, ReqBody>,
     pub(crate) connector: Connector,
     pub(crate) http2_only: bool,
     pub(crate) base: String,
@@ -107,10 +108,74 @@ impl Client {
     ) -> Result<Response<Bytes>, Error> {
         let start = Instant::now();
         let r = self.send_unlogged(method, path, headers, body).await;
+        self.log(method, path, start, &r);
+        r
+    }
+
+    /// [`request`](Client::request) with a streamed body: `len`, the exact
+    /// number of bytes `body` must yield (sent as `Content-Length`), or
+    /// `None` (chunked on HTTP/1.1).
+    pub(crate) async fn request_stream(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: ChunkStream,
+        len: Option<u64>,
+        ok: &[u16],
+    ) -> Result<Response<Bytes>, Error> {
+        let ext = self.extensions().await;
+        let resp = self.send_stream(method, path, headers, body, len).await?;
+        if ok.contains(&resp.status().as_u16()) {
+            return Ok(resp);
+        }
+        Err(Error::from_status(resp.status(), resp.headers(), ext.errno))
+    }
+
+    /// [`raw`](Client::raw) with a streamed body (see
+    /// [`request_stream`](Client::request_stream)).
+    #[allow(dead_code)]
+    pub(crate) async fn raw_stream(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: ChunkStream,
+        len: Option<u64>,
+    ) -> FsResult<Response<Bytes>> {
+        self.send_stream(method, path, headers, body, len)
+            .await
+            .map_err(|e| e.errno())
+    }
+
+    /// [`send`](Client::send) with a streamed body. The client's timeout
+    /// bounds the wait for a connection (until the body is first polled)
+    /// and the wait for the answer once the body is sent; not the sending
+    /// of the body, however long. A failure of the body (its stream's
+    /// error, a wrong length) is the call's error, whatever the server
+    /// answered.
+    pub(crate) async fn send_stream(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: ChunkStream,
+        len: Option<u64>,
+    ) -> Result<Response<Bytes>, Error> {
+        let start = Instant::now();
+        let r = self
+            .send_stream_unlogged(method, path, headers, body, len)
+            .await;
+        self.log(method, path, start, &r);
+        r
+    }
+
+    /// A debug line for a call.
+    fn log(&self, method: &str, path: &[u8], start: Instant, r: &Result<Response<Bytes>, Error>) {
         if tracing::enabled!(tracing::Level::DEBUG) {
             let ms = start.elapsed().as_secs_f64() * 1000.0;
             let path = String::from_utf8_lossy(path);
-            match &r {
+            match r {
                 Ok(resp) if resp.status().is_success() => {
                     tracing::debug!(
                         method,
@@ -144,16 +209,16 @@ impl Client {
                 }
             }
         }
-        r
     }
 
-    async fn send_unlogged(
+    /// The request: URI, credentials, caller identity, headers, body.
+    fn build(
         &self,
         method: &str,
         path: &[u8],
         headers: &[(&'static str, HeaderValue)],
-        body: Bytes,
-    ) -> Result<Response<Bytes>, Error> {
+        body: ReqBody,
+    ) -> Result<Request<ReqBody>, Error> {
         let m = Method::from_bytes(method.as_bytes())
             .map_err(|_| Error::invalid_request("invalid method"))?;
         let uri = format!("{}{}", self.inner.base, encode_path(path));
@@ -170,24 +235,83 @@ impl Client {
         for (k, v) in headers {
             req = req.header(HeaderName::from_static(k), v.clone());
         }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| Error::invalid_request(&format!("invalid request: {e}")))?;
+        req.body(body)
+            .map_err(|e| Error::invalid_request(&format!("invalid request: {e}")))
+    }
+
+    /// Sends `req`, reads the whole answer.
+    async fn exchange(&self, req: Request<ReqBody>) -> Result<Response<Bytes>, Error> {
         let https = self.inner.base.starts_with("https:");
-        let fut = async {
-            let resp = self
-                .inner
-                .http
-                .request(req)
-                .await
-                .map_err(|e| Error::from_transport(e, https))?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(Error::body)?.to_bytes();
-            Ok(Response::from_parts(parts, body))
-        };
-        match tokio::time::timeout(self.inner.timeout, fut).await {
+        let resp = self
+            .inner
+            .http
+            .request(req)
+            .await
+            .map_err(|e| Error::from_transport(e, https))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(Error::body)?.to_bytes();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    async fn send_unlogged(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Response<Bytes>, Error> {
+        let req = self.build(method, path, headers, ReqBody::Full(Full::new(body)))?;
+        match tokio::time::timeout(self.inner.timeout, self.exchange(req)).await {
             Ok(r) => r,
             Err(_) => Err(Error::timeout(self.inner.timeout)),
+        }
+    }
+
+    async fn send_stream_unlogged(
+        &self,
+        method: &str,
+        path: &[u8],
+        headers: &[(&'static str, HeaderValue)],
+        body: ChunkStream,
+        len: Option<u64>,
+    ) -> Result<Response<Bytes>, Error> {
+        let start = tokio::time::Instant::now();
+        let (upload, mut watch) = Upload::new(body, len);
+        let req = self.build(method, path, headers, ReqBody::Stream(upload))?;
+        let t = self.inner.timeout;
+        let fut = self.exchange(req);
+        tokio::pin!(fut);
+        // Set when the body is dropped (sent, or abandoned by hyper).
+        let mut closed: Option<tokio::time::Instant> = None;
+        let r = loop {
+            // The deadline for where the body is: none while it is being
+            // sent.
+            let phase = *watch.phase.borrow_and_update();
+            let deadline = match (phase, closed) {
+                (Phase::Over(at), _) => Some(tokio::time::Instant::from_std(at) + t),
+                (_, Some(c)) => Some(c + t),
+                (Phase::Waiting, None) => Some(start + t),
+                (Phase::Sending, None) => None,
+            };
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = &mut fut => break r,
+                changed = watch.phase.changed(), if closed.is_none() => {
+                    if changed.is_err() {
+                        closed = Some(tokio::time::Instant::now());
+                    }
+                }
+                () = sleep => break Err(Error::timeout(t)),
+            }
+        };
+        match watch.take_failure() {
+            Some(e) => Err(Error::upload(e)),
+            None => r,
         }
     }
 

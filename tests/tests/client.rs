@@ -405,3 +405,213 @@ async fn mknod_regular_is_exclusive() {
     assert_eq!(c.mknod(b"/r", 0o100644, 0).await, Err(Errno::EEXIST));
     assert_eq!(t.store.read("r"), Some(b"keep me".to_vec()));
 }
+
+/// A stream of chunks fed by a task (`io::Error`s too), for the streamed
+/// uploads.
+struct Chan(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl futures_util::Stream for Chan {
+    type Item = std::io::Result<Bytes>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// `n` chunks of `size` bytes, chunk `i` filled with a pattern of its own,
+/// a pause of `pause` before each; an `io::Error` instead of chunk
+/// `fail_at`. Returns the stream and the bytes it sends in full.
+fn chunks(n: usize, size: usize, pause: Duration, fail_at: Option<usize>) -> (Chan, Vec<u8>) {
+    let all: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            (0..size)
+                .map(|j| (i * 7 + j * 13 + j / 251) as u8)
+                .collect()
+        })
+        .collect();
+    let whole = all.concat();
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        for (i, c) in all.into_iter().enumerate() {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            let item = if fail_at == Some(i) {
+                Err(std::io::Error::other("disk on fire"))
+            } else {
+                Ok(Bytes::from(c))
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (Chan(rx), whole)
+}
+
+/// put_stream, put_file and put_reader: multi-chunk bodies arrive whole,
+/// over HTTP/1.1 (chunked) and HTTP/2; a body cut by an error leaves the
+/// old content (and no temporary file); the timeout does not cut a slow
+/// body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_whole_file_uploads() {
+    let (t, _srv) = axum_local().await;
+    for h2 in [false, true] {
+        let c = Client::builder(&format!("http://{}/fs", t.addr))
+            .http2_prior_knowledge(h2)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let name = format!("big{}", u8::from(h2));
+        let path = format!("/{name}");
+        // 64 chunks of 64 KiB, distinct.
+        let (s, whole) = chunks(64, 64 * 1024, Duration::ZERO, None);
+        c.put_stream(path.as_bytes(), s)
+            .await
+            .unwrap_or_else(|e| panic!("h2 {h2}: {e}"));
+        assert!(t.store.read(&name) == Some(whole.clone()), "h2 {h2}");
+        // Replacing it.
+        let (s, whole2) = chunks(3, 100_000, Duration::ZERO, None);
+        c.put_stream(path.as_bytes(), s)
+            .await
+            .unwrap_or_else(|e| panic!("h2 {h2}: {e}"));
+        assert!(t.store.read(&name) == Some(whole2.clone()), "h2 {h2}");
+        // Cut by an io::Error after 5 chunks: EIO, the old content stays.
+        let (s, _) = chunks(20, 64 * 1024, Duration::ZERO, Some(5));
+        assert_eq!(
+            c.put_stream(path.as_bytes(), s).await,
+            Err(Errno::EIO),
+            "h2 {h2}"
+        );
+        assert!(t.store.read(&name) == Some(whole2.clone()), "h2 {h2}");
+        // The same client goes on.
+        let st = c
+            .getattr(path.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(st.size, 300_000);
+        // A missing directory: the server's errno.
+        let (s, _) = chunks(2, 10, Duration::ZERO, None);
+        assert_eq!(c.put_stream(b"/nodir/f", s).await, Err(Errno::ENOENT));
+    }
+    // No temporary file left by the aborted uploads (removed on the
+    // server's blocking pool: give it a moment).
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        names = t.store.list("").unwrap_or_default();
+        if names.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(names, vec![b"big0".to_vec(), b"big1".to_vec()]);
+
+    // A slow body (1.2 s) with a 300 ms timeout: the timeout bounds the
+    // connection and the answer, not the body.
+    let c = Client::builder(&format!("http://{}/fs", t.addr))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (s, whole) = chunks(6, 1000, Duration::from_millis(200), None);
+    c.put_stream(b"/slow", s)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(t.store.read("slow") == Some(whole));
+
+    // put_file and put_reader.
+    let local = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+    let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(local.path(), &data).unwrap_or_else(|e| panic!("{e}"));
+    let f = tokio::fs::File::open(local.path())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.put_file(b"/fromfile", f)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(t.store.read("fromfile") == Some(data));
+    c.put_reader(b"/fromreader", &b"a reader"[..])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.store.read("fromreader"), Some(b"a reader".to_vec()));
+}
+
+/// write_stream: ranged writes of exactly `len` bytes, in place; a stream
+/// that yields fewer or more bytes fails with EINVAL (and, for a body the
+/// server reads whole first, writes nothing), an io::Error with EIO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_ranged_writes() {
+    let (t, _srv) = axum_local().await;
+    let orig: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+    for h2 in [false, true] {
+        let c = Client::builder(&format!("http://{}/fs", t.addr))
+            .http2_prior_knowledge(h2)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        t.store.write("w", &orig);
+        // Small (read whole by the server) and large (streamed to the
+        // file), at offsets inside and past the end.
+        let mut expect = orig.clone();
+        for (offset, n, size) in [
+            (1000usize, 3, 10_000),
+            (123_457, 60, 10_000),
+            (1_990_000, 5, 7),
+        ] {
+            let (s, data) = chunks(n, size, Duration::ZERO, None);
+            c.write_stream(b"/w", offset as u64, data.len() as u64, s)
+                .await
+                .unwrap_or_else(|e| panic!("h2 {h2} at {offset}: {e}"));
+            if expect.len() < offset + data.len() {
+                expect.resize(offset + data.len(), 0);
+            }
+            expect[offset..offset + data.len()].copy_from_slice(&data);
+            assert!(
+                t.store.read("w") == Some(expect.clone()),
+                "h2 {h2} at {offset}"
+            );
+        }
+        // Fewer bytes than announced, then more: EINVAL, nothing written.
+        let (s, _) = chunks(5, 10_000, Duration::ZERO, None);
+        assert_eq!(
+            c.write_stream(b"/w", 0, 50_001, s).await,
+            Err(Errno::EINVAL)
+        );
+        let (s, _) = chunks(5, 10_000, Duration::ZERO, None);
+        assert_eq!(
+            c.write_stream(b"/w", 0, 49_999, s).await,
+            Err(Errno::EINVAL)
+        );
+        let (s, _) = chunks(5, 10_000, Duration::ZERO, None);
+        assert_eq!(
+            c.write_stream(b"/w", 0, 40_000, s).await,
+            Err(Errno::EINVAL)
+        );
+        // An io::Error: EIO.
+        let (s, _) = chunks(5, 10_000, Duration::ZERO, Some(2));
+        assert_eq!(c.write_stream(b"/w", 0, 50_000, s).await, Err(Errno::EIO));
+        assert!(
+            t.store.read("w") == Some(expect.clone()),
+            "h2 {h2}: unchanged"
+        );
+        // Cut short past one server chunk: the call fails (the server
+        // may have written part of it).
+        let (s, _) = chunks(10, 64 * 1024, Duration::ZERO, None);
+        assert_eq!(
+            c.write_stream(b"/w", 0, 11 * 64 * 1024, s).await,
+            Err(Errno::EINVAL)
+        );
+        // Zero bytes: nothing sent; a non-empty stream for it: EINVAL.
+        let (s, _) = chunks(0, 1, Duration::ZERO, None);
+        assert_eq!(c.write_stream(b"/w", 5, 0, s).await, Ok(()));
+        let (s, _) = chunks(1, 1, Duration::ZERO, None);
+        assert_eq!(c.write_stream(b"/w", 5, 0, s).await, Err(Errno::EINVAL));
+        // A missing file: the server's errno; the client goes on.
+        let (s, _) = chunks(1, 10, Duration::ZERO, None);
+        assert_eq!(
+            c.write_stream(b"/missing", 0, 10, s).await,
+            Err(Errno::ENOENT)
+        );
+        assert!(c.getattr(b"/w").await.is_ok());
+    }
+}
