@@ -5,7 +5,11 @@
 #
 #   BEFORE=/path/axum-app-old AFTER=target/release/axum-app bench/ab.sh
 #
-# Env: PAIRS (default 6), DURATION (wrk -d, default 5s), CONNS (default 16).
+# Env: PAIRS (default 6), DURATION (wrk -d, default 5s), CONNS (default 16),
+#      ROWS (default "GET GETATTR"),
+#      BEFORE_ARGS / AFTER_ARGS (extra flags of each server, word-split), e.g.
+#      the same binary with and without --metrics:
+#      BEFORE=$B AFTER=$B AFTER_ARGS="--metrics 127.0.0.1:9091" bench/ab.sh
 # Prints every pair, then per row the medians and the median of the
 # pairwise after/before ratios. Stops exactly the servers it started.
 set -euo pipefail
@@ -26,8 +30,10 @@ head -c 1048576 /dev/urandom >"$work/root/big"
 echo hi >"$work/root/f"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PB=$(port); PA=$(port)
-"$BEFORE" --listen 127.0.0.1:$PB --root "$work/root" >"$work/before.log" 2>&1 & pids+=($!)
-"$AFTER" --listen 127.0.0.1:$PA --root "$work/root" >"$work/after.log" 2>&1 & pids+=($!)
+# shellcheck disable=SC2086 # the extra flags are word-split on purpose
+"$BEFORE" --listen 127.0.0.1:$PB --root "$work/root" ${BEFORE_ARGS:-} >"$work/before.log" 2>&1 & pids+=($!)
+# shellcheck disable=SC2086
+"$AFTER" --listen 127.0.0.1:$PA --root "$work/root" ${AFTER_ARGS:-} >"$work/after.log" 2>&1 & pids+=($!)
 for p in $PB $PA; do
   for _ in $(seq 100); do curl -s -o /dev/null -X OPTIONS "http://127.0.0.1:$p/fs/" && break; sleep 0.1; done
 done
@@ -37,8 +43,12 @@ rps() { # port method path
     awk '/Requests\/sec/{print $2}'
 }
 out="$work/pairs"
-for row in "GET /fs/big" "GETATTR /fs/f"; do
-  set -- $row
+for name in ${ROWS:-GET GETATTR}; do
+  case $name in
+    GET) set -- GET /fs/big ;;
+    GETATTR) set -- GETATTR /fs/f ;;
+    *) echo "ab.sh: unknown row $name (GET, GETATTR)" >&2; exit 2 ;;
+  esac
   rps $PB "$1" "$2" >/dev/null; rps $PA "$1" "$2" >/dev/null # warm-up
   for i in $(seq "$PAIRS"); do
     if ((i % 2)); then b=$(rps $PB "$1" "$2"); a=$(rps $PA "$1" "$2")

@@ -240,23 +240,18 @@ impl Engine {
         async move {
             let start = Instant::now();
             // What the observer needs of the request, taken only if there is one.
-            let seen = self.observer.as_ref().map(|o| {
-                let host = req
-                    .uri()
-                    .authority()
-                    .map(|a| a.as_str().to_owned())
-                    .or_else(|| {
-                        req.headers()
-                            .get(http::header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .map(str::to_owned)
-                    });
+            let seen = self.observer.as_ref().map(|_| {
+                // Cheap copies: a header value is a shared buffer.
+                let host = match req.uri().authority() {
+                    Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                    None => req.headers().get(http::header::HOST).cloned(),
+                };
                 let bytes_in = req
                     .headers()
                     .get(http::header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok());
-                (o.0.clone(), req.method().clone(), host, bytes_in)
+                (req.method().clone(), host, bytes_in)
             });
             let resp = self.handle_inner(req).await;
             let status = resp.status();
@@ -265,10 +260,10 @@ impl Engine {
                 .get(&X_SPOCK_ERRNO)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            if let Some((observer, method, host, bytes_in)) = seen {
-                observer.request(&RequestRecord {
+            if let (Some(observer), Some((method, host, bytes_in))) = (&self.observer, seen) {
+                observer.0.request(&RequestRecord {
                     method: &method,
-                    host: host.as_deref(),
+                    host: host.as_ref().and_then(|h| h.to_str().ok()),
                     status,
                     errno: Errno::from_name(errno),
                     duration: start.elapsed(),

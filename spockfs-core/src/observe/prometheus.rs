@@ -193,22 +193,18 @@ impl PrometheusMetrics {
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
     }
 
-    /// The vhost label for `host`: its name (lowercase, port kept) while
-    /// fewer than the cap have been seen, else `other`.
-    fn vhost_label(&self, host: Option<&str>) -> String {
-        let Some(host) = host else {
-            return "-".into();
-        };
-        let host = host.to_ascii_lowercase();
+    /// Whether `host` (lowercase) gets its own vhost label: it has one
+    /// already, or fewer than the cap have been given out.
+    fn labelled(&self, host: &str) -> bool {
         let mut seen = lock(&self.vhosts);
-        if seen.contains(&host) {
-            return host;
+        if seen.contains(host) {
+            return true;
         }
         if seen.len() < self.vhost_cap {
-            seen.insert(host.clone());
-            return host;
+            seen.insert(host.to_owned());
+            return true;
         }
-        "other".into()
+        false
     }
 }
 
@@ -216,9 +212,22 @@ impl Observer for PrometheusMetrics {
     fn request(&self, r: &RequestRecord<'_>) {
         let method = Method::from_http(r.method);
         let name = method.map_or("other", |m| m.as_str());
-        let vhost = self.vhost_label(r.host);
+        let lower;
+        let vhost = match r.host {
+            None => "-",
+            Some(h) if h.bytes().any(|b| b.is_ascii_uppercase()) => {
+                lower = h.to_ascii_lowercase();
+                &lower
+            }
+            Some(h) => h,
+        };
+        let vhost = if vhost == "-" || self.labelled(vhost) {
+            vhost
+        } else {
+            "other"
+        };
         self.requests
-            .with_label_values(&[name, r.status.as_str(), &vhost])
+            .with_label_values(&[name, r.status.as_str(), vhost])
             .inc();
         let hist = method
             .and_then(|m| self.by_method.iter().find(|(k, _)| *k == m))
@@ -237,11 +246,55 @@ impl Observer for PrometheusMetrics {
         if let Some(reason) = reason {
             self.rejected.with_label_values(&[reason]).inc();
         }
-        self.bytes_in.inc_by(r.bytes_in.unwrap_or(0));
-        self.bytes_out.inc_by(r.bytes_out.unwrap_or(0));
+        // Shared counters cost a contended atomic each: only when they move.
+        if let Some(n @ 1..) = r.bytes_in {
+            self.bytes_in.inc_by(n);
+        }
+        if let Some(n @ 1..) = r.bytes_out {
+            self.bytes_out.inc_by(n);
+        }
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What one request costs the metrics (printed with --nocapture:
+    /// about 0.1 µs here), and the counters it moves.
+    #[test]
+    fn one_request_moves_its_counters() {
+        let m = PrometheusMetrics::new(100);
+        let method = http::Method::from_bytes(b"GETATTR").unwrap_or(http::Method::GET);
+        let rec = RequestRecord {
+            method: &method,
+            host: Some("Files.Test:8080"),
+            status: http::StatusCode::OK,
+            errno: None,
+            duration: std::time::Duration::from_micros(30),
+            bytes_in: None,
+            bytes_out: Some(7),
+        };
+        let n = 100_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            m.request(&rec);
+        }
+        println!("{:?} per request", t.elapsed() / n);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "spockfs_requests_total{method=\"GETATTR\",status=\"200\",vhost=\"files.test:8080\"} 100000"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("spockfs_response_bytes_total 700000"),
+            "{text}"
+        );
+    }
 }
