@@ -40,6 +40,14 @@ fn example_config_is_valid() {
         })
         .collect();
     assert_eq!(keys, 17, "commented [limits] keys found");
+    // The commented [metrics] section, uncommented, is valid too.
+    let metrics = text
+        .replace("# [metrics]\n# listen", "[metrics]\nlisten")
+        .replace("# vhost_cap", "vhost_cap");
+    let m = pingora_gateway::Config::from_toml(&metrics)
+        .unwrap_or_else(|e| panic!("uncommented [metrics]: {e}"));
+    assert_eq!(m.metrics.listen.as_deref(), Some("127.0.0.1:9090"));
+    assert_eq!(m.metrics.vhost_cap, Some(100));
     let cfg = pingora_gateway::Config::from_toml(&format!("{head}{tail}"))
         .unwrap_or_else(|e| panic!("uncommented [limits]: {e}"));
     assert_eq!(cfg.limits.max_requests, Some(1024));
