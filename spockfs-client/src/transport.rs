@@ -47,6 +47,19 @@ pub(crate) fn hv(n: impl std::fmt::Display) -> HeaderValue {
     HeaderValue::from_str(&n.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// `resp` if its status is one of `ok`, else the error it answers
+/// (refined by `X-Spock-errno` when the server has the `errno` extension).
+fn expect_status(
+    resp: Response<Bytes>,
+    ok: &[u16],
+    ext: Extensions,
+) -> Result<Response<Bytes>, Error> {
+    if ok.contains(&resp.status().as_u16()) {
+        return Ok(resp);
+    }
+    Err(Error::from_status(resp.status(), resp.headers(), ext.errno))
+}
+
 impl Client {
     /// One request; `Ok` only for one of the `ok` statuses.
     pub(crate) async fn call(
@@ -77,10 +90,7 @@ impl Client {
             self.extensions().await
         };
         let resp = self.send(method, path, headers, body).await?;
-        if ok.contains(&resp.status().as_u16()) {
-            return Ok(resp);
-        }
-        Err(Error::from_status(resp.status(), resp.headers(), ext.errno))
+        expect_status(resp, ok, ext)
     }
 
     /// One request, whatever the status; failing with `Errno::EIO` (or
@@ -126,26 +136,7 @@ impl Client {
     ) -> Result<Response<Bytes>, Error> {
         let ext = self.extensions().await;
         let resp = self.send_stream(method, path, headers, body, len).await?;
-        if ok.contains(&resp.status().as_u16()) {
-            return Ok(resp);
-        }
-        Err(Error::from_status(resp.status(), resp.headers(), ext.errno))
-    }
-
-    /// [`raw`](Client::raw) with a streamed body (see
-    /// [`request_stream`](Client::request_stream)).
-    #[allow(dead_code)]
-    pub(crate) async fn raw_stream(
-        &self,
-        method: &str,
-        path: &[u8],
-        headers: &[(&'static str, HeaderValue)],
-        body: ChunkStream,
-        len: Option<u64>,
-    ) -> FsResult<Response<Bytes>> {
-        self.send_stream(method, path, headers, body, len)
-            .await
-            .map_err(|e| e.errno())
+        expect_status(resp, ok, ext)
     }
 
     /// [`send`](Client::send) with a streamed body. The client's timeout
