@@ -11,7 +11,10 @@
 #      the same binary with and without --metrics:
 #      BEFORE=$B AFTER=$B AFTER_ARGS="--metrics 127.0.0.1:9091" bench/ab.sh
 # Prints every pair, then per row the medians and the median of the
-# pairwise after/before ratios. Stops exactly the servers it started.
+# pairwise after/before ratios, and each server's CPU time per request
+# (from /proc/PID/stat around its wrk run: not biased by which server of a
+# pair runs second, as throughput is on a small machine).
+# Stops exactly the servers it started.
 set -euo pipefail
 : "${BEFORE:?set BEFORE to the baseline axum-app binary}"
 : "${AFTER:?set AFTER to the axum-app binary to compare}"
@@ -38,9 +41,16 @@ for p in $PB $PA; do
   for _ in $(seq 100); do curl -s -o /dev/null -X OPTIONS "http://127.0.0.1:$p/fs/" && break; sleep 0.1; done
 done
 
-rps() { # port method path
-  BENCH_METHOD=$2 wrk -t2 -c"$CONNS" -d"$DURATION" -s "$LUA" "http://127.0.0.1:$1$3" 2>/dev/null |
-    awk '/Requests\/sec/{print $2}'
+# CPU time (utime + stime, clock ticks) of a process so far.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TCK=$(getconf CLK_TCK)
+run() { # pid port method path -> "req/s server-CPU-µs-per-request"
+  local t0 t1 out
+  t0=$(ticks "$1")
+  out=$(BENCH_METHOD=$3 wrk -t2 -c"$CONNS" -d"$DURATION" -s "$LUA" "http://127.0.0.1:$2$4" 2>/dev/null)
+  t1=$(ticks "$1")
+  awk -v dt=$((t1 - t0)) -v tck="$TCK" '/requests in/{n=$1} /Requests\/sec/{r=$2}
+    END{printf "%s %.2f\n", r, (n > 0 ? dt / tck * 1e6 / n : 0)}' <<<"$out"
 }
 out="$work/pairs"
 for name in ${ROWS:-GET GETATTR}; do
@@ -49,22 +59,23 @@ for name in ${ROWS:-GET GETATTR}; do
     GETATTR) set -- GETATTR /fs/f ;;
     *) echo "ab.sh: unknown row $name (GET, GETATTR)" >&2; exit 2 ;;
   esac
-  rps $PB "$1" "$2" >/dev/null; rps $PA "$1" "$2" >/dev/null # warm-up
+  run "${pids[0]}" $PB "$1" "$2" >/dev/null; run "${pids[1]}" $PA "$1" "$2" >/dev/null # warm-up
   for i in $(seq "$PAIRS"); do
-    if ((i % 2)); then b=$(rps $PB "$1" "$2"); a=$(rps $PA "$1" "$2")
-    else a=$(rps $PA "$1" "$2"); b=$(rps $PB "$1" "$2"); fi
-    echo "$1 pair $i before=$b after=$a" | tee -a "$out"
+    if ((i % 2)); then b=$(run "${pids[0]}" $PB "$1" "$2"); a=$(run "${pids[1]}" $PA "$1" "$2")
+    else a=$(run "${pids[1]}" $PA "$1" "$2"); b=$(run "${pids[0]}" $PB "$1" "$2"); fi
+    echo "$1 pair $i before=${b% *} after=${a% *} cpu_us_before=${b#* } cpu_us_after=${a#* }" | tee -a "$out"
   done
 done
 python3 - "$out" <<'PY'
 import re, statistics as st, sys
 rows = {}
 for l in open(sys.argv[1]):
-    m = re.match(r'(\w+) pair \d+ before=([\d.]+) after=([\d.]+)', l)
-    if m: rows.setdefault(m.group(1), []).append((float(m.group(2)), float(m.group(3))))
-print("| row | before req/s (median) | after req/s (median) | after/before (median of pairs) | min | max |")
-print("|---|---:|---:|---:|---:|---:|")
+    m = re.match(r'(\w+) pair \d+ before=([\d.]+) after=([\d.]+) cpu_us_before=([\d.]+) cpu_us_after=([\d.]+)', l)
+    if m: rows.setdefault(m.group(1), []).append(tuple(float(m.group(i)) for i in range(2, 6)))
+print("| row | before req/s (median) | after req/s (median) | after/before (median of pairs) | min | max | server CPU µs/request before | after | after/before |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for k, v in rows.items():
-    r = [a / b for b, a in v]
-    print(f"| {k} | {st.median(b for b, _ in v):.0f} | {st.median(a for _, a in v):.0f} | {st.median(r):.3f} | {min(r):.3f} | {max(r):.3f} |")
+    r = [a / b for b, a, _, _ in v]
+    cb, ca = st.median(x[2] for x in v), st.median(x[3] for x in v)
+    print(f"| {k} | {st.median(x[0] for x in v):.0f} | {st.median(x[1] for x in v):.0f} | {st.median(r):.3f} | {min(r):.3f} | {max(r):.3f} | {cb:.2f} | {ca:.2f} | {ca / cb:.3f} |")
 PY

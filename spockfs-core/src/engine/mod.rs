@@ -241,10 +241,10 @@ impl Engine {
             let start = Instant::now();
             // What the observer needs of the request, taken only if there is one.
             let seen = self.observer.as_ref().map(|_| {
-                // Cheap copies: a header value is a shared buffer.
+                // Cheap copies (no allocation): both share the request's buffer.
                 let host = match req.uri().authority() {
-                    Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-                    None => req.headers().get(http::header::HOST).cloned(),
+                    Some(a) => Some(Ok(a.clone())),
+                    None => req.headers().get(http::header::HOST).cloned().map(Err),
                 };
                 let bytes_in = req
                     .headers()
@@ -263,7 +263,11 @@ impl Engine {
             if let (Some(observer), Some((method, host, bytes_in))) = (&self.observer, seen) {
                 observer.0.request(&RequestRecord {
                     method: &method,
-                    host: host.as_ref().and_then(|h| h.to_str().ok()),
+                    host: match &host {
+                        Some(Ok(authority)) => Some(authority.as_str()),
+                        Some(Err(header)) => header.to_str().ok(),
+                        None => None,
+                    },
                     status,
                     errno: Errno::from_name(errno),
                     duration: start.elapsed(),
