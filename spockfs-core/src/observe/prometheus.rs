@@ -525,4 +525,68 @@ mod tests {
             "{text}"
         );
     }
+
+    /// Requests counted on several threads (several shards) add up, and
+    /// past the cap new hosts count as `other`.
+    #[test]
+    fn shards_add_up_and_vhosts_are_capped() {
+        let m = std::sync::Arc::new(PrometheusMetrics::new(2));
+        let method = http::Method::GET;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let m = m.clone();
+                let method = method.clone();
+                std::thread::spawn(move || {
+                    let host = format!("h{}", t % 3);
+                    for _ in 0..1000 {
+                        m.request(&RequestRecord {
+                            method: &method,
+                            host: Some(&host),
+                            status: http::StatusCode::NOT_FOUND,
+                            errno: Some(crate::Errno::ENOENT),
+                            duration: std::time::Duration::from_millis(3),
+                            bytes_in: Some(1),
+                            bytes_out: None,
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join()
+                .unwrap_or_else(|_| panic!("counting thread panicked"));
+        }
+        let text = m.render();
+        let count = |vhost: &str| {
+            let line = format!(
+                "spockfs_requests_total{{method=\"GET\",status=\"404\",vhost=\"{vhost}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .map_or(0, |n| n.parse::<u64>().unwrap_or(0))
+        };
+        let labelled = count("h0") + count("h1") + count("h2");
+        assert_eq!(labelled + count("other"), 4000, "{text}");
+        assert!(
+            count("other") >= 1000,
+            "one of the 3 hosts is past the cap: {text}"
+        );
+        assert!(
+            text.contains("spockfs_errors_total{errno=\"ENOENT\"} 4000"),
+            "{text}"
+        );
+        assert!(text.contains("spockfs_request_bytes_total 4000"), "{text}");
+        assert!(
+            text.contains(
+                "spockfs_request_duration_seconds_bucket{method=\"GET\",le=\"0.005\"} 4000"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "spockfs_request_duration_seconds_bucket{method=\"GET\",le=\"0.0025\"} 0"
+            ),
+            "{text}"
+        );
+    }
 }
