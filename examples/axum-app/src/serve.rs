@@ -48,6 +48,12 @@ pub(crate) async fn serve_app(
         .max_concurrent_streams(args.h2_max_streams)
         .keep_alive_interval(nonzero(args.h2_keepalive_interval))
         .keep_alive_timeout(args.h2_keepalive_timeout);
+    // Temporary files of whole-file PUTs a crash left behind: now and hourly.
+    let roots = std::iter::once(args.root_dir().to_path_buf())
+        .chain(args.vhosts.iter().map(|(_, dir)| dir.clone()))
+        .chain(args.vhosts_dir.clone())
+        .collect();
+    spockfs_core::LocalFs::sweep_in_background(roots, spockfs_core::backend::TEMP_STALE_AFTER);
     let limiter = args.conn_limiter();
     tracing::debug!(
         max_connections = ?limiter.max(),

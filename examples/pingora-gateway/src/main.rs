@@ -59,16 +59,24 @@ fn main() -> std::process::ExitCode {
         Some(p) => Config::load(p),
         None => Ok(Config::default()),
     };
-    let built = match config.and_then(|c| build(&c)) {
+    let built = match config.and_then(|c| build(&c).map(|b| (b, c))) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("pingora-gateway: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
+    let (built, config) = built;
     for u in &built.urls {
         println!("SpockFS at {u}");
     }
+    // Temporary files of whole-file PUTs a crash left behind: now and hourly.
+    let roots = config
+        .vhosts
+        .iter()
+        .filter_map(|v| v.root.clone().or_else(|| v.sites_dir.clone()))
+        .collect();
+    spockfs_core::LocalFs::sweep_in_background(roots, spockfs_core::backend::TEMP_STALE_AFTER);
     built.server.run(pingora::server::RunArgs::default());
     println!("pingora-gateway: shut down cleanly");
     std::process::ExitCode::SUCCESS

@@ -34,6 +34,24 @@ pub enum Devices {
     Inert,
 }
 
+/// The start of the names [`LocalFs`](crate::LocalFs) gives the temporary
+/// files of whole-file PUTs in progress (in the target's directory, where
+/// a filesystem has no `O_TMPFILE`, and briefly at every commit). Names
+/// with it are the server's: READDIR never lists them, the engine answers
+/// 404 `ENOENT` for them and refuses to create them (400 `EINVAL`).
+pub const TEMP_PREFIX: &[u8] = b".spockfs-put.";
+
+/// How long a temporary file may go unwritten before it counts as left
+/// behind by a crashed server and is removed (by a listing of its
+/// directory or by [`LocalFs::sweep_temporaries`](crate::LocalFs::sweep_temporaries)).
+/// Far beyond any body timeout: a live upload writes more often than that.
+pub const TEMP_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether `name` is one of the server's temporary files ([`TEMP_PREFIX`]).
+pub fn is_temp_name(name: &[u8]) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
 /// `ST_NODEV` of `statvfs`'s `f_flag`: the filesystem is mounted `nodev`.
 pub const ST_NODEV: u64 = 4;
 

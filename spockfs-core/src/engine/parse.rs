@@ -504,7 +504,41 @@ pub fn parse(method: Method, path: &str, headers: &HeaderMap) -> Result<(Call, F
             "a name containing a newline cannot be listed by READDIR and is refused",
         ));
     }
+    server_names(&call, &path)?;
     Ok((call, path))
+}
+
+/// The server's temporary files ([`TEMP_PREFIX`](crate::backend::TEMP_PREFIX))
+/// are not the client's: they do not exist for it (404 `ENOENT`), and it
+/// may neither create such a name nor point a new symlink at one (400
+/// `EINVAL`), so no client can read, write or remove an upload in progress.
+fn server_names(call: &Call, path: &FsPath) -> Result<(), Reject> {
+    use crate::backend::is_temp_name;
+    const RESERVED: &str =
+        "names starting with .spockfs-put. are reserved for the server's temporary files";
+    if call.names_entry() && path.name().is_some_and(is_temp_name) {
+        return Err(Reject::bad(RESERVED));
+    }
+    let other = match call {
+        Call::Op(Op::Rename { from }) => Some(from),
+        Call::Op(Op::Link { existing }) => Some(existing),
+        Call::Op(Op::Symlink { target }) => {
+            if target.split(|&b| b == b'/').any(is_temp_name) {
+                return Err(Reject::bad(RESERVED));
+            }
+            None
+        }
+        _ => None,
+    };
+    let hidden = |p: &FsPath| p.components().any(is_temp_name);
+    if hidden(path) || other.is_some_and(hidden) {
+        return Err(Reject {
+            status: StatusCode::NOT_FOUND,
+            errno: Errno::ENOENT,
+            message: Errno::ENOENT.description().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn xattr_name(headers: &HeaderMap) -> Result<Vec<u8>, Reject> {

@@ -5,9 +5,11 @@
 
 use super::confine::link_proc;
 use super::{gid, io_err, statat, uid};
-use crate::backend::{mode, DirSink, DirStream, FileHandle, Replacement, SetId};
+use crate::backend::{
+    is_temp_name, mode, DirSink, DirStream, FileHandle, Replacement, SetId, TEMP_STALE_AFTER,
+};
 use crate::{Errno, FsResult};
-use rustix::fd::OwnedFd;
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,18 +54,41 @@ fn write_all_at(fd: &OwnedFd, mut buf: &[u8], mut offset: u64) -> FsResult<()> {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Removes the temporary file `name` in `dir` if it went unwritten for
+/// [`TEMP_STALE_AFTER`]: left by a server that crashed mid-PUT. Errors
+/// (gone already, no permission as this request's identity) change nothing.
+/// Whether it was removed.
+pub(super) fn remove_if_stale(dir: &impl AsFd, name: &[u8]) -> bool {
+    let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        return false;
+    };
+    let mtime = std::time::UNIX_EPOCH
+        + std::time::Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
+    let stale = std::time::SystemTime::now()
+        .duration_since(mtime)
+        .is_ok_and(|age| age >= TEMP_STALE_AFTER);
+    if !stale || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return false;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_ok()
+}
+
 pub(super) fn tmp_name() -> Vec<u8> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!(
-        ".spockfs-put.{}.{}.{:08x}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-    .into_bytes()
+    let mut name = crate::backend::TEMP_PREFIX.to_vec();
+    name.extend_from_slice(
+        format!(
+            "{}.{}.{:08x}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+            nanos
+        )
+        .as_bytes(),
+    );
+    name
 }
 
 /// Atomic whole-file replacement: an anonymous `O_TMPFILE` in the target's
@@ -194,6 +219,11 @@ impl DirStream for LocalDir {
             if name == b"." || name == b".." {
                 continue;
             }
+            if is_temp_name(name) {
+                // The server's own; one a crashed server left goes now.
+                remove_if_stale(&self.dir.fd().map_err(io_err)?, name);
+                continue;
+            }
             n += 1;
             if self.attrs {
                 match statat(&self.dir.fd().map_err(io_err)?, name) {
@@ -214,7 +244,7 @@ impl DirStream for LocalDir {
         while let Some(entry) = self.dir.read() {
             let entry = entry.map_err(io_err)?;
             let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
+            if name != b"." && name != b".." && !is_temp_name(name) {
                 n += 1;
             }
         }

@@ -133,6 +133,88 @@ impl LocalFs {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Removes the temporary files of whole-file PUTs that a crashed server
+    /// left anywhere in the tree: those unwritten for
+    /// [`TEMP_STALE_AFTER`](crate::backend::TEMP_STALE_AFTER) (a live upload
+    /// writes far more often). Walks the whole tree, confined like every
+    /// request and following no symlink; run it on a thread of its own (the
+    /// servers do at start and then every hour). A listing of a directory
+    /// also removes the stale ones it meets. Returns how many it removed;
+    /// directories it cannot read are skipped.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let fs = spockfs_core::LocalFs::open(dir.path())?;
+    /// assert_eq!(fs.sweep_temporaries(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn sweep_temporaries(&self) -> usize {
+        let mut removed = 0;
+        // Relative paths, not open directories: a deep tree costs memory,
+        // never descriptors.
+        let mut todo: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(rel) = todo.pop() {
+            let Ok(fd) = self.open_rel(&rel, OFlags::RDONLY | OFlags::DIRECTORY) else {
+                continue;
+            };
+            let Ok(mut dir) = rustix::fs::Dir::new(fd) else {
+                continue;
+            };
+            while let Some(Ok(entry)) = dir.read() {
+                let name = entry.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let Ok(dirfd) = dir.fd() else { break };
+                if crate::backend::is_temp_name(name) {
+                    removed += usize::from(handles::remove_if_stale(&dirfd, name));
+                    continue;
+                }
+                let is_dir = match entry.file_type() {
+                    rustix::fs::FileType::Directory => true,
+                    rustix::fs::FileType::Unknown => {
+                        statat(&dirfd, name).is_ok_and(|st| st.mode & mode::S_IFMT == mode::S_IFDIR)
+                    }
+                    _ => false,
+                };
+                if is_dir {
+                    let mut sub = rel.clone();
+                    if !sub.is_empty() {
+                        sub.push(b'/');
+                    }
+                    sub.extend_from_slice(name);
+                    todo.push(sub);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Runs [`sweep_temporaries`](Self::sweep_temporaries) on each of
+    /// `roots` now and then every `every`, on a background thread of its
+    /// own (`spockfs-sweep`) for the life of the process; logs what it
+    /// removes. What the example servers do for every root they serve.
+    pub fn sweep_in_background(roots: Vec<PathBuf>, every: std::time::Duration) {
+        let spawned = std::thread::Builder::new()
+            .name("spockfs-sweep".into())
+            .spawn(move || loop {
+                for root in &roots {
+                    let removed = LocalFs::new(root).sweep_temporaries();
+                    if removed > 0 {
+                        tracing::info!(
+                            root = %root.display(),
+                            removed,
+                            "removed temporary files left by an interrupted whole-file PUT"
+                        );
+                    }
+                }
+                std::thread::sleep(every);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no sweeper of temporary files: {e}");
+        }
+    }
 }
 
 fn to_stat(st: &rustix::fs::Stat) -> Stat {
