@@ -86,6 +86,14 @@ pub struct Changed {
 }
 
 /// A SpockFS client. Cheap to clone; clones share the connection pool.
+///
+/// A call that is lost on the way — a proxy answers 502 because the node it
+/// chose died with the request in flight, or the connection breaks before
+/// the answer — is sent once more if doing it twice gives the same result
+/// as once ([`Method::is_replay_safe`](spockfs_proto::Method::is_replay_safe):
+/// reads, PUT, CHMOD, TRUNCATE, …); a gateway pooling several nodes on one
+/// shared filesystem then sends it to another node. Others (a create, a
+/// rename) fail with the error, as they may have been applied.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,

@@ -60,6 +60,34 @@ fn expect_status(
     Err(Error::from_status(resp.status(), resp.headers(), ext.errno))
 }
 
+/// Pause before a request lost in transit is sent again.
+const REPLAY_DELAY: Duration = Duration::from_millis(50);
+
+/// Did the request die on the way (502 from a proxy whose node died, or
+/// the connection broke before the answer), so that it may have been
+/// applied or not?
+fn lost_in_transit(r: &Result<Response<Bytes>, Error>) -> bool {
+    match r {
+        Ok(resp) => resp.status() == http::StatusCode::BAD_GATEWAY,
+        Err(e) => e.kind() == crate::ErrorKind::Connection,
+    }
+}
+
+/// [`spockfs_proto::Method::is_replay_safe`] for a request of this client.
+fn replay_safe(method: &str, headers: &[(&'static str, HeaderValue)]) -> bool {
+    let Some(m) = Method::from_bytes(method.as_bytes())
+        .ok()
+        .and_then(|m| spockfs_proto::Method::from_http(&m))
+    else {
+        return false;
+    };
+    let map: http::HeaderMap = headers
+        .iter()
+        .map(|(k, v)| (HeaderName::from_static(k), v.clone()))
+        .collect();
+    m.is_replay_safe(&map)
+}
+
 impl Client {
     /// One request; `Ok` only for one of the `ok` statuses.
     pub(crate) async fn call(
@@ -116,6 +144,18 @@ impl Client {
         headers: &[(&'static str, HeaderValue)],
         body: Bytes,
     ) -> Result<Response<Bytes>, Error> {
+        let start = Instant::now();
+        let r = self
+            .send_unlogged(method, path, headers, body.clone())
+            .await;
+        self.log(method, path, start, &r);
+        if !lost_in_transit(&r) || !replay_safe(method, headers) {
+            return r;
+        }
+        // A proxy's node (or the connection) died with the request in
+        // flight; it gives the same result twice, so it is sent once more
+        // (the proxy picks another node).
+        tokio::time::sleep(REPLAY_DELAY).await;
         let start = Instant::now();
         let r = self.send_unlogged(method, path, headers, body).await;
         self.log(method, path, start, &r);

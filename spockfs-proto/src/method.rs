@@ -137,6 +137,51 @@ impl Method {
         }
     }
 
+    /// True if sending this request a second time gives the result the
+    /// first would have had, whether or not the first reached the
+    /// filesystem: what a proxy (or a client) may replay on another node of
+    /// a pool sharing one filesystem when the node it sent it to died
+    /// before answering (RFC 9110's idempotent methods, decided per SpockFS
+    /// call). Reads; and the writes that carry absolute values: PUT (ranged
+    /// or whole), CHMOD, CHOWN, TRUNCATE, UTIMENS, FSYNC, SETXATTR unless
+    /// `XATTR_CREATE`, FALLOCATE mode 0, OPEN unless `O_CREAT|O_EXCL`. Not
+    /// POST, MKDIR, MKNOD, SYMLINK, LINK, RENAME, DELETE, RMDIR, REMOVEXATTR:
+    /// a second try can fail (`EEXIST`, `ENOENT`) where the first succeeded.
+    /// A header this depends on that does not parse makes it unsafe.
+    ///
+    /// ```
+    /// use spockfs_proto::Method;
+    /// let mut h = http::HeaderMap::new();
+    /// assert!(Method::Put.is_replay_safe(&h));
+    /// assert!(!Method::Rename.is_replay_safe(&h));
+    /// assert!(!Method::Post.is_replay_safe(&h)); // a second create: EEXIST
+    /// h.insert("x-spock-flag", http::HeaderValue::from_static("1"));
+    /// assert!(!Method::Setxattr.is_replay_safe(&h)); // XATTR_CREATE
+    /// ```
+    pub fn is_replay_safe(self, headers: &http::HeaderMap) -> bool {
+        // A numeric header; absent is 0.
+        let num = |name: &str| -> Option<i64> {
+            match headers.get(name) {
+                None => Some(0),
+                Some(v) => v.to_str().ok()?.trim().parse().ok(),
+            }
+        };
+        let create_excl = i64::from(libc::O_CREAT | libc::O_EXCL);
+        match self {
+            Method::Open => num("x-spock-flag").is_some_and(|f| f & create_excl != create_excl),
+            m if m.is_idempotent_read() => true,
+            Method::Put
+            | Method::Chmod
+            | Method::Chown
+            | Method::Truncate
+            | Method::Utimens
+            | Method::Fsync => true,
+            Method::Setxattr => num("x-spock-flag").is_some_and(|f| f != 1),
+            Method::Fallocate => num("x-spock-mode") == Some(0),
+            _ => false,
+        }
+    }
+
     /// True if the method never changes anything, whatever its headers, so
     /// it may be retried on another node.
     pub fn is_idempotent_read(self) -> bool {

@@ -214,10 +214,12 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        // The request may have reached the node: retry only what changes
-        // nothing (SpockFS reads), and only while untried nodes remain.
-        let method = Method::from_http(&session.req_header().method);
-        let safe = method.is_some_and(|m| m.is_idempotent_read())
+        // The request may have reached the node: retry only what gives the
+        // same result when done twice (reads, and writes of absolute values:
+        // PUT, CHMOD, TRUNCATE, ...), with its whole body still in Pingora's
+        // retry buffer (64 KiB), and only while untried nodes remain.
+        let req = session.req_header();
+        let safe = Method::from_http(&req.method).is_some_and(|m| m.is_replay_safe(&req.headers))
             && !session.as_downstream().retry_buffer_truncated();
         match ctx.pool {
             Some(i) if safe && ctx.tried.len() < self.pools[i].size => e.set_retry(true),
