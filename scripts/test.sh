@@ -17,6 +17,7 @@ command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_pkgs+=(ngin
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)   # tests/tests/{mount,perms}.rs: FUSE mounts
 command -v sqlite3 >/dev/null 2>&1 || need_pkgs+=(sqlite3)     # tests/tests/mount.rs: sqlite in the mount
 command -v git >/dev/null 2>&1 || need_pkgs+=(git)             # tests/tests/mount.rs: git in the mount
+command -v glusterd >/dev/null 2>&1 || [[ -x /usr/sbin/glusterd ]] || need_pkgs+=(glusterfs-server)   # tests/tests/fleet.rs: the fleet on GlusterFS
 if ((${#need_pkgs[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "installing: ${need_pkgs[*]}"

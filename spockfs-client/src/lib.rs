@@ -85,6 +85,16 @@ pub struct Changed {
     pub parent: Option<Stat>,
 }
 
+/// What became of a call whose answer was lost.
+enum Lost {
+    /// Its effect is there.
+    Applied(Changed),
+    /// The name is as it was before the call.
+    NotApplied,
+    /// Neither: the error stands.
+    Unknown,
+}
+
 /// A SpockFS client. Cheap to clone; clones share the connection pool.
 ///
 /// A call that is lost on the way — a proxy answers 502 because the node it
@@ -92,8 +102,11 @@ pub struct Changed {
 /// the answer — is sent once more if doing it twice gives the same result
 /// as once ([`Method::is_replay_safe`](spockfs_proto::Method::is_replay_safe):
 /// reads, PUT, CHMOD, TRUNCATE, …); a gateway pooling several nodes on one
-/// shared filesystem then sends it to another node. Others (a create, a
-/// rename) fail with the error, as they may have been applied.
+/// shared filesystem then sends it to another node. A lost create or
+/// removal (POST, MKDIR, DELETE, RMDIR) is settled by a GETATTR: its effect
+/// there is success, the name unchanged sends it again, anything else is
+/// the error. Other calls (RENAME, LINK, …) fail with the error, as they
+/// may have been applied.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -318,18 +331,62 @@ impl Client {
         ok: &[u16],
     ) -> FsResult<Changed> {
         let ext = self.extensions().await;
-        if !ext.stat && !ext.parent_stat {
-            self.call(method, path, headers, Bytes::new(), ok).await?;
-            return Ok(Changed::default());
-        }
         let mut h = headers.to_vec();
-        h.push(("x-spock-stat", HeaderValue::from_static("1")));
-        let r = self.call(method, path, &h, Bytes::new(), ok).await?;
+        if ext.stat || ext.parent_stat {
+            h.push(("x-spock-stat", HeaderValue::from_static("1")));
+        }
+        let r = match self.request(method, path, &h, Bytes::new(), ok).await {
+            Ok(r) => r,
+            Err(e) if transport::lost_in_transit_error(&e) => {
+                match self.resolve_lost(method, path).await {
+                    Lost::Applied(c) => return Ok(c),
+                    // Nothing happened: doing it now is doing it once.
+                    Lost::NotApplied => self.call(method, path, &h, Bytes::new(), ok).await?,
+                    Lost::Unknown => return Err(e.errno()),
+                }
+            }
+            Err(e) => return Err(e.errno()),
+        };
         let hm = r.headers();
         Ok(Changed {
             // Absent if the entry vanished between the change and the stat.
             stat: hm.contains_key("x-spock-mode").then(|| get_stat(hm)),
             parent: get_parent(hm),
+        })
+    }
+
+    /// A create or a removal whose answer was lost (a proxy's node died
+    /// with it in flight): it may or may not have been applied, and blindly
+    /// doing it again could fail where it succeeded. Looks at the result
+    /// instead: the directory or empty file it creates is there, or the
+    /// name it removes is gone, counts as applied (as an NFS server's
+    /// duplicate request cache would answer; a concurrent client doing the
+    /// same at the same instant is indistinguishable); the name still as it
+    /// was before means not applied.
+    async fn resolve_lost(&self, method: &str, path: &[u8]) -> Lost {
+        use spockfs_proto::stat::mode::{S_IFDIR, S_IFMT, S_IFREG};
+        let now = self.getattr(path).await;
+        let applied = match (method, &now) {
+            ("MKDIR", Ok(st)) => st.mode & S_IFMT == S_IFDIR,
+            ("POST", Ok(st)) => st.mode & S_IFMT == S_IFREG && st.size == 0,
+            ("DELETE" | "RMDIR", Err(Errno::ENOENT)) => true,
+            _ => false,
+        };
+        let not_applied = match (method, &now) {
+            ("MKDIR" | "POST", Err(Errno::ENOENT)) => true,
+            ("DELETE", Ok(st)) => st.mode & S_IFMT != S_IFDIR,
+            ("RMDIR", Ok(st)) => st.mode & S_IFMT == S_IFDIR,
+            _ => false,
+        };
+        if not_applied {
+            return Lost::NotApplied;
+        }
+        if !applied {
+            return Lost::Unknown;
+        }
+        Lost::Applied(Changed {
+            stat: now.ok(),
+            parent: None,
         })
     }
 

@@ -73,6 +73,11 @@ fn lost_in_transit(r: &Result<Response<Bytes>, Error>) -> bool {
     }
 }
 
+/// [`lost_in_transit`] for a call's error (a 502 is an error there).
+pub(crate) fn lost_in_transit_error(e: &Error) -> bool {
+    e.status() == Some(http::StatusCode::BAD_GATEWAY) || e.kind() == crate::ErrorKind::Connection
+}
+
 /// [`spockfs_proto::Method::is_replay_safe`] for a request of this client.
 fn replay_safe(method: &str, headers: &[(&'static str, HeaderValue)]) -> bool {
     let Some(m) = Method::from_bytes(method.as_bytes())

@@ -51,6 +51,8 @@ pub struct Gateway {
 pub struct Ctx {
     pool: Option<usize>,
     tried: Vec<SocketAddr>,
+    /// The address the request goes to (`Host` of a request that has none).
+    upstream: Option<String>,
     /// Holds the connection guard off while this request is in progress.
     _active: Option<RequestActive>,
 }
@@ -135,6 +137,23 @@ impl ProxyHttp for Gateway {
             spockfs_pingora::respond(session, resp).await?;
             return Ok(true);
         }
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, for a
+        // pool or the default upstream as for a local vhost (the engine's
+        // answer); HTTP/1.0 may omit it.
+        let req = session.req_header();
+        if req.version == http::Version::HTTP_11
+            && req.uri.authority().is_none()
+            && req.headers.get(http::header::HOST).is_none()
+        {
+            let resp = spockfs_core::error_response(
+                http::StatusCode::BAD_REQUEST,
+                spockfs_core::Errno::EINVAL,
+                "HTTP/1.1 request without Host header",
+            );
+            session.as_downstream_mut().set_keepalive(None);
+            spockfs_pingora::respond(session, resp).await?;
+            return Ok(true);
+        }
         // Identity headers are the gateway's (or a proxy in front of it)
         // to set, never a client's.
         for name in &self.strip_request_headers {
@@ -178,15 +197,39 @@ impl ProxyHttp for Gateway {
                     Error::explain(HTTPStatus(502), "no upstream SpockFS node available")
                 })?;
             ctx.tried.push(backend.addr.clone());
+            ctx.upstream = Some(backend.addr.to_string());
             return Ok(Box::new(HttpPeer::new(backend.addr, false, String::new())));
         }
         match &self.default_upstream {
-            Some(addr) => Ok(Box::new(HttpPeer::new(addr.as_str(), false, String::new()))),
+            Some(addr) => {
+                ctx.upstream = Some(addr.clone());
+                Ok(Box::new(HttpPeer::new(addr.as_str(), false, String::new())))
+            }
             None => Err(Error::explain(
                 HTTPStatus(502),
                 "no default upstream configured",
             )),
         }
+    }
+
+    /// An HTTP/1.0 request may come without `Host` (SpockFS serves it the
+    /// default root); forwarded as HTTP/1.1, which requires one, it names
+    /// the node it goes to (no vhost of the node matches that: its default
+    /// root, the same answer).
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if upstream_request.headers.get(http::header::HOST).is_none()
+            && upstream_request.uri.authority().is_none()
+        {
+            if let Some(addr) = &ctx.upstream {
+                upstream_request.insert_header(http::header::HOST, addr.as_str())?;
+            }
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
