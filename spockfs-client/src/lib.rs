@@ -88,7 +88,7 @@ pub struct Changed {
 /// What became of a call whose answer was lost.
 enum Lost {
     /// Its effect is there.
-    Applied(Changed),
+    Applied(Box<Changed>),
     /// The name is as it was before the call.
     NotApplied,
     /// Neither: the error stands.
@@ -339,7 +339,7 @@ impl Client {
             Ok(r) => r,
             Err(e) if transport::lost_in_transit_error(&e) => {
                 match self.resolve_lost(method, path).await {
-                    Lost::Applied(c) => return Ok(c),
+                    Lost::Applied(c) => return Ok(*c),
                     // Nothing happened: doing it now is doing it once.
                     Lost::NotApplied => self.call(method, path, &h, Bytes::new(), ok).await?,
                     Lost::Unknown => return Err(e.errno()),
@@ -384,10 +384,10 @@ impl Client {
         if !applied {
             return Lost::Unknown;
         }
-        Lost::Applied(Changed {
+        Lost::Applied(Box::new(Changed {
             stat: now.ok(),
             parent: None,
-        })
+        }))
     }
 
     /// Lists a directory (without `.`/`..`); with `readdir-attrs`, each
