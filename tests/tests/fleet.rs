@@ -242,7 +242,9 @@ async fn read_after_write(a: &Client, b: &Client) {
             let got = b.req("GET", &f, &[("Range", "bytes=3-5")]).await.body;
             assert_eq!(&got[..], &[b'0' + i; 3], "ranged PUT {round}.{i} seen");
         }
-        let checks: [(&str, Vec<(&str, &str)>, &str, &str); 4] = [
+        // (method, its headers, the GETATTR header that shows it, its value)
+        type Check<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+        let checks: [Check; 4] = [
             ("TRUNCATE", vec![("X-Spock-size", "7")], "x-spock-size", "7"),
             (
                 "CHMOD",
