@@ -11,6 +11,8 @@
 //!
 //! Needs root and glusterfs-server (scripts/test.sh installs it); skipped
 //! without them, except under `CI=true` where that fails.
+//! `SPOCKFS_FLEET_CACHE=invalidation` runs it on Gluster's cache-invalidation
+//! client options instead of the strict ones.
 
 use spockfs_tests::{suite, Client, LocalStore, Target};
 use std::collections::HashMap;
@@ -60,6 +62,12 @@ impl Fleet {
             .arg("up")
             .arg(dir)
             .env("BIN", bin_dir)
+            // SPOCKFS_FLEET_CACHE=invalidation: the same checks on Gluster's
+            // cache-invalidation mode.
+            .env(
+                "CACHE",
+                std::env::var("SPOCKFS_FLEET_CACHE").unwrap_or_else(|_| "strict".into()),
+            )
             .output()
             .unwrap_or_else(|e| panic!("fleet.sh: {e}"));
         let fleet = Fleet {
