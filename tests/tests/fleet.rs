@@ -371,6 +371,73 @@ async fn read_after_write(a: &Client, b: &Client) {
     }
 }
 
+/// A whole-file PUT through `node` (its URL) stalls halfway; meanwhile the
+/// other node `b` neither lists its temporary nor answers for it.
+async fn upload_in_progress_is_invisible(node: &str, b: &Client, mnt: &Path) {
+    use tokio::io::AsyncWriteExt;
+    let addr = node.trim_start_matches("http://").trim_end_matches("/fs");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{addr}: {e}"));
+    let head = format!("PUT /fs/upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 200000\r\n\r\n");
+    s.write_all(head.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(&[b'u'; 100_000])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The temporary, as the shared filesystem shows it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let temp = loop {
+        let found = std::fs::read_dir(mnt)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .find(|n| n.starts_with(".spockfs-put."));
+        if let Some(t) = found {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no named temporary appeared on Gluster"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let listing = b.req("READDIR", "/", &[]).await;
+    let names = String::from_utf8_lossy(&listing.body).into_owned();
+    assert!(
+        !names.contains(".spockfs-put."),
+        "the other node lists the upload: {names}"
+    );
+    assert!(
+        !names.lines().any(|n| n == "upload"),
+        "listed before it is complete"
+    );
+    assert_eq!(b.req("GETATTR", &format!("/{temp}"), &[]).await.status, 404);
+    assert_eq!(b.req("DELETE", &format!("/{temp}"), &[]).await.status, 404);
+    s.write_all(&[b'u'; 100_000])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = Vec::new();
+    let resp = spockfs_tests::raw::read_response(
+        &mut s,
+        &mut buf,
+        tokio::time::Instant::now() + Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status, 201, "the upload");
+    assert_eq!(
+        b.req("GETATTR", "/upload", &[])
+            .await
+            .header("x-spock-size"),
+        "200000"
+    );
+    assert!(
+        !mnt.join(&temp).exists(),
+        "the temporary outlived its upload"
+    );
+}
+
 #[test]
 fn fleet_on_glusterfs() {
     if let Some(why) = missing() {
@@ -417,6 +484,14 @@ fn fleet_on_glusterfs() {
     rt.block_on(read_after_write(&a, &b));
     rt.block_on(read_after_write(&b, &a));
     eprintln!("read-after-write done at {:?}", started.elapsed());
+
+    // 2b. No O_TMPFILE on Gluster: an upload in progress has a named
+    // temporary, which no node shows or lets a client touch.
+    rt.block_on(upload_in_progress_is_invisible(
+        fleet.get("FLEET_NODE1"),
+        &b,
+        &mnt1,
+    ));
 
     // 3. A tree copy through spockfs-mount on the gateway; node 1 dies.
     let src = work.path().join("src");
