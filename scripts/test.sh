@@ -41,7 +41,7 @@ cargo test --release --locked --workspace
 # The crates as an adopter gets them: a project outside the workspace (no
 # [patch], its own lock) that depends on each by path, builds and runs the
 # README's examples.
-cargo run --release --manifest-path tests/outside/Cargo.toml --target-dir target
+cargo run --release --manifest-path tests/outside/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
 # Every library crate packages as crates.io would take it (manifest
 # metadata, included files); tests/outside above built them as dependents.
 cargo package --locked --no-verify --allow-dirty -q -p spockfs-proto -p spockfs-core \
