@@ -438,6 +438,14 @@ impl Client {
         .map(drop)
     }
 
+    /// [`open`](Client::open), answering the file's attributes as of the
+    /// open where the server has the `stat` extension (`None` otherwise):
+    /// what a client checks its cached data against (close-to-open).
+    pub async fn open_stat(&self, path: &[u8], flags: i32) -> FsResult<Option<Stat>> {
+        self.change("OPEN", path, &[("x-spock-flag", hv(flags))], &[200])
+            .await
+    }
+
     /// `chmod`.
     ///
     /// With the server's `stat` extension, the result carries the entry's

@@ -262,8 +262,11 @@ impl MountFs {
         let r = change.await;
         {
             let mut a = lock(&self.cache.fresh.attrs);
+            let mut stamps = lock(&self.data_stamps);
             for ino in touched {
                 a.remove(&ino);
+                // Its data may differ now: the next open drops its pages.
+                stamps.remove(&ino);
             }
         }
         self.cache.fresh.epoch.fetch_add(1, Ordering::SeqCst);

@@ -57,7 +57,15 @@ pub struct MountFs {
     pub(super) next_fh: Mutex<u64>,
     /// Callers' supplementary groups, by pid, and when they were read.
     pub(super) groups: Mutex<HashMap<u32, CallerGroups>>,
+    /// Close-to-open: each file's size, mtime and ctime (to the
+    /// nanosecond) as of its last open, while nothing was changed through
+    /// this mount since. An open that finds them unchanged keeps the
+    /// kernel's cached pages of the file (see `open`).
+    pub(super) data_stamps: Mutex<HashMap<u64, DataStamp>>,
 }
+
+/// What an open compares to decide whether cached file data is current.
+pub(super) type DataStamp = (u64, i64, u32, i64, u32);
 
 impl std::fmt::Debug for MountFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +120,7 @@ impl MountFs {
             hidden_seq: AtomicU64::new(0),
             next_fh: Mutex::new(1),
             groups: Mutex::new(HashMap::new()),
+            data_stamps: Mutex::new(HashMap::new()),
         }
     }
 

@@ -2,10 +2,14 @@
 //! do (a hidden name to remove, a created file's pending mode).
 
 use super::caller;
-use super::fs::Entry;
+use super::fs::{DataStamp, Entry};
 use super::{split_parent, MountFs};
 use bytes::Bytes;
 use spockfs_client::{Caller, Errno};
+
+/// Most files whose data stamp an open remembers (then they are forgotten
+/// at once: the next open of each drops its pages, nothing worse).
+const MAX_DATA_STAMPS: usize = 100_000;
 
 /// What the release of a file handle leaves to do on the server (see
 /// [`MountFs::release`]).
@@ -42,14 +46,45 @@ impl MountFs {
     }
 
     /// Opens inode `ino` with `open(2)` `flags` (the server checks them);
-    /// answers the new file handle.
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+    /// answers the new file handle, and whether the kernel may keep the
+    /// file's cached pages: close-to-open consistency, as NFS gives. The
+    /// open asks the server for the file's attributes (extension `stat`,
+    /// in the same request); if size, mtime and ctime are to the
+    /// nanosecond (extension `nsec`) what the last open saw, and nothing
+    /// was changed through this mount since, the file has not changed and
+    /// its pages stay; otherwise the kernel drops them. Without both
+    /// extensions every open drops them (whole-second times cannot show a
+    /// change within the second).
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool), Errno> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.writable()?;
         }
         let path = self.path(ino)?;
-        self.client().open(&path, flags).await?;
-        Ok(self.open_handle(ino))
+        let ext = self.client().extensions().await;
+        if !(ext.stat && ext.nsec && self.cfg.keep_cache) {
+            self.client().open(&path, flags).await?;
+            return Ok((self.open_handle(ino), false));
+        }
+        let epoch = self.epoch();
+        let st = self.client().open_stat(&path, flags).await?;
+        let fh = self.open_handle(ino);
+        let Some(st) = st else {
+            return Ok((fh, false));
+        };
+        let now: DataStamp = (st.size, st.mtime, st.mtime_nsec, st.ctime, st.ctime_nsec);
+        let mut stamps = self.data_stamps.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = stamps.get(&ino) == Some(&now);
+        // A change through this mount since the open was sent: what the
+        // server answered may predate it; remember nothing.
+        if self.epoch() == epoch {
+            if stamps.len() >= MAX_DATA_STAMPS && !stamps.contains_key(&ino) {
+                stamps.clear();
+            }
+            stamps.insert(ino, now);
+        } else {
+            stamps.remove(&ino);
+        }
+        Ok((fh, keep))
     }
 
     /// Creates and opens file `name` in `parent`; answers the entry and the

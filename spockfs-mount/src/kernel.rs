@@ -479,7 +479,8 @@ impl Filesystem for SpockFuse {
             reply,
             async move { fs.open(ino.0, flags.0).await },
             |reply, r| match r {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(fe(e)),
             },
         );

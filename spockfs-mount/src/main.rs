@@ -70,6 +70,10 @@ struct Args {
     /// a server that speaks the `identity` extension
     #[arg(long)]
     no_send_ids: bool,
+    /// Drop a file's cached pages at every open (default: keep them while
+    /// the server shows the file unchanged, close-to-open as NFS)
+    #[arg(long)]
+    no_keep_cache: bool,
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
@@ -223,6 +227,7 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
         threads: usize::from(args.threads),
         default_permissions: !args.no_default_permissions,
         send_ids: !args.no_send_ids,
+        keep_cache: !args.no_keep_cache,
     };
     let fs = SpockFuse::new(client, cfg);
     let config = fs.fuser_config();

@@ -29,6 +29,10 @@ pub struct MountConfig {
     /// user: new files belong to it and the server checks its permissions
     /// too. Default: `true`.
     pub send_ids: bool,
+    /// Close-to-open caching: keep a file's cached pages across opens while
+    /// the server shows it unchanged (size, mtime, ctime to the nanosecond,
+    /// checked by every open). Off: every open drops them. Default: `true`.
+    pub keep_cache: bool,
 }
 
 impl Default for MountConfig {
@@ -42,6 +46,7 @@ impl Default for MountConfig {
             threads: 1,
             default_permissions: true,
             send_ids: true,
+            keep_cache: true,
         }
     }
 }

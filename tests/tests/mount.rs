@@ -1384,3 +1384,107 @@ fn the_binary_says_what_to_do_without_dev_fuse_access() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!is_mounted(&mnt));
 }
+
+/// Close-to-open consistency across two mounts of one server: a file's
+/// pages stay in the kernel across opens while the server shows it
+/// unchanged (no GET for a re-read), and an open after another mount
+/// wrote and closed it — or after the file changed on the server —
+/// reads the new bytes.
+#[test]
+fn close_to_open_keeps_pages_and_sees_other_writers() {
+    if fuse_missing().is_some() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let (dir, root, mnt_a) = workdir();
+    let mnt_b = dir.path().join("mnt_b");
+    fs::create_dir(&mnt_b).unwrap_or_else(|e| panic!("{e}"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let svc = tower::ServiceBuilder::new()
+        .map_request(move |r: http::Request<axum::body::Body>| {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(r.method().to_string());
+            r
+        })
+        .service(spockfs_tower::SpockFs::new(&root));
+    let app = axum::Router::new().nest_service("/fs", svc);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    let mount = |mnt: &Path| {
+        let client = {
+            let _g = rt.enter();
+            Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
+        };
+        spawn_mount(client, mnt, MountConfig::default()).unwrap_or_else(|e| panic!("mount: {e}"))
+    };
+    let (_a, _b) = (mount(&mnt_a), mount(&mnt_b));
+
+    let v1: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    fs::write(root.join("f"), &v1).unwrap_or_else(|e| panic!("{e}"));
+    let read_a = || fs::read(mnt_a.join("f")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read_a(), v1);
+    take(&seen);
+    // Re-opened and re-read, unchanged: answered from the page cache.
+    for _ in 0..3 {
+        assert_eq!(read_a(), v1);
+    }
+    let again = take(&seen);
+    assert_eq!(
+        count(&again, "GET"),
+        0,
+        "re-reads of an unchanged file: {again:?}"
+    );
+    assert_eq!(count(&again, "OPEN"), 3, "each open revalidates: {again:?}");
+
+    // Mount B writes (same size: only the times tell) and closes; A's
+    // next open sees it.
+    let v2: Vec<u8> = v1.iter().map(|b| b ^ 0xff).collect();
+    fs::write(mnt_b.join("f"), &v2).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        read_a(),
+        v2,
+        "close-to-open: B's write seen by A's next open"
+    );
+
+    // Changed on the server itself, in place, same size.
+    let mut v3 = v2.clone();
+    v3[1000..1010].copy_from_slice(b"0123456789");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("f"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        f.write_all_at(b"0123456789", 1000)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(read_a(), v3, "a change on the server seen by the next open");
+
+    // Grown on the server: the whole new size once the attribute timeout
+    // (1 s) has passed.
+    let mut v4 = v3.clone();
+    v4.extend_from_slice(b"appended");
+    fs::write(root.join("f"), &v4).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(read_a(), v4, "a grown file after the attribute timeout");
+
+    // A's own writes stay visible to A (and drop nothing they should not).
+    fs::write(mnt_a.join("f"), b"mine").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read_a(), b"mine");
+    assert_eq!(
+        fs::read(mnt_b.join("f")).unwrap_or_else(|e| panic!("{e}")),
+        b"mine"
+    );
+}

@@ -389,7 +389,8 @@ async fn a_file_removed_while_open_stays_readable((t, _srv): (Target, Running)) 
     let fh2 = fs
         .open(f.ino, libc::O_RDONLY)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     fs.unlink(d.ino, b"f")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -431,7 +432,8 @@ async fn a_file_removed_while_open_stays_readable((t, _srv): (Target, Running)) 
     let fh = fs
         .open(old, libc::O_RDONLY)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     fs.rename(ROOT, b"new", ROOT, b"old", 0)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -531,7 +533,8 @@ async fn a_read_only_mount_refuses_every_change((t, _srv): (Target, Running)) {
     let fh = fs
         .open(f, libc::O_RDONLY)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0;
     assert_eq!(&fs.read(f, 0, 10).await.unwrap_or_default()[..], b"data");
     assert!(fs.release(fh).is_none());
     assert_eq!(fs.access(f, libc::R_OK).await, Ok(()));

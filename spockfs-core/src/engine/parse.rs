@@ -175,6 +175,7 @@ impl Op {
                     | Op::Truncate { .. }
                     | Op::Utimens { .. }
                     | Op::Fallocate { .. }
+                    | Op::Open { .. }
             )
     }
 }
