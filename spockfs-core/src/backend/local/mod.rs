@@ -155,7 +155,14 @@ impl LocalFs {
         // never descriptors.
         let mut todo: Vec<Vec<u8>> = vec![Vec::new()];
         while let Some(rel) = todo.pop() {
-            let Ok(fd) = self.open_rel(&rel, OFlags::RDONLY | OFlags::DIRECTORY) else {
+            // Without touching access times (a sweep is not a reader);
+            // O_NOATIME needs the owner or CAP_FOWNER, else a plain open.
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+            let opened = match self.open_rel(&rel, flags | OFlags::NOATIME) {
+                Err(Errno::EPERM) => self.open_rel(&rel, flags),
+                r => r,
+            };
+            let Ok(fd) = opened else {
                 continue;
             };
             let Ok(mut dir) = rustix::fs::Dir::new(fd) else {
