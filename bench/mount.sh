@@ -238,7 +238,11 @@ mount_spock
 log "sshfs on $MNT_SSHFS (sshd 127.0.0.1:$SSH_PORT), spockfs-mount on $MNT_SPOCK ($URL)"
 
 # ---------------------------------------------------------------- source tree
-REG=$(ls -d "$HOME"/.cargo/registry/src/*/ 2>/dev/null | head -1 || true)
+# The registry source dir with the most crates (a second, nearly empty one
+# appears when some project resolves against another registry URL).
+REG=$(for d in "$HOME"/.cargo/registry/src/*/; do
+  [ -d "$d" ] && echo "$(find "$d" -mindepth 1 -maxdepth 1 | wc -l) $d"
+done | sort -rn | head -1 | cut -d' ' -f2- || true)
 [ -n "$REG" ] || die "no ~/.cargo/registry/src/*/"
 SRC=$TMP/src-tree
 mkdir -p "$SRC"
