@@ -37,6 +37,21 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Opt
     })
 }
 
+/// True for an HTTP/1.1 request that names no host (no authority, no
+/// `Host`): RFC 9112 §3.2 makes it a 400. HTTP/1.0 may omit it (such a
+/// request gets the default root).
+///
+/// ```
+/// use spockfs_core::route::missing_host;
+/// let req = http::Request::builder().uri("/x").body(()).unwrap();
+/// assert!(missing_host(req.version(), req.uri(), req.headers()));
+/// ```
+pub fn missing_host(version: http::Version, uri: &http::Uri, headers: &http::HeaderMap) -> bool {
+    version == http::Version::HTTP_11
+        && uri.authority().is_none()
+        && !headers.contains_key(http::header::HOST)
+}
+
 /// A request's authority as vhost names are compared: userinfo dropped,
 /// lowercase (allocating only if needed), no trailing dot.
 ///
@@ -360,13 +375,10 @@ impl MountTable {
         if let Some(m) = parts.extensions.get::<Mount>() {
             return Ok(Selected::Mount(m.clone()));
         }
-        let host = request_host(&parts.uri, &parts.headers);
-        if host.is_none()
-            && parts.version == http::Version::HTTP_11
-            && !parts.headers.contains_key(http::header::HOST)
-        {
+        if missing_host(parts.version, &parts.uri, &parts.headers) {
             return Err(SelectError::MissingHost);
         }
+        let host = request_host(&parts.uri, &parts.headers);
         if let Some(m) = host.and_then(|h| self.vhosts.get(h)) {
             return Ok(Selected::Mount(m.clone()));
         }

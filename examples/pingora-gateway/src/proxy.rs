@@ -141,10 +141,7 @@ impl ProxyHttp for Gateway {
         // pool or the default upstream as for a local vhost (the engine's
         // answer); HTTP/1.0 may omit it.
         let req = session.req_header();
-        if req.version == http::Version::HTTP_11
-            && req.uri.authority().is_none()
-            && req.headers.get(http::header::HOST).is_none()
-        {
+        if spockfs_core::route::missing_host(req.version, &req.uri, &req.headers) {
             let resp = spockfs_core::error_response(
                 http::StatusCode::BAD_REQUEST,
                 spockfs_core::Errno::EINVAL,
@@ -222,8 +219,8 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if upstream_request.headers.get(http::header::HOST).is_none()
-            && upstream_request.uri.authority().is_none()
+        if upstream_request.uri.authority().is_none()
+            && !upstream_request.headers.contains_key(http::header::HOST)
         {
             if let Some(addr) = &ctx.upstream {
                 upstream_request.insert_header(http::header::HOST, addr.as_str())?;
