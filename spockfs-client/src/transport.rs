@@ -69,7 +69,7 @@ const REPLAY_DELAY: Duration = Duration::from_millis(50);
 fn lost_in_transit(r: &Result<Response<Bytes>, Error>) -> bool {
     match r {
         Ok(resp) => resp.status() == http::StatusCode::BAD_GATEWAY,
-        Err(e) => e.kind() == crate::ErrorKind::Connection,
+        Err(e) => lost_in_transit_error(e),
     }
 }
 
