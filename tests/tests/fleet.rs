@@ -497,33 +497,26 @@ fn fleet_on_glusterfs() {
     let src = work.path().join("src");
     let files = make_tree(&src, 12, 10);
     let mounted = Mounted::new(&gateway, &work.path().join("mnt"));
-    let (ok, stderr, took) = copy_disrupted(
-        &src,
-        &mounted.0.join("copy1"),
-        &mnt1.join("copy1"),
-        files / 3,
-        || fleet.kill("FLEET_NODE1_PID"),
-    );
-    eprintln!("copy with node 1 killed: {took:?}, ok={ok}, errors: {stderr:?}");
-    assert!(
-        ok,
-        "cp through the gateway failed when node 1 died:\n{stderr}"
-    );
-    let d = diff(&src, &mnt1.join("copy1"));
-    assert!(d.is_empty(), "copy with node 1 killed differs:\n{d}");
-
+    // A disruption mid-copy must not reach `cp`, nor the copied bytes.
+    let survives = |what: &str, copy: &str, kill: &str| {
+        let (ok, stderr, took) = copy_disrupted(
+            &src,
+            &mounted.0.join(copy),
+            &mnt1.join(copy),
+            files / 3,
+            || fleet.kill(kill),
+        );
+        eprintln!("copy with {what} killed: {took:?}, ok={ok}, errors: {stderr:?}");
+        assert!(
+            ok,
+            "cp through the gateway failed when {what} died:\n{stderr}"
+        );
+        let d = diff(&src, &mnt1.join(copy));
+        assert!(d.is_empty(), "copy with {what} killed differs:\n{d}");
+    };
+    survives("node 1", "copy1", "FLEET_NODE1_PID");
     // 4. A brick dies mid-copy: Gluster's replica carries on, unseen.
-    let (ok, stderr, took) = copy_disrupted(
-        &src,
-        &mounted.0.join("copy2"),
-        &mnt1.join("copy2"),
-        files / 3,
-        || fleet.kill("FLEET_BRICK1_PID"),
-    );
-    eprintln!("copy with brick 1 killed: {took:?}, ok={ok}, errors: {stderr:?}");
-    assert!(ok, "cp failed when a brick died:\n{stderr}");
-    let d = diff(&src, &mnt1.join("copy2"));
-    assert!(d.is_empty(), "copy with brick 1 killed differs:\n{d}");
+    survives("brick 1", "copy2", "FLEET_BRICK1_PID");
     drop(mounted);
     drop(fleet);
     eprintln!(

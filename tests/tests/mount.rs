@@ -726,13 +726,12 @@ fn the_binary_mounts_and_unmounts() {
     }
 }
 
-/// Serves `app` on 127.0.0.1 (until the returned sender fires or is
-/// dropped) and mounts it at `mnt` with the default options.
-fn serve_and_mount(
+/// Serves `app` on 127.0.0.1 until the returned sender fires or is
+/// dropped; answers the SpockFS base URL.
+fn serve(
     rt: &tokio::runtime::Runtime,
     app: axum::Router,
-    mnt: &Path,
-) -> (tokio::sync::oneshot::Sender<()>, Mounted) {
+) -> (tokio::sync::oneshot::Sender<()>, String) {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -745,13 +744,43 @@ fn serve_and_mount(
             })
             .await;
     });
+    (tx, format!("http://{addr}/fs"))
+}
+
+/// A mount of `url` at `mnt` with the default options.
+fn mount_of(rt: &tokio::runtime::Runtime, url: &str, mnt: &Path) -> Mounted {
     let client = {
         let _g = rt.enter();
-        Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
+        Client::new(url).unwrap_or_else(|e| panic!("{e}"))
     };
-    let m =
-        spawn_mount(client, mnt, MountConfig::default()).unwrap_or_else(|e| panic!("mount: {e}"));
-    (tx, m)
+    spawn_mount(client, mnt, MountConfig::default()).unwrap_or_else(|e| panic!("mount: {e}"))
+}
+
+/// Serves `app` (see [`serve`]) and mounts it at `mnt`.
+fn serve_and_mount(
+    rt: &tokio::runtime::Runtime,
+    app: axum::Router,
+    mnt: &Path,
+) -> (tokio::sync::oneshot::Sender<()>, Mounted) {
+    let (tx, url) = serve(rt, app);
+    (tx, mount_of(rt, &url, mnt))
+}
+
+/// `svc` under `/fs`, behind a layer that records every request's method.
+fn counting(
+    svc: spockfs_tower::SpockFs,
+) -> (std::sync::Arc<std::sync::Mutex<Vec<String>>>, axum::Router) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let svc = tower::ServiceBuilder::new()
+        .map_request(move |r: http::Request<axum::body::Body>| {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(r.method().to_string());
+            r
+        })
+        .service(svc);
+    (seen, axum::Router::new().nest_service("/fs", svc))
 }
 
 /// The axum router with `SpockFs` behind a layer that records every
@@ -765,23 +794,13 @@ fn counted_mount(
     tokio::sync::oneshot::Sender<()>,
     Mounted,
 ) {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let log = seen.clone();
-    let svc = tower::ServiceBuilder::new()
-        .map_request(move |r: http::Request<axum::body::Body>| {
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(r.method().to_string());
-            r
-        })
-        // The mount's xattr caches are under test, not the server's
-        // namespace policy.
-        .service(
-            spockfs_tower::SpockFs::builder()
-                .default_mount(spockfs_tower::Mount::local(root).allow_any_xattr(true))
-                .build(),
-        );
-    let app = axum::Router::new().nest_service("/fs", svc);
+    // The mount's xattr caches are under test, not the server's
+    // namespace policy.
+    let (seen, app) = counting(
+        spockfs_tower::SpockFs::builder()
+            .default_mount(spockfs_tower::Mount::local(root).allow_any_xattr(true))
+            .build(),
+    );
     let (tx, m) = serve_and_mount(rt, app, mnt);
     (seen, tx, m)
 }
@@ -1399,37 +1418,9 @@ fn close_to_open_keeps_pages_and_sees_other_writers() {
     let (dir, root, mnt_a) = workdir();
     let mnt_b = dir.path().join("mnt_b");
     fs::create_dir(&mnt_b).unwrap_or_else(|e| panic!("{e}"));
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let log = seen.clone();
-    let svc = tower::ServiceBuilder::new()
-        .map_request(move |r: http::Request<axum::body::Body>| {
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(r.method().to_string());
-            r
-        })
-        .service(spockfs_tower::SpockFs::new(&root));
-    let app = axum::Router::new().nest_service("/fs", svc);
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    let mount = |mnt: &Path| {
-        let client = {
-            let _g = rt.enter();
-            Client::new(&format!("http://{addr}/fs")).unwrap_or_else(|e| panic!("{e}"))
-        };
-        spawn_mount(client, mnt, MountConfig::default()).unwrap_or_else(|e| panic!("mount: {e}"))
-    };
-    let (_a, _b) = (mount(&mnt_a), mount(&mnt_b));
+    let (seen, app) = counting(spockfs_tower::SpockFs::new(&root));
+    let (_stop, url) = serve(&rt, app);
+    let (_a, _b) = (mount_of(&rt, &url, &mnt_a), mount_of(&rt, &url, &mnt_b));
 
     let v1: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
     fs::write(root.join("f"), &v1).unwrap_or_else(|e| panic!("{e}"));
