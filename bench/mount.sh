@@ -3,7 +3,9 @@
 # side by side with sshfs (against an sshd started here), same workloads,
 # same kind of backing directory on the same disk. The same workloads also
 # run on a plain directory of that disk ("local disk" column): the floor both
-# network filesystems stand on.
+# network filesystems stand on, and on bindfs, a FUSE passthrough of a plain
+# directory ("bindfs" column): the floor for any FUSE client, what the
+# kernel's round trips cost with no network at all.
 #
 #   bench/mount.sh
 #
@@ -23,7 +25,7 @@
 # Everything runs on 127.0.0.1 on free high ports. The script starts axum-app,
 # spockfs-mount and sshd itself and stops exactly those processes (by PID) and
 # unmounts both mounts on any exit. Needs root (sshd, drop_caches); installs
-# openssh-server, sshfs and fio with apt-get when they are missing.
+# openssh-server, sshfs, bindfs and fio with apt-get when they are missing.
 # Exit status: 0 when every workload ran and checked out (file counts, sizes),
 # 1 when a check or a workload failed, 2 on setup errors.
 # Targets not met are reported but do not change the exit status.
@@ -48,6 +50,7 @@ fail() { log "FAIL: $*"; FAILED=1; }
 missing=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v sshfs >/dev/null || missing+=(sshfs)
+command -v bindfs >/dev/null || missing+=(bindfs)
 command -v fio >/dev/null || missing+=(fio)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v jq >/dev/null || missing+=(jq)
@@ -71,16 +74,16 @@ fi
 
 # ---------------------------------------------------------------- state + cleanup
 TMP=$(mktemp -d /tmp/mountbench.XXXXXX)
-SERVER_PID="" MOUNT_PID="" SSHD_PID="" SSHFS_PID=""
-MNT_SSHFS=$TMP/mnt-sshfs MNT_SPOCK=$TMP/mnt-spockfs
-BACK_SSHFS=$TMP/back-sshfs BACK_SPOCK=$TMP/back-spockfs LOCAL_DIR=$TMP/local
+SERVER_PID="" MOUNT_PID="" SSHD_PID="" SSHFS_PID="" BINDFS_PID=""
+MNT_SSHFS=$TMP/mnt-sshfs MNT_SPOCK=$TMP/mnt-spockfs MNT_BINDFS=$TMP/mnt-bindfs
+BACK_SSHFS=$TMP/back-sshfs BACK_SPOCK=$TMP/back-spockfs BACK_BINDFS=$TMP/back-bindfs LOCAL_DIR=$TMP/local
 # ext4 "top of hierarchy" flag: the allocator spreads the directories made
 # here over different block groups, so one client's creates do not scan
 # inodes the other just freed (on an ext4 without a journal, inodes freed in
 # the last 30-60 s are skipped one by one at allocation).
 SPREAD=0
 chattr +T "$TMP" 2>/dev/null && SPREAD=1
-mkdir -p "$MNT_SSHFS" "$MNT_SPOCK" "$BACK_SSHFS" "$BACK_SPOCK" "$LOCAL_DIR"
+mkdir -p "$MNT_SSHFS" "$MNT_SPOCK" "$MNT_BINDFS" "$BACK_SSHFS" "$BACK_SPOCK" "$BACK_BINDFS" "$LOCAL_DIR"
 
 stop_pid() { # pid
   local p=$1 i
@@ -105,8 +108,10 @@ cleanup() {
   trap - EXIT INT TERM
   unmount "$MNT_SSHFS"
   unmount "$MNT_SPOCK"
+  unmount "$MNT_BINDFS"
   stop_pid "$MOUNT_PID"
   stop_pid "$SSHFS_PID"
+  stop_pid "$BINDFS_PID"
   stop_pid "$SSHD_PID"
   stop_pid "$SERVER_PID"
   # --one-file-system: never recurse into a mount that failed to go away
@@ -193,6 +198,23 @@ mount_spock() {
   MOUNT_PID=$!
   wait_mounted "$MNT_SPOCK" "$MOUNT_PID" "$TMP/spockfs-mount.log" spockfs-mount
 }
+# bindfs with its defaults (no caching options: like sshfs and spockfs-mount,
+# the kernel's default attr/entry timeouts of 1 s), -f to hold its PID
+mount_bindfs() {
+  bindfs -f "$BACK_BINDFS" "$MNT_BINDFS" >>"$TMP/bindfs.log" 2>&1 &
+  BINDFS_PID=$!
+  wait_mounted "$MNT_BINDFS" "$BINDFS_PID" "$TMP/bindfs.log" bindfs
+}
+umount_bindfs() {
+  unmount "$MNT_BINDFS"
+  if [ -n "$BINDFS_PID" ]; then
+    local i
+    for i in $(seq 50); do kill -0 "$BINDFS_PID" 2>/dev/null || break; sleep 0.1; done
+    stop_pid "$BINDFS_PID"
+    wait "$BINDFS_PID" 2>/dev/null || true
+    BINDFS_PID=""
+  fi
+}
 umount_sshfs() {
   unmount "$MNT_SSHFS"
   if [ -n "$SSHFS_PID" ]; then
@@ -213,15 +235,17 @@ umount_spock() {
     MOUNT_PID=""
   fi
 }
-remount() { # sshfs|spockfs|local (nothing to remount)
+remount() { # sshfs|spockfs|bindfs|local (nothing to remount)
   case $1 in
     sshfs) umount_sshfs; mount_sshfs ;;
+    bindfs) umount_bindfs; mount_bindfs ;;
     spockfs) umount_spock; mount_spock ;;
   esac
 }
 mnt_of() {
   case $1 in
     sshfs) echo "$MNT_SSHFS" ;;
+    bindfs) echo "$MNT_BINDFS" ;;
     spockfs) echo "$MNT_SPOCK" ;;
     *) echo "$LOCAL_DIR" ;;
   esac
@@ -235,7 +259,8 @@ DROP_OK=1
 
 mount_sshfs
 mount_spock
-log "sshfs on $MNT_SSHFS (sshd 127.0.0.1:$SSH_PORT), spockfs-mount on $MNT_SPOCK ($URL)"
+mount_bindfs
+log "sshfs on $MNT_SSHFS (sshd 127.0.0.1:$SSH_PORT), spockfs-mount on $MNT_SPOCK ($URL), bindfs on $MNT_BINDFS"
 
 # ---------------------------------------------------------------- source tree
 # The registry source dir with the most crates (a second, nearly empty one
@@ -285,7 +310,7 @@ count_reqs() { # phase
 
 BLK=$(head -c 4096 /dev/zero | tr '\0' 'x')
 
-# The phases. Each takes the filesystem (sshfs|spockfs|local) and runs one
+# The phases. Each takes the filesystem (sshfs|spockfs|bindfs|local) and runs one
 # workload on it; the run loop below runs each phase on every filesystem
 # before the next phase, so the two clients' numbers for a row are taken
 # seconds apart (a slow spell of the machine hits both, not one), in
@@ -431,8 +456,8 @@ declare -A DU_KB=()
 read -r -a PHASES <<<"${PHASES:-seq create lsl delete cp walk rmtree fio}"
 START=$(date +%s)
 for r in $(seq "$RUNS"); do
-  # sshfs first in odd runs, spockfs first in even ones; the local disk last
-  if [ $((r % 2)) = 1 ]; then ORDER=(sshfs spockfs local); else ORDER=(spockfs sshfs local); fi
+  # sshfs first in odd runs, spockfs first in even ones; bindfs and the local disk last
+  if [ $((r % 2)) = 1 ]; then ORDER=(sshfs spockfs bindfs local); else ORDER=(spockfs sshfs bindfs local); fi
   log "run $r: ${ORDER[*]}"
   for ph in "${PHASES[@]}"; do
     for fs in "${ORDER[@]}"; do
@@ -462,12 +487,19 @@ declare -A LABEL=(
   [fio4]="fio randread 4 KiB, numjobs=4, IOPS"
 )
 declare -A HIGHER=([seqw]=1 [seqr]=1 [fio1]=1 [fio4]=1)
-declare -A SPEED=()
+declare -A SPEED=() FLOOR=()
 speedup() { # row a(sshfs) b(spockfs) -> times faster spockfs is
   if [ -n "${HIGHER[$1]:-}" ]; then
     awk -v a="$2" -v b="$3" 'BEGIN{ if (a>0) printf "%.2f", b/a; else print "-" }'
   else
     awk -v a="$2" -v b="$3" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }'
+  fi
+}
+floor_ratio() { # row f(bindfs) b(spockfs) -> spockfs cost over the FUSE floor (<=1: at or below it)
+  if [ -n "${HIGHER[$1]:-}" ]; then
+    awk -v f="$2" -v b="$3" 'BEGIN{ if (b>0) printf "%.2f", f/b; else print "-" }'
+  else
+    awk -v f="$2" -v b="$3" 'BEGIN{ if (f>0) printf "%.2f", b/f; else print "-" }'
   fi
 }
 
@@ -481,7 +513,7 @@ SSHFS_VER=$(sshfs --version 2>&1 | grep -m1 "SSHFS version" || true)
 SSH_VER=$(ssh -V 2>&1)
 
 {
-  echo "# spockfs-mount vs sshfs — $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "# spockfs-mount vs sshfs and bindfs — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "Reproduce: \`bench/mount.sh\` (RUNS=$RUNS FIO_RUNTIME=$FIO_RUNTIME COUNT_REQUESTS=$COUNT_REQUESTS)"
   echo
@@ -489,13 +521,14 @@ SSH_VER=$(ssh -V 2>&1)
   echo "- Backing dirs: two dirs under one temp dir on $FSTYPE$( [ "$SPREAD" = 1 ] && echo ", the temp dir flagged \`chattr +T\` so each client's directory gets its own block group" || echo " (chattr +T not supported: directories not spread over block groups)")"
   echo "- spockfs: \`axum-app --listen 127.0.0.1:PORT --root DIR\` + \`spockfs-mount http://127.0.0.1:PORT/fs MNT\` (default options: attr/entry timeout 1 s)"
   echo "- sshfs: $SSHFS_VER, $SSH_VER; \`sshfs -p PORT -o IdentityFile=…,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,LogLevel=ERROR root@127.0.0.1:DIR MNT\`, otherwise sshfs defaults (run with \`-f\` so the script holds its PID); sshd started by the script with its own config (\`internal-sftp\`, ed25519 keys, 127.0.0.1 only)"
+  echo "- bindfs: $(bindfs --version 2>&1 | head -1); \`bindfs -f DIR MNT\` (defaults: a FUSE passthrough of a plain directory on the same disk, no network — the floor for a FUSE client)"
   echo "- Tree: $TREE_DESC; du -sk: local ${DU_KB[local]:-?} KiB, through the mounts: sshfs ${DU_KB[sshfs]:-?} KiB, spockfs ${DU_KB[spockfs]:-?} KiB"
-  echo "- Order: each phase runs on every filesystem back to back before the next phase (sshfs, spockfs, local in odd runs; spockfs, sshfs, local in even ones), so a slow spell of the machine hits both clients' numbers for a row"
+  echo "- Order: each phase runs on every filesystem back to back before the next phase (sshfs, spockfs, bindfs, local in odd runs; spockfs, sshfs, bindfs, local in even ones), so a slow spell of the machine hits both clients' numbers for a row"
   echo "- Runs: $RUNS per row, $( [ "$RUNS" -gt 1 ] && echo "median shown; ls -l: $RUNS × $LS_REPS fresh mounts, median" || echo "single run (the whole benchmark in one run takes ${TOTAL}s)")"
   echo "- Caches: the mount is remounted before the sequential read, ls -l, find, du and each fio run, and \`echo 3 > /proc/sys/vm/drop_caches\` is run after the remount$( [ "$DROP_OK" = 1 ] || echo " (**drop_caches failed; page cache of the backing files not dropped**)"), so reads are cold at the server's disk too; before the sequential write, the creates and the tree copy: \`sync\` + drop_caches (every client starts with no dirty data of earlier phases), then the source tree's files are read once so the copy is not timed reading a cold source; fio runs time-based, so after the first pass the 256 MiB file may be served from the client page cache, depending on each client's caching"
   echo
-  echo "| workload | local disk | sshfs | spockfs-mount | spockfs speedup (×, >1 = spockfs faster) |"
-  echo "|---|---:|---:|---:|---:|"
+  echo "| workload | local disk | bindfs (FUSE floor) | sshfs | spockfs-mount | spockfs speedup over sshfs (×) | spockfs / floor |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
   for row in "${ROWS[@]}"; do
     # shellcheck disable=SC2086
     l=$(median ${RES["$row|local"]:-0})
@@ -503,11 +536,14 @@ SSH_VER=$(ssh -V 2>&1)
     a=$(median ${RES["$row|sshfs"]:-0})
     # shellcheck disable=SC2086
     b=$(median ${RES["$row|spockfs"]:-0})
+    # shellcheck disable=SC2086
+    f=$(median ${RES["$row|bindfs"]:-0})
     SPEED[$row]=$(speedup "$row" "$a" "$b")
-    echo "| ${LABEL[$row]} | $l | $a | $b | ${SPEED[$row]} |"
+    FLOOR[$row]=$(floor_ratio "$row" "$f" "$b")
+    echo "| ${LABEL[$row]} | $l | $f | $a | $b | ${SPEED[$row]} | ${FLOOR[$row]} |"
   done
   echo
-  echo "Speedup: throughput rows spockfs/sshfs, time rows sshfs/spockfs. Local disk: the same workload on a plain directory of the same disk (no network filesystem; \"fresh mount\" rows only drop caches)."
+  echo "Speedup over sshfs: throughput rows spockfs/sshfs, time rows sshfs/spockfs (>1: spockfs faster). spockfs / floor: time rows spockfs/bindfs, throughput rows bindfs/spockfs (≤1: at or below the cost of a local FUSE passthrough). Local disk: the same workload on a plain directory of the same disk (no network filesystem; \"fresh mount\" rows only drop caches)."
   echo
   echo "Time over the local disk (time rows: each client's time minus the disk's, medians; the part a network filesystem adds):"
   echo
@@ -536,6 +572,15 @@ SSH_VER=$(ssh -V 2>&1)
   tgt "≥2× on the 1000 creates" create 2
   tgt "≥2× on the sequential read" seqr 2
   tgt "≥1.5× on the sequential write" seqw 1.5
+  ftgt() { # label row max
+    [ -n "${FLOOR[$2]:-}" ] || return 0
+    local v=${FLOOR[$2]} ok
+    ok=$(awk -v v="$v" -v m="$3" 'BEGIN{ print (v!="-" && v+0<=m+0) ? "met" : "NOT met" }')
+    echo "- $1: ${v}× bindfs — **$ok**"
+  }
+  ftgt "tree copy at or below bindfs" cp 1
+  ftgt "1000 creates at or below bindfs" create 1
+  ftgt "rm -rf ≤ 1.2× bindfs" rmtree 1.2
   if [ "$COUNT_REQUESTS" = 1 ]; then
     echo
     echo "## Server requests per spockfs phase (last run, RUST_LOG=spockfs_core=debug)"
@@ -548,7 +593,7 @@ SSH_VER=$(ssh -V 2>&1)
   echo "## Notes"
   echo
   echo "- Checks: $( [ "$FAILED" = 0 ] && echo "all passed (sizes, file counts, find entry counts)" || echo "**some failed, see the log of the run**")"
-  echo "- Raw values per run: $(for row in "${ROWS[@]}"; do printf '%s local[%s] sshfs[%s] spockfs[%s]; ' "$row" "${RES["$row|local"]# }" "${RES["$row|sshfs"]# }" "${RES["$row|spockfs"]# }"; done)"
+  echo "- Raw values per run: $(for row in "${ROWS[@]}"; do printf '%s local[%s] bindfs[%s] sshfs[%s] spockfs[%s]; ' "$row" "${RES["$row|local"]# }" "${RES["$row|bindfs"]# }" "${RES["$row|sshfs"]# }" "${RES["$row|spockfs"]# }"; done)"
 } | tee "$OUT"
 log "saved $OUT"
 exit "$FAILED"
