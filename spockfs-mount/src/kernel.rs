@@ -274,6 +274,9 @@ impl Filesystem for SpockFuse {
         ] {
             let _ = config.add_capabilities(f);
         }
+        if self.fs.config().writeback_cache {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         // SpockFS 0.1 times are whole seconds; with the `nsec` extension
         // the kernel passes times on (utimensat) to the nanosecond.
         let gran = if self.fs.server_extensions().nsec {

@@ -74,6 +74,13 @@ struct Args {
     /// the server shows the file unchanged, close-to-open as NFS)
     #[arg(long)]
     no_keep_cache: bool,
+    /// Let the kernel gather writes in its page cache and send them as
+    /// large PUTs at writeback, close() or fsync() (which report write
+    /// errors). Only for a mount that is the sole writer of its files: the
+    /// kernel then trusts its own size and mtime of a cached file over the
+    /// server's, so changes made by other clients can go unseen
+    #[arg(long)]
+    writeback_cache: bool,
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
@@ -228,6 +235,7 @@ fn run(args: Args, ready: &mut Option<std::fs::File>) -> Result<(), String> {
         default_permissions: !args.no_default_permissions,
         send_ids: !args.no_send_ids,
         keep_cache: !args.no_keep_cache,
+        writeback_cache: args.writeback_cache,
     };
     let fs = SpockFuse::new(client, cfg);
     let config = fs.fuser_config();

@@ -33,6 +33,16 @@ pub struct MountConfig {
     /// the server shows it unchanged (size, mtime, ctime to the nanosecond,
     /// checked by every open). Off: every open drops them. Default: `true`.
     pub keep_cache: bool,
+    /// The kernel's writeback cache (`FUSE_WRITEBACK_CACHE`): writes land
+    /// in the page cache and go to the server gathered into large PUTs
+    /// (at the latest at `close()` or `fsync()`, which then report any
+    /// write error, as on NFS). Default: `false`, because the kernel then
+    /// trusts its own size and mtime of a cached file over the server's:
+    /// a file another client grows or shrinks keeps the size this mount
+    /// last knew for as long as the kernel keeps its inode (the
+    /// close-to-open guarantee is lost for such files). Only for a mount
+    /// that is the sole writer of the files it caches.
+    pub writeback_cache: bool,
 }
 
 impl Default for MountConfig {
@@ -47,6 +57,7 @@ impl Default for MountConfig {
             default_permissions: true,
             send_ids: true,
             keep_cache: true,
+            writeback_cache: false,
         }
     }
 }

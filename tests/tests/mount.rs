@@ -1479,3 +1479,108 @@ fn close_to_open_keeps_pages_and_sees_other_writers() {
         b"mine"
     );
 }
+
+/// A small tmpfs mounted at `at` (root only), unmounted on drop.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    /// `None` (and why, printed) where this process may not mount; under
+    /// `CI=true` that fails.
+    fn mount(at: &Path, size: &str) -> Option<SmallTmpfs> {
+        fs::create_dir_all(at).unwrap_or_else(|e| panic!("{e}"));
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(SmallTmpfs(at.to_path_buf()));
+        }
+        let msg = "cannot mount a tmpfs (needs root)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{msg}: required under CI=true");
+        }
+        eprintln!("SKIPPED: {msg}");
+        None
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// `--writeback-cache`: small writes reach the server gathered into large
+/// PUTs, byte for byte; a write the server refuses (no space) is reported
+/// by `fsync()`, or else by `close()`, never lost in silence.
+#[test]
+fn writeback_cache_gathers_writes_and_reports_errors_at_fsync_and_close() {
+    if fuse_missing().is_some() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, root, mnt) = workdir();
+    let Some(_small) = SmallTmpfs::mount(&root.join("small"), "1m") else {
+        return;
+    };
+    let (seen, app) = counting(spockfs_tower::SpockFs::new(&root));
+    let (_stop, url) = serve(&rt, app);
+    let client = {
+        let _g = rt.enter();
+        Client::new(&url).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let cfg = MountConfig {
+        writeback_cache: true,
+        ..MountConfig::default()
+    };
+    let _m = spawn_mount(client, &mnt, cfg).unwrap_or_else(|e| panic!("mount: {e}"));
+
+    // 2 MiB in 4 KiB writes.
+    let data: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 253) as u8).collect();
+    take(&seen);
+    {
+        let mut f = fs::File::create(mnt.join("w")).unwrap_or_else(|e| panic!("{e}"));
+        for c in data.chunks(4096) {
+            f.write_all(c).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let sent = take(&seen);
+    assert!(
+        (1..=16).contains(&count(&sent, "PUT")),
+        "512 writes of 4 KiB gathered into a few large PUTs: {}",
+        summary(&sent)
+    );
+    assert_eq!(
+        fs::read(root.join("w")).unwrap_or_else(|e| panic!("{e}")),
+        data
+    );
+
+    // The server's filesystem has 1 MiB: the writes land in the page cache,
+    // the PUTs fail, and the application hears it.
+    let write_full = |name: &str| {
+        let f = fs::File::create(mnt.join("small").join(name)).unwrap_or_else(|e| panic!("{e}"));
+        for c in data.chunks(4096) {
+            (&f).write_all(c).unwrap_or_else(|e| panic!("{e}"));
+        }
+        f
+    };
+    let f = write_full("by-fsync");
+    let e = f
+        .sync_all()
+        .expect_err("fsync of data the server has no room for");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    drop(f);
+    fs::remove_file(mnt.join("small/by-fsync")).unwrap_or_else(|e| panic!("{e}"));
+
+    let f = write_full("by-close");
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    // SAFETY: fd was just taken out of its File, closed exactly once here.
+    let rc = unsafe { libc::close(fd) };
+    let e = std::io::Error::last_os_error();
+    assert_eq!(
+        rc, -1,
+        "close() of data the server has no room for succeeded"
+    );
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+}

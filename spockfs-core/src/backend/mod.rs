@@ -221,6 +221,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `lstat`.
     fn getattr(&self, path: &FsPath) -> FsResult<Stat>;
+    /// [`getattr`](Backend::getattr) if it can be answered without blocking
+    /// (for `LocalFs`: every component of the path in the kernel's caches,
+    /// on a local disk filesystem), as the calling thread's own identity;
+    /// `None` to run `getattr` on a blocking thread instead. The engine
+    /// calls this on an async worker, for requests made as the server's
+    /// own identity, to spare a metadata read that is already cached the
+    /// hop to the blocking pool. The default: `None`.
+    fn getattr_nowait(&self, path: &FsPath) -> Option<FsResult<Stat>> {
+        let _ = path;
+        None
+    }
     /// Lists a directory (without `.` and `..`), with each entry's `lstat`
     /// when `attrs` is set (entries that vanish meanwhile are skipped).
     fn readdir(&self, path: &FsPath, attrs: bool, sink: &mut DirSink<'_>) -> FsResult<()>;

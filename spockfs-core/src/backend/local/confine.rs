@@ -33,6 +33,23 @@ impl RootFd {
     }
 }
 
+/// True if `fd` is on a filesystem whose `getattr` of an inode in memory
+/// never waits on I/O: the local disk filesystems, tmpfs, and overlayfs
+/// (which asks the layer below; containers run on it). Not FUSE, NFS,
+/// CephFS or anything else that may revalidate over a network.
+fn is_local_disk(fd: &impl AsFd) -> bool {
+    const LOCAL: [i64; 7] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0xCA45_1A4E, // bcachefs
+        0x794C_7630, // overlayfs
+    ];
+    rustix::fs::fstatfs(fd).is_ok_and(|s| LOCAL.contains(&s.f_type))
+}
+
 /// True if `fd` is a directory that has been removed.
 fn is_removed(fd: &impl AsFd) -> bool {
     rustix::fs::fstat(fd).is_ok_and(|st| st.st_nlink == 0)
@@ -75,6 +92,22 @@ impl LocalFs {
             return Err(Errno::ENOENT);
         }
         Ok(cur.fd.as_fd())
+    }
+
+    /// The root fd, if using it cannot block or change anything: opened
+    /// already, never replaced, not removed, not due for the once-a-second
+    /// removal check (which may reopen it), and on a local disk filesystem.
+    pub(super) fn root_nowait(&self) -> Option<BorrowedFd<'_>> {
+        let cur = self.root.get()?;
+        if cur.next.get().is_some() || self.gone.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = self.created.elapsed().as_millis() as u64;
+        if now >= self.next_check.load(Ordering::Relaxed) {
+            return None;
+        }
+        let local = *self.local_disk.get_or_init(|| is_local_disk(&cur.fd));
+        local.then(|| cur.fd.as_fd())
     }
 
     /// True at most once a second (a clock read per call otherwise).
@@ -412,5 +445,50 @@ mod tests {
         let r = without_openat2(true, move || open_root(&resolved).map(drop));
         assert_eq!(r, Err(Errno::ENOSYS));
         assert!(open_root(&resolve_at_start(dir.path())).is_ok());
+    }
+
+    /// The non-blocking GETATTR answers exactly what `getattr` answers, or
+    /// nothing: never through a symlink, never outside the root, never
+    /// across a mount, never a different error.
+    #[test]
+    fn getattr_nowait_is_getattr_or_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("d/e")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("d/f"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("d", root.join("ld")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("../..", root.join("up")).unwrap_or_else(|e| panic!("{e}"));
+        let fs = LocalFs::open(&root).unwrap_or_else(|e| panic!("{e}"));
+        let p = |s: &str| FsPath::from_url_path(s).unwrap_or_else(|e| panic!("{e:?}"));
+        // Within the second after the root's check: the fast path is open.
+        let _ = fs.root();
+        let on_local_disk = is_local_disk(&fs.root().unwrap_or_else(|e| panic!("{e:?}")));
+        for (path, fast) in [
+            ("/", true),
+            ("/d", true),
+            ("/d/e", true),
+            ("/d/f", true),
+            ("/ld", true),        // the symlink itself, not followed
+            ("/d/missing", true), // a cached negative entry, after getattr
+            ("/missing/x", true),
+            ("/ld/f", false),   // through a symlink: left to getattr
+            ("/up/etc", false), // out of the root: left to getattr
+            ("/d/f/x", false),  // ENOTDIR: left to getattr
+            ("/d/", false),     // trailing slash: left to getattr
+        ] {
+            let path = p(path);
+            let slow = fs.getattr(&path);
+            let quick = fs.getattr_nowait(&path);
+            if let Some(q) = &quick {
+                assert_eq!(
+                    q.as_ref().map(|s| (s.ino, s.mode, s.size)),
+                    slow.as_ref().map(|s| (s.ino, s.mode, s.size)),
+                    "{path:?}"
+                );
+            }
+            if on_local_disk {
+                assert_eq!(quick.is_some(), fast, "{path:?}: {quick:?} vs {slow:?}");
+            }
+        }
     }
 }

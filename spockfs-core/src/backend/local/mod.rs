@@ -61,6 +61,10 @@ pub struct LocalFs {
     /// The root was found removed (and not restored) at the last check.
     gone: std::sync::atomic::AtomicBool,
     created: std::time::Instant,
+    /// The root is on a local disk filesystem, where reading the
+    /// attributes of a cached inode never waits on I/O (decided on the
+    /// first root fd; see [`LocalFs::getattr_nowait`](Backend::getattr_nowait)).
+    local_disk: OnceLock<bool>,
 }
 
 impl std::fmt::Debug for LocalFs {
@@ -100,6 +104,7 @@ impl LocalFs {
             next_check: AtomicU64::new(0),
             gone: Default::default(),
             created: std::time::Instant::now(),
+            local_disk: OnceLock::new(),
         }
     }
 
@@ -113,6 +118,7 @@ impl LocalFs {
             next_check: AtomicU64::new(0),
             gone: Default::default(),
             created: std::time::Instant::now(),
+            local_disk: OnceLock::new(),
         }
     }
 
@@ -294,6 +300,33 @@ impl Backend for LocalFs {
     fn getattr(&self, path: &FsPath) -> FsResult<Stat> {
         let (dir, name) = self.at(path)?;
         statat(&dir, name)
+    }
+
+    /// The path resolved with `RESOLVE_CACHED` (Linux 5.12+: the lookup
+    /// fails with `EAGAIN` rather than read a directory or an inode from
+    /// disk) and `RESOLVE_NO_XDEV` (no crossing into another filesystem,
+    /// which may not be a local disk), confined as every other lookup; the
+    /// `fstat` of the resulting `O_PATH` fd reads an inode already in
+    /// memory. Anything but success or `ENOENT` (a cached negative entry)
+    /// is left to [`getattr`](Backend::getattr) on the pool, which owns
+    /// every error's meaning.
+    fn getattr_nowait(&self, path: &FsPath) -> Option<FsResult<Stat>> {
+        use rustix::fs::ResolveFlags as R;
+        if path.has_trailing_slash() {
+            return None;
+        }
+        let root = self.root_nowait()?;
+        let rel = path.relative();
+        if rel.is_empty() {
+            return Some(fstat(&root));
+        }
+        let resolve = R::BENEATH | R::NO_SYMLINKS | R::NO_MAGICLINKS | R::NO_XDEV | R::CACHED;
+        let flags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
+            Ok(fd) => Some(fstat(&fd)),
+            Err(rustix::io::Errno::NOENT) => Some(Err(Errno::ENOENT)),
+            Err(_) => None,
+        }
     }
 
     fn readdir(&self, path: &FsPath, attrs: bool, sink: &mut DirSink<'_>) -> FsResult<()> {
