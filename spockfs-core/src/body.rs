@@ -206,15 +206,13 @@ struct FileStream {
 
 /// Reads up to `len` bytes at `offset` (fewer only at end of file).
 pub(crate) fn read_chunk(file: &dyn FileHandle, offset: u64, len: usize) -> Result<Bytes, Errno> {
-    let mut buf = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
-            0 => break,
-            n => filled += n,
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        if file.read_append(&mut buf, len - filled, offset + filled as u64)? == 0 {
+            break;
         }
     }
-    buf.truncate(filled);
     Ok(Bytes::from(buf))
 }
 

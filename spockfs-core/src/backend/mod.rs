@@ -186,6 +186,18 @@ pub trait FileHandle: Send + Sync {
     fn size(&self) -> u64;
     /// Reads up to `buf.len()` bytes at `offset`; 0 at end of file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> FsResult<usize>;
+    /// Reads up to `len` bytes at `offset`, appended to `buf` (which grows
+    /// by the bytes read); 0 at end of file. The default zero-fills the
+    /// room and calls [`read_at`](FileHandle::read_at); a backend that can
+    /// read into `buf`'s spare capacity directly saves the engine clearing
+    /// every chunk it streams before the kernel overwrites it.
+    fn read_append(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> FsResult<usize> {
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        let r = self.read_at(&mut buf[start..], offset);
+        buf.truncate(start + *r.as_ref().unwrap_or(&0));
+        r
+    }
     /// Writes all of `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> FsResult<()>;
 }

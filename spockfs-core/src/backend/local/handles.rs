@@ -32,6 +32,24 @@ impl FileHandle for LocalFile {
         }
     }
 
+    fn read_append(&self, buf: &mut Vec<u8>, len: usize, offset: u64) -> FsResult<usize> {
+        // Into the spare capacity, uncleared: the kernel writes every byte
+        // it reports. `reserve_exact` may leave more room than `len`; what
+        // lands beyond it is cut off.
+        let start = buf.len();
+        buf.reserve_exact(len);
+        loop {
+            match rustix::io::pread(&self.fd, rustix::buffer::spare_capacity(buf), offset) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io_err(e)),
+                Ok(n) => {
+                    buf.truncate(start + len);
+                    return Ok(n.min(len));
+                }
+            }
+        }
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> FsResult<()> {
         write_all_at(&self.fd, buf, offset)
     }
