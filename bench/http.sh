@@ -490,7 +490,7 @@ done)
   for l in "${logs[@]}"; do
     IFS='|' read -r who f <<<"$l"
     sed -E 's/\x1b\[[0-9;]*m//g' "$f" 2>/dev/null |
-      grep -vE '^(SpockFS (at|serving) |mount it with: )' >"$f.filtered" || true
+      grep -vE '^(SpockFS (at|serving) |mount it with: |  \(or with the original C client: )' >"$f.filtered" || true
     n=$(grep -c . "$f.filtered" || true)
     if [ "${n:-0}" = 0 ]; then
       echo "- $who: nothing logged"

@@ -18,6 +18,11 @@ use http::StatusCode;
 use std::sync::Arc;
 
 impl Engine {
+    /// True while another request than the caller's is being answered.
+    fn busy(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Relaxed) > 1
+    }
+
     /// Runs `op` on the blocking pool; with `stat`, a successful change is
     /// answered with the entry's attributes and its directory's, read in
     /// the same pool call.
@@ -30,9 +35,15 @@ impl Engine {
         stat: Stats,
     ) -> Result<Outcome, Fail> {
         // A GETATTR as the server's own identity whose answer is already
-        // in the kernel's caches skips the pool (see Backend::getattr_nowait).
-        // As a request's identity, it runs on a pool thread switched to it.
-        if matches!(op, Op::Getattr) && cx.who.is_none() {
+        // in the kernel's caches skips the pool (see Backend::getattr_nowait)
+        // when other requests are in flight: then the hop is pure cost
+        // (16 connections: 1.09x req/s, 0.88x CPU per request). A request
+        // alone goes to the pool, whose thread stays awake for the client's
+        // next one (bench/results/getattr-nowait-20261207.md: inline, a
+        // one-connection client got 0.78x the req/s, the server's cores
+        // idling between requests). As a request's identity, it always
+        // runs on a pool thread switched to it.
+        if matches!(op, Op::Getattr) && cx.who.is_none() && self.busy() {
             if let Some(r) = cx.backend.getattr_nowait(&path) {
                 return r.map(Outcome::Stat).map_err(Fail::from);
             }

@@ -84,6 +84,25 @@ pub struct Engine {
     reaper: Option<BodyReaper>,
     /// Told about every request answered.
     observer: Option<ObserverSlot>,
+    /// Requests being answered now (up to their response head), by every
+    /// clone of this engine.
+    active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a request in [`Engine::active`] while it lives.
+struct Active<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Active<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Active(n)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// An [`Observer`] in an engine (which is `Debug`).
@@ -192,6 +211,7 @@ impl<T: From<Engine>> EngineBuilder<T> {
             observer: self.observer,
             mounts: self.mounts,
             limits: self.limits,
+            active: Arc::default(),
         })
     }
 }
@@ -253,7 +273,10 @@ impl Engine {
                     .and_then(|v| v.parse().ok());
                 (req.method().clone(), host, bytes_in)
             });
-            let resp = self.handle_inner(req).await;
+            let resp = {
+                let _active = Active::new(&self.active);
+                self.handle_inner(req).await
+            };
             let status = resp.status();
             let errno = resp
                 .headers()
