@@ -403,3 +403,109 @@ fn sized(data: Vec<u8>, size: Option<u64>) -> FsResult<Outcome> {
         _ => Ok(Outcome::Body(Bytes::from(data))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Engine, LocalFs, Mount};
+    use bytes::Bytes;
+    use http::Request;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A request body that never arrives: a PUT waiting on it keeps the
+    /// engine busy.
+    struct Never;
+
+    impl http_body::Body for Never {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(1 << 20)
+        }
+    }
+
+    /// What GETATTR answers for `path`: status, errno, inode.
+    async fn getattr(engine: &Engine, path: &str) -> (u16, String, String) {
+        let req = Request::builder()
+            .method("GETATTR")
+            .uri(path)
+            .header("host", "example.com")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = engine.handle(req).await;
+        let h = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        (r.status().as_u16(), h("x-spock-errno"), h("x-spock-ino"))
+    }
+
+    /// Under load (another request in flight), GETATTR takes the
+    /// non-blocking path and answers exactly what the pool answers alone:
+    /// through symlinks, out of the root, into missing names.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn getattr_under_load_answers_as_alone() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("d/e")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("d/f"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("d", root.join("ld")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("../..", root.join("up")).unwrap_or_else(|e| panic!("{e}"));
+        let paths = [
+            "/",
+            "/d",
+            "/d/e",
+            "/d/f",
+            "/ld",
+            "/ld/f",
+            "/up",
+            "/up/etc",
+            "/d/f/x",
+            "/d/",
+            "/d/f/",
+            "/missing",
+            "/missing/x",
+        ];
+        let engine = Engine::builder()
+            .default_mount(Mount::new(LocalFs::new(&root)))
+            .build();
+        let mut alone = Vec::new();
+        for p in paths {
+            alone.push(getattr(&engine, p).await);
+        }
+        let held = engine.clone();
+        let hold = tokio::spawn(async move {
+            let req = Request::builder()
+                .method("PUT")
+                .uri("/held")
+                .header("host", "example.com")
+                .body(Never)
+                .unwrap_or_else(|e| panic!("{e}"));
+            held.handle(req).await
+        });
+        let active = || engine.active.load(std::sync::atomic::Ordering::Relaxed);
+        while active() == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..3 {
+            for (p, want) in paths.iter().zip(&alone) {
+                assert_eq!(&getattr(&engine, p).await, want, "{p}");
+            }
+        }
+        assert_eq!(active(), 1, "the held PUT was in flight throughout");
+        hold.abort();
+        // Through a symlink and out of the root: refused, not followed.
+        for i in [5, 7] {
+            assert!(alone[i].0 >= 400, "{}: {:?}", paths[i], alone[i]);
+        }
+    }
+}
