@@ -62,6 +62,8 @@ log() { printf '[many.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 FAILED=0
 fail() { log "FAIL: $*"; FAILED=1; }
+# shellcheck source=bench/lib/common.sh
+. "$BENCH_DIR/lib/common.sh"
 
 for v in MOUNTS READERS READ_SECONDS TREE_TARGET RUNS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
@@ -105,24 +107,6 @@ SPREAD=0
 chattr +T "$TMP" 2>/dev/null && SPREAD=1
 mkdir -p "$BACK_SSHFS" "$BACK_SPOCK"
 
-alive_of() { # pid... -> the ones still running
-  local p
-  for p in "$@"; do kill -0 "$p" 2>/dev/null && echo "$p"; done
-  return 0
-}
-stop_pids() { # pid...: TERM all, up to 5 s, then KILL what is left
-  local p i left=()
-  [ $# -gt 0 ] || return 0
-  kill -TERM "$@" 2>/dev/null || true
-  for i in $(seq 50); do
-    mapfile -t left < <(alive_of "$@")
-    [ ${#left[@]} -gt 0 ] || break
-    sleep 0.1
-  done
-  [ ${#left[@]} -eq 0 ] || kill -KILL "${left[@]}" 2>/dev/null || true
-  for p in "$@"; do wait "$p" 2>/dev/null || true; done
-}
-stop_pid() { [ -n "$1" ] || return 0; stop_pids "$1"; }
 descendants() { # pid -> its children, grandchildren, ...
   local c
   for c in $(ps -o pid= --ppid "$1" 2>/dev/null || true); do
@@ -139,15 +123,6 @@ stop_workers() { # the jobs and whatever they started (cp, under a subshell)
   done
   stop_pids "${all[@]}"
   WORKERS=()
-}
-unmount() { # dir
-  local d=$1 i
-  for i in 1 2 3 4 5; do
-    mountpoint -q "$d" || return 0
-    fusermount3 -u "$d" 2>/dev/null && return 0
-    sleep 0.5
-  done
-  mountpoint -q "$d" && fusermount3 -uz "$d" 2>/dev/null || true
 }
 cleanup() {
   local rc=$? m
@@ -166,17 +141,6 @@ trap 'rc=$?; log "command failed (status $rc) at line $LINENO"; exit 2' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() { # port
-  local i
-  for i in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # ---------------------------------------------------------------- servers
 HTTP_PORT=$(free_port)
@@ -185,46 +149,9 @@ SERVER_PID=$!
 wait_port "$HTTP_PORT" || die "axum-app did not listen on $HTTP_PORT"
 URL=http://127.0.0.1:$HTTP_PORT/fs
 
-SSH_PORT=$(free_port)
-SSHDIR=$TMP/ssh
-mkdir -p "$SSHDIR"
-chmod 700 "$SSHDIR"
-ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/host_key" >/dev/null
-ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/client_key" >/dev/null
-cp "$SSHDIR/client_key.pub" "$SSHDIR/authorized_keys"
-cat >"$SSHDIR/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-Port $SSH_PORT
-HostKey $SSHDIR/host_key
-AuthorizedKeysFile $SSHDIR/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-PidFile $SSHDIR/sshd.pid
-Subsystem sftp internal-sftp
-UsePAM no
-StrictModes no
-EOF
-mkdir -p /run/sshd # privilege-separation dir sshd insists on
-/usr/sbin/sshd -f "$SSHDIR/sshd_config" -D -e 2>"$TMP/sshd.log" &
-SSHD_PID=$!
-wait_port "$SSH_PORT" || { cat "$TMP/sshd.log" >&2; die "sshd did not listen on $SSH_PORT"; }
-
-SSHFS_OPTS="IdentityFile=$SSHDIR/client_key,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,LogLevel=ERROR"
+start_sshd
 
 # ---------------------------------------------------------------- mounts
-# wait_mounted MNT PID LOG NAME: up to 10 s for MNT to be mounted while PID lives
-wait_mounted() {
-  local i
-  for i in $(seq 100); do
-    mountpoint -q "$1" && return 0
-    kill -0 "$2" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$3" >&2
-  die "$4 did not mount"
-}
 # mount_one sshfs|spockfs I: the I-th mount of that server, on its own
 # mountpoint, by its own process (-f / --foreground so the script holds its
 # PID; otherwise default options for both clients)
@@ -249,9 +176,6 @@ for fs in spockfs sshfs; do
   for i in $(seq "$MOUNTS"); do mount_one "$fs" "$i"; done
 done
 log "$MOUNTS spockfs-mount mounts of $URL, $MOUNTS sshfs mounts of sshd 127.0.0.1:$SSH_PORT"
-
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || DROP_OK=0; }
-DROP_OK=1
 
 # ---------------------------------------------------------------- source tree
 # The registry source dir with the most crates (a second, nearly empty one

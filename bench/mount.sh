@@ -43,6 +43,8 @@ log() { printf '[mount.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 FAILED=0
 fail() { log "FAIL: $*"; FAILED=1; }
+# shellcheck source=bench/lib/common.sh
+. "$BENCH_DIR/lib/common.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (sshd on its own config, drop_caches)"
 
@@ -85,24 +87,6 @@ SPREAD=0
 chattr +T "$TMP" 2>/dev/null && SPREAD=1
 mkdir -p "$MNT_SSHFS" "$MNT_SPOCK" "$MNT_BINDFS" "$BACK_SSHFS" "$BACK_SPOCK" "$BACK_BINDFS" "$LOCAL_DIR"
 
-stop_pid() { # pid
-  local p=$1 i
-  [ -n "$p" ] || return 0
-  kill -0 "$p" 2>/dev/null || return 0
-  kill -TERM "$p" 2>/dev/null || true
-  for i in $(seq 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-}
-unmount() { # dir
-  local d=$1 i
-  for i in 1 2 3 4 5; do
-    mountpoint -q "$d" || return 0
-    fusermount3 -u "$d" 2>/dev/null && return 0
-    sleep 0.5
-  done
-  mountpoint -q "$d" && fusermount3 -uz "$d" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -123,18 +107,6 @@ trap 'log "command failed (status $?) at line $LINENO"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() { # port
-  local i
-  for i in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 # ---------------------------------------------------------------- servers
 HTTP_PORT=$(free_port)
 SERVER_LOG=$TMP/axum.log
@@ -147,47 +119,10 @@ SERVER_PID=$!
 wait_port "$HTTP_PORT" || die "axum-app did not listen on $HTTP_PORT"
 URL=http://127.0.0.1:$HTTP_PORT/fs
 
-SSH_PORT=$(free_port)
-SSHDIR=$TMP/ssh
-mkdir -p "$SSHDIR"
-chmod 700 "$SSHDIR"
-ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/host_key" >/dev/null
-ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/client_key" >/dev/null
-cp "$SSHDIR/client_key.pub" "$SSHDIR/authorized_keys"
-cat >"$SSHDIR/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-Port $SSH_PORT
-HostKey $SSHDIR/host_key
-AuthorizedKeysFile $SSHDIR/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-PidFile $SSHDIR/sshd.pid
-Subsystem sftp internal-sftp
-UsePAM no
-StrictModes no
-EOF
-mkdir -p /run/sshd # privilege-separation dir sshd insists on
-/usr/sbin/sshd -f "$SSHDIR/sshd_config" -D -e 2>"$TMP/sshd.log" &
-SSHD_PID=$!
-wait_port "$SSH_PORT" || { cat "$TMP/sshd.log" >&2; die "sshd did not listen on $SSH_PORT"; }
-
-SSHFS_OPTS="IdentityFile=$SSHDIR/client_key,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,LogLevel=ERROR"
+start_sshd
 
 # ---------------------------------------------------------------- mounts
 # -f (foreground, otherwise default options) only so the script knows sshfs's PID
-# wait_mounted MNT PID LOG NAME: up to 10 s for MNT to be mounted while PID lives
-wait_mounted() {
-  local i
-  for i in $(seq 100); do
-    mountpoint -q "$1" && return 0
-    kill -0 "$2" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$3" >&2
-  die "$4 did not mount"
-}
 mount_sshfs() {
   sshfs -f -p "$SSH_PORT" -o "$SSHFS_OPTS" "root@127.0.0.1:$BACK_SSHFS" "$MNT_SSHFS" >>"$TMP/sshfs.log" 2>&1 &
   SSHFS_PID=$!
@@ -205,41 +140,23 @@ mount_bindfs() {
   BINDFS_PID=$!
   wait_mounted "$MNT_BINDFS" "$BINDFS_PID" "$TMP/bindfs.log" bindfs
 }
-umount_bindfs() {
-  unmount "$MNT_BINDFS"
-  if [ -n "$BINDFS_PID" ]; then
-    local i
-    for i in $(seq 50); do kill -0 "$BINDFS_PID" 2>/dev/null || break; sleep 0.1; done
-    stop_pid "$BINDFS_PID"
-    wait "$BINDFS_PID" 2>/dev/null || true
-    BINDFS_PID=""
-  fi
-}
-umount_sshfs() {
-  unmount "$MNT_SSHFS"
-  if [ -n "$SSHFS_PID" ]; then
-    local i
-    for i in $(seq 50); do kill -0 "$SSHFS_PID" 2>/dev/null || break; sleep 0.1; done
-    stop_pid "$SSHFS_PID"
-    wait "$SSHFS_PID" 2>/dev/null || true
-    SSHFS_PID=""
-  fi
-}
-umount_spock() {
-  unmount "$MNT_SPOCK"
-  if [ -n "$MOUNT_PID" ]; then
-    local i
-    for i in $(seq 50); do kill -0 "$MOUNT_PID" 2>/dev/null || break; sleep 0.1; done
-    stop_pid "$MOUNT_PID"
-    wait "$MOUNT_PID" 2>/dev/null || true
-    MOUNT_PID=""
+# umount_client MNT PIDVAR: unmount, give the FUSE process 5 s to exit on
+# its own, stop it if it did not, clear the variable holding its PID
+umount_client() {
+  local m=$1 i
+  local -n pid_of=$2
+  unmount "$m"
+  if [ -n "$pid_of" ]; then
+    for i in $(seq 50); do kill -0 "$pid_of" 2>/dev/null || break; sleep 0.1; done
+    stop_pid "$pid_of"
+    pid_of=""
   fi
 }
 remount() { # sshfs|spockfs|bindfs|local (nothing to remount)
   case $1 in
-    sshfs) umount_sshfs; mount_sshfs ;;
-    bindfs) umount_bindfs; mount_bindfs ;;
-    spockfs) umount_spock; mount_spock ;;
+    sshfs) umount_client "$MNT_SSHFS" SSHFS_PID; mount_sshfs ;;
+    bindfs) umount_client "$MNT_BINDFS" BINDFS_PID; mount_bindfs ;;
+    spockfs) umount_client "$MNT_SPOCK" MOUNT_PID; mount_spock ;;
   esac
 }
 mnt_of() {
@@ -250,12 +167,10 @@ mnt_of() {
     *) echo "$LOCAL_DIR" ;;
   esac
 }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || DROP_OK=0; }
 # Before a write phase: the previous phases' dirty data written back (not
 # flushed in the middle of this one) and the page cache dropped, the same
 # starting point for every client.
 settle() { drop_caches; }
-DROP_OK=1
 
 mount_sshfs
 mount_spock
