@@ -456,10 +456,7 @@ mod tests {
     async fn getattr_under_load_answers_as_alone() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("d/e")).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(root.join("d/f"), b"x").unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink("d", root.join("ld")).unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink("../..", root.join("up")).unwrap_or_else(|e| panic!("{e}"));
+        crate::backend::local::resolution_tree(&root);
         let paths = [
             "/",
             "/d",

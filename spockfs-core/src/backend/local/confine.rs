@@ -454,10 +454,7 @@ mod tests {
     fn getattr_nowait_is_getattr_or_nothing() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("d/e")).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(root.join("d/f"), b"x").unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink("d", root.join("ld")).unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink("../..", root.join("up")).unwrap_or_else(|e| panic!("{e}"));
+        super::super::resolution_tree(&root);
         let fs = LocalFs::open(&root).unwrap_or_else(|e| panic!("{e}"));
         let p = |s: &str| FsPath::from_url_path(s).unwrap_or_else(|e| panic!("{e:?}"));
         // Within the second after the root's check: the fast path is open.

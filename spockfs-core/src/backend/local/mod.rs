@@ -73,6 +73,16 @@ impl std::fmt::Debug for LocalFs {
     }
 }
 
+/// A tree for path-resolution tests at `root`: directories `d` and `d/e`,
+/// a file `d/f`, a symlink `ld -> d` and one out of the root, `up -> ../..`.
+#[cfg(test)]
+pub(crate) fn resolution_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("d/e")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(root.join("d/f"), b"x").unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("d", root.join("ld")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("../..", root.join("up")).unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn io_err(e: rustix::io::Errno) -> Errno {
     Errno::from(e)
 }
