@@ -243,10 +243,12 @@ impl SpockFuse {
     }
 }
 
-/// Open files need no FLUSH at close: writes are synchronous PUTs (no
-/// writeback cache, nothing buffered) and locks are local, so the kernel
-/// is told to skip the round trip (`FOPEN_NOFLUSH`, Linux 5.15+; older
-/// kernels ignore it and send FLUSH, answered at once).
+/// Open files need no FLUSH at close: the mount buffers nothing (each
+/// WRITE is a PUT before it is answered) and locks are local, so the
+/// kernel is told to skip the round trip (`FOPEN_NOFLUSH`, Linux 5.15+;
+/// older kernels ignore it and send FLUSH, answered at once). With
+/// `--writeback-cache` the kernel ignores it: it writes its dirty pages
+/// back at close, then sends the FLUSH.
 const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
 impl Filesystem for SpockFuse {
@@ -594,7 +596,8 @@ impl Filesystem for SpockFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are synchronous: nothing is buffered here.
+        // Nothing is buffered here (with the writeback cache the kernel
+        // has sent its dirty pages as WRITEs before this FLUSH).
         reply.ok();
     }
 
